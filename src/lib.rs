@@ -1,0 +1,11 @@
+//! fairtune: fine-tune transformer language models with DPO and a fairness regularizer, on any
+//! GPU through wgpu (Vulkan, Metal, DX12, WebGPU) or on the CPU.
+//!
+//! Data flows one way: [`data`] (JSONL → token batches) → [`model`] (scores, log-probs) →
+//! [`objective`] (task loss + λ·F, with F's group reduction in [`kernel`]) → [`train`]
+//! (backward, optimizer, checkpoints, reports). [`device`] picks the backend; [`bench`] measures.
+
+pub mod device;
+pub mod error;
+
+pub use error::{Error, Result};
