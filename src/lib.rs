@@ -8,5 +8,6 @@
 pub mod device;
 pub mod error;
 pub mod kernel;
+pub mod objective;
 
 pub use error::{Error, Result};
