@@ -8,6 +8,7 @@
 pub mod device;
 pub mod error;
 pub mod kernel;
+pub mod model;
 pub mod objective;
 
 pub use error::{Error, Result};

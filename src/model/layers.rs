@@ -1,0 +1,100 @@
+//! Small building blocks shared by the architectures, named like their PyTorch counterparts so
+//! that a Hugging Face state dict maps onto them by name (`weight`, `bias`).
+
+use burn::module::{Module, Param};
+use burn::nn::{Dropout, Initializer, Linear, LinearConfig};
+use burn::tensor::activation::softmax;
+use burn::tensor::{Bool, Device, Tensor};
+
+/// Hugging Face initializes every linear and embedding weight from N(0, initializer_range).
+pub fn linear(d_input: usize, d_output: usize, bias: bool, std: f64, device: &Device) -> Linear {
+    LinearConfig::new(d_input, d_output)
+        .with_bias(bias)
+        .with_initializer(Initializer::Normal { mean: 0.0, std })
+        .init(device)
+}
+
+/// Root-mean-square norm (Zhang & Sennrich 2019), as `LlamaRMSNorm`: `x / rms(x) * weight`.
+#[derive(Module, Debug)]
+pub struct RmsNorm {
+    pub weight: Param<Tensor<1>>,
+    pub eps: f64,
+}
+
+impl RmsNorm {
+    pub fn new(dim: usize, eps: f64, device: &Device) -> Self {
+        Self {
+            weight: Initializer::Ones.init([dim], device),
+            eps,
+        }
+    }
+
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let variance = x.clone().powi_scalar(2).mean_dim(D - 1);
+        let normed = x * (variance + self.eps).sqrt().recip();
+        normed * self.weight.val().unsqueeze()
+    }
+}
+
+/// Layer norm with an affine `weight` and `bias`, as `torch.nn.LayerNorm`.
+#[derive(Module, Debug)]
+pub struct LayerNorm {
+    pub weight: Param<Tensor<1>>,
+    pub bias: Param<Tensor<1>>,
+    pub eps: f64,
+}
+
+impl LayerNorm {
+    pub fn new(dim: usize, eps: f64, device: &Device) -> Self {
+        Self {
+            weight: Initializer::Ones.init([dim], device),
+            bias: Initializer::Zeros.init([dim], device),
+            eps,
+        }
+    }
+
+    pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        let mean = x.clone().mean_dim(D - 1);
+        let centered = x - mean;
+        let variance = centered.clone().powi_scalar(2).mean_dim(D - 1);
+        let normed = centered * (variance + self.eps).sqrt().recip();
+        normed * self.weight.val().unsqueeze() + self.bias.val().unsqueeze()
+    }
+}
+
+/// Scaled dot-product attention over `[batch, heads, seq, head_dim]` tensors.
+///
+/// `mask` is true where attention is *forbidden*, broadcastable to `[batch, heads, q, k]`.
+/// Rows that are fully masked (padding queries) produce uniform weights rather than NaN: a large
+/// negative fill instead of −∞ keeps softmax finite, and those rows are never read by the losses.
+/// `dropout` applies to the attention probabilities (BERT does this; Llama has none).
+pub fn attention(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    mask: Tensor<4, Bool>,
+    dropout: Option<&Dropout>,
+) -> Tensor<4> {
+    let [_, _, _, head_dim] = q.dims();
+    let scores = q.matmul(k.swap_dims(2, 3)) / (head_dim as f64).sqrt();
+    let scores = scores.mask_fill(mask, -1.0e9);
+    let probs = softmax(scores, 3);
+    let probs = match dropout {
+        Some(dropout) => dropout.forward(probs),
+        None => probs,
+    };
+    probs.matmul(v)
+}
+
+/// `[batch, seq, hidden] → [batch, heads, seq, head_dim]`.
+pub fn split_heads(x: Tensor<3>, heads: usize) -> Tensor<4> {
+    let [batch, seq, hidden] = x.dims();
+    x.reshape([batch, seq, heads, hidden / heads])
+        .swap_dims(1, 2)
+}
+
+/// `[batch, heads, seq, head_dim] → [batch, seq, hidden]`.
+pub fn merge_heads(x: Tensor<4>) -> Tensor<3> {
+    let [batch, heads, seq, head_dim] = x.dims();
+    x.swap_dims(1, 2).reshape([batch, seq, heads * head_dim])
+}

@@ -1,0 +1,352 @@
+//! A Llama-family decoder: Touvron et al. 2023, "LLaMA: Open and Efficient Foundation Language
+//! Models", mirroring Hugging Face's `LlamaForCausalLM` (RMSNorm pre-norm, rotary position
+//! embeddings, grouped-query attention, SwiGLU MLP, tied or untied output embeddings).
+//!
+//! Parameter paths follow the HF state dict (`model.layers.3.self_attn.q_proj.weight`, …); burn
+//! stores linear weights as `[in, out]`, so loading an HF checkpoint is this name map plus a
+//! transpose of every `*_proj` / `lm_head` weight.
+
+use burn::module::{Module, Param};
+use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear};
+use burn::tensor::activation::silu;
+use burn::tensor::{Bool, Device, Int, Tensor};
+use serde::{Deserialize, Serialize};
+
+use super::layers::{RmsNorm, attention, linear, merge_heads, split_heads};
+
+/// Mirrors the fields of Hugging Face's `LlamaConfig` (config.json) that the model uses.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct LlamaConfig {
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_hidden_layers: usize,
+    pub num_attention_heads: usize,
+    #[serde(default)]
+    pub num_key_value_heads: Option<usize>,
+    #[serde(default)]
+    pub head_dim: Option<usize>,
+    #[serde(default = "default_max_position_embeddings")]
+    pub max_position_embeddings: usize,
+    #[serde(default = "default_rms_norm_eps")]
+    pub rms_norm_eps: f64,
+    #[serde(default = "default_rope_theta")]
+    pub rope_theta: f64,
+    #[serde(default)]
+    pub tie_word_embeddings: bool,
+    #[serde(default)]
+    pub attention_bias: bool,
+    #[serde(default)]
+    pub mlp_bias: bool,
+    #[serde(default = "default_hidden_act")]
+    pub hidden_act: String,
+    #[serde(default = "default_initializer_range")]
+    pub initializer_range: f64,
+    #[serde(default)]
+    pub bos_token_id: Option<u32>,
+    #[serde(default)]
+    pub eos_token_id: Option<u32>,
+    #[serde(default)]
+    pub pad_token_id: Option<u32>,
+}
+
+fn default_max_position_embeddings() -> usize {
+    2048
+}
+fn default_rms_norm_eps() -> f64 {
+    1e-6
+}
+fn default_rope_theta() -> f64 {
+    10_000.0
+}
+fn default_hidden_act() -> String {
+    "silu".into()
+}
+fn default_initializer_range() -> f64 {
+    0.02
+}
+
+impl LlamaConfig {
+    pub fn num_kv_heads(&self) -> usize {
+        self.num_key_value_heads.unwrap_or(self.num_attention_heads)
+    }
+
+    pub fn head_dim(&self) -> usize {
+        self.head_dim
+            .unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
+    }
+
+    /// Every inconsistency a config.json can hold, as one sentence each.
+    pub fn validate(&self) -> Result<(), String> {
+        let positive = [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("max_position_embeddings", self.max_position_embeddings),
+        ];
+        for (name, value) in positive {
+            if value == 0 {
+                return Err(format!("{name} must be positive"));
+            }
+        }
+        if self.num_kv_heads() == 0 || !self.num_attention_heads.is_multiple_of(self.num_kv_heads())
+        {
+            return Err(format!(
+                "num_attention_heads ({}) must be a multiple of num_key_value_heads ({})",
+                self.num_attention_heads,
+                self.num_kv_heads()
+            ));
+        }
+        if self.head_dim.is_none() && !self.hidden_size.is_multiple_of(self.num_attention_heads) {
+            return Err(format!(
+                "hidden_size ({}) must be divisible by num_attention_heads ({})",
+                self.hidden_size, self.num_attention_heads
+            ));
+        }
+        if !self.head_dim().is_multiple_of(2) {
+            return Err(format!(
+                "rotary embeddings need an even head_dim, got {}",
+                self.head_dim()
+            ));
+        }
+        if self.hidden_act != "silu" {
+            return Err(format!(
+                "hidden_act {:?} is not supported (Llama uses \"silu\")",
+                self.hidden_act
+            ));
+        }
+        let positive = |x: f64| x.is_finite() && x > 0.0;
+        if !positive(self.rms_norm_eps) || !positive(self.rope_theta) {
+            return Err("rms_norm_eps and rope_theta must be positive".into());
+        }
+        Ok(())
+    }
+
+    pub fn init(&self, device: &Device) -> LlamaForCausalLM {
+        let std = self.initializer_range;
+        let embed_tokens = EmbeddingConfig::new(self.vocab_size, self.hidden_size)
+            .with_initializer(Initializer::Normal { mean: 0.0, std })
+            .init(device);
+        let layers = (0..self.num_hidden_layers)
+            .map(|_| LlamaDecoderLayer::new(self, device))
+            .collect();
+        let lm_head = (!self.tie_word_embeddings)
+            .then(|| linear(self.hidden_size, self.vocab_size, false, std, device));
+        LlamaForCausalLM {
+            model: LlamaModel {
+                embed_tokens,
+                layers,
+                norm: RmsNorm::new(self.hidden_size, self.rms_norm_eps, device),
+            },
+            lm_head,
+            rope_theta: self.rope_theta,
+            max_position_embeddings: self.max_position_embeddings,
+        }
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct LlamaAttention {
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub o_proj: Linear,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+}
+
+impl LlamaAttention {
+    fn new(config: &LlamaConfig, device: &Device) -> Self {
+        let (hidden, head_dim) = (config.hidden_size, config.head_dim());
+        let (heads, kv_heads) = (config.num_attention_heads, config.num_kv_heads());
+        let (bias, std) = (config.attention_bias, config.initializer_range);
+        Self {
+            q_proj: linear(hidden, heads * head_dim, bias, std, device),
+            k_proj: linear(hidden, kv_heads * head_dim, bias, std, device),
+            v_proj: linear(hidden, kv_heads * head_dim, bias, std, device),
+            o_proj: linear(heads * head_dim, hidden, bias, std, device),
+            num_heads: heads,
+            num_kv_heads: kv_heads,
+            head_dim,
+        }
+    }
+
+    fn forward(&self, x: Tensor<3>, rope: &Rope, mask: Tensor<4, Bool>) -> Tensor<3> {
+        let q = rope.apply(split_heads(self.q_proj.forward(x.clone()), self.num_heads));
+        let k = rope.apply(split_heads(
+            self.k_proj.forward(x.clone()),
+            self.num_kv_heads,
+        ));
+        let v = split_heads(self.v_proj.forward(x), self.num_kv_heads);
+        let (k, v) = (self.repeat_kv(k), self.repeat_kv(v));
+        self.o_proj
+            .forward(merge_heads(attention(q, k, v, mask, None)))
+    }
+
+    /// Grouped-query attention: each key/value head serves `num_heads / num_kv_heads` query heads.
+    fn repeat_kv(&self, x: Tensor<4>) -> Tensor<4> {
+        let repeats = self.num_heads / self.num_kv_heads;
+        if repeats == 1 {
+            return x;
+        }
+        let [batch, kv_heads, seq, head_dim] = x.dims();
+        x.unsqueeze_dim::<5>(2)
+            .expand([batch, kv_heads, repeats, seq, head_dim])
+            .reshape([batch, kv_heads * repeats, seq, head_dim])
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct LlamaMlp {
+    pub gate_proj: Linear,
+    pub up_proj: Linear,
+    pub down_proj: Linear,
+}
+
+impl LlamaMlp {
+    // SwiGLU (Shazeer 2020): down(silu(gate(x)) * up(x)).
+    fn forward(&self, x: Tensor<3>) -> Tensor<3> {
+        let gated = silu(self.gate_proj.forward(x.clone())) * self.up_proj.forward(x);
+        self.down_proj.forward(gated)
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct LlamaDecoderLayer {
+    pub self_attn: LlamaAttention,
+    pub mlp: LlamaMlp,
+    pub input_layernorm: RmsNorm,
+    pub post_attention_layernorm: RmsNorm,
+}
+
+impl LlamaDecoderLayer {
+    fn new(config: &LlamaConfig, device: &Device) -> Self {
+        let (hidden, inter) = (config.hidden_size, config.intermediate_size);
+        let (bias, std, eps) = (
+            config.mlp_bias,
+            config.initializer_range,
+            config.rms_norm_eps,
+        );
+        Self {
+            self_attn: LlamaAttention::new(config, device),
+            mlp: LlamaMlp {
+                gate_proj: linear(hidden, inter, bias, std, device),
+                up_proj: linear(hidden, inter, bias, std, device),
+                down_proj: linear(inter, hidden, bias, std, device),
+            },
+            input_layernorm: RmsNorm::new(hidden, eps, device),
+            post_attention_layernorm: RmsNorm::new(hidden, eps, device),
+        }
+    }
+
+    fn forward(&self, x: Tensor<3>, rope: &Rope, mask: Tensor<4, Bool>) -> Tensor<3> {
+        let h = x.clone()
+            + self
+                .self_attn
+                .forward(self.input_layernorm.forward(x), rope, mask);
+        h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
+    }
+}
+
+#[derive(Module, Debug)]
+pub struct LlamaModel {
+    pub embed_tokens: Embedding,
+    pub layers: Vec<LlamaDecoderLayer>,
+    pub norm: RmsNorm,
+}
+
+#[derive(Module, Debug)]
+pub struct LlamaForCausalLM {
+    pub model: LlamaModel,
+    /// `None` when the output projection is tied to `model.embed_tokens`.
+    pub lm_head: Option<Linear>,
+    pub rope_theta: f64,
+    pub max_position_embeddings: usize,
+}
+
+impl LlamaForCausalLM {
+    /// Next-token logits `[batch, seq, vocab]` for right-padded `input_ids`. Causal attention alone
+    /// keeps real tokens from seeing the padding that follows them, so no padding mask is needed.
+    pub fn forward(&self, input_ids: Tensor<2, Int>) -> Tensor<3> {
+        self.lm_logits(self.hidden_states(input_ids))
+    }
+
+    /// Final hidden states `[batch, seq, hidden]` (after the last norm).
+    pub fn hidden_states(&self, input_ids: Tensor<2, Int>) -> Tensor<3> {
+        let device = input_ids.device();
+        let [_, seq] = input_ids.dims();
+        let head_dim = self
+            .model
+            .layers
+            .first()
+            .map_or(2, |l| l.self_attn.head_dim);
+        let rope = Rope::new(seq, head_dim, self.rope_theta, &device);
+        let mask = Tensor::<2, Bool>::triu_mask([seq, seq], 1, &device).unsqueeze::<4>();
+        let mut x = self.model.embed_tokens.forward(input_ids);
+        for layer in &self.model.layers {
+            x = layer.forward(x, &rope, mask.clone());
+        }
+        self.model.norm.forward(x)
+    }
+
+    /// Project hidden states onto the vocabulary.
+    pub fn lm_logits(&self, hidden: Tensor<3>) -> Tensor<3> {
+        match &self.lm_head {
+            Some(head) => head.forward(hidden),
+            None => hidden.matmul(
+                self.model
+                    .embed_tokens
+                    .weight
+                    .val()
+                    .transpose()
+                    .unsqueeze::<3>(),
+            ),
+        }
+    }
+
+    pub fn max_positions(&self) -> usize {
+        self.max_position_embeddings
+    }
+
+    pub fn embedding_weight(&self) -> &Param<Tensor<2>> {
+        &self.model.embed_tokens.weight
+    }
+}
+
+/// Rotary position embeddings (Su et al. 2021) in Hugging Face's half-split layout:
+/// `x·cos + rotate_half(x)·sin`, `rotate_half([a, b]) = [−b, a]`.
+struct Rope {
+    cos: Tensor<4>,
+    sin: Tensor<4>,
+}
+
+impl Rope {
+    fn new(seq: usize, head_dim: usize, theta: f64, device: &Device) -> Self {
+        let half = head_dim / 2;
+        let mut angles = Vec::with_capacity(seq * head_dim);
+        for position in 0..seq {
+            for i in 0..head_dim {
+                let exponent = (2 * (i % half)) as f64 / head_dim as f64;
+                angles.push((position as f64 / theta.powf(exponent)) as f32);
+            }
+        }
+        let angles =
+            Tensor::<1>::from_floats(angles.as_slice(), device).reshape([1, 1, seq, head_dim]);
+        Self {
+            cos: angles.clone().cos(),
+            sin: angles.sin(),
+        }
+    }
+
+    fn apply(&self, x: Tensor<4>) -> Tensor<4> {
+        let [_, _, _, head_dim] = x.dims();
+        let half = head_dim / 2;
+        let first = x.clone().narrow(3, 0, half);
+        let second = x.clone().narrow(3, half, half);
+        let rotated = Tensor::cat(vec![second.neg(), first], 3);
+        x * self.cos.clone() + rotated * self.sin.clone()
+    }
+}

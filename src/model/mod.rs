@@ -1,0 +1,176 @@
+//! Model architectures (one file each) and how a `--model` argument becomes a config.
+//!
+//! `--model` is a built-in preset (`tiny-llama`, `tiny-bert`: small, random-init, for tests and
+//! demos), a Hugging Face `config.json`, or a directory holding one.
+
+pub mod bert;
+pub mod layers;
+pub mod llama;
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use bert::{BertClassifier, BertConfig, BertHead};
+pub use llama::{LlamaConfig, LlamaForCausalLM};
+
+use crate::error::{Error, Result};
+
+/// An architecture and its Hugging Face-style configuration.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(tag = "model_type", rename_all = "lowercase")]
+pub enum ArchConfig {
+    Llama(LlamaConfig),
+    Bert(BertConfig),
+}
+
+impl ArchConfig {
+    pub fn name(&self) -> &'static str {
+        match self {
+            ArchConfig::Llama(_) => "llama",
+            ArchConfig::Bert(_) => "bert",
+        }
+    }
+
+    pub fn max_positions(&self) -> usize {
+        match self {
+            ArchConfig::Llama(c) => c.max_position_embeddings,
+            ArchConfig::Bert(c) => c.max_position_embeddings,
+        }
+    }
+
+    pub fn vocab_size(&self) -> usize {
+        match self {
+            ArchConfig::Llama(c) => c.vocab_size,
+            ArchConfig::Bert(c) => c.vocab_size,
+        }
+    }
+
+    fn validate(&self) -> std::result::Result<(), String> {
+        match self {
+            ArchConfig::Llama(c) => c.validate(),
+            ArchConfig::Bert(c) => c.validate(),
+        }
+    }
+}
+
+/// Where the model came from, for logs and the run's echoed config.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub enum ModelSource {
+    Preset(String),
+    ConfigFile(PathBuf),
+}
+
+/// The built-in presets: tiny random-init models whose vocabulary is the tokenizer's.
+pub const PRESETS: &[&str] = &["tiny-llama", "tiny-bert"];
+
+fn preset(name: &str, vocab_size: usize) -> Option<ArchConfig> {
+    match name {
+        "tiny-llama" => Some(ArchConfig::Llama(LlamaConfig {
+            vocab_size,
+            hidden_size: 64,
+            intermediate_size: 128,
+            num_hidden_layers: 2,
+            num_attention_heads: 4,
+            num_key_value_heads: Some(2),
+            head_dim: None,
+            max_position_embeddings: 512,
+            rms_norm_eps: 1e-5,
+            rope_theta: 10_000.0,
+            tie_word_embeddings: true,
+            attention_bias: false,
+            mlp_bias: false,
+            hidden_act: "silu".into(),
+            initializer_range: 0.02,
+            bos_token_id: None,
+            eos_token_id: None,
+            pad_token_id: None,
+        })),
+        "tiny-bert" => Some(ArchConfig::Bert(BertConfig {
+            vocab_size,
+            hidden_size: 64,
+            num_hidden_layers: 2,
+            num_attention_heads: 4,
+            intermediate_size: 128,
+            hidden_act: "gelu".into(),
+            hidden_dropout_prob: 0.1,
+            attention_probs_dropout_prob: 0.1,
+            max_position_embeddings: 512,
+            type_vocab_size: 2,
+            layer_norm_eps: 1e-12,
+            initializer_range: 0.02,
+            pad_token_id: Some(0),
+            classifier_dropout: None,
+        })),
+        _ => None,
+    }
+}
+
+/// Resolve `--model` into an architecture config. `tokenizer_vocab` sizes the presets and is
+/// checked against a config file's `vocab_size`.
+pub fn resolve(model: &str, tokenizer_vocab: usize) -> Result<(ArchConfig, ModelSource)> {
+    if let Some(config) = preset(model, tokenizer_vocab) {
+        return Ok((config, ModelSource::Preset(model.to_string())));
+    }
+    let path = Path::new(model);
+    let config_path = if path.is_dir() {
+        if path.join("model.safetensors").exists()
+            || path.join("model.safetensors.index.json").exists()
+        {
+            return Err(Error::input(format!(
+                "{}: loading pretrained weights is not supported yet; pass the directory's config.json to train \
+                 that architecture from random weights",
+                path.display()
+            )));
+        }
+        path.join("config.json")
+    } else if path.exists() {
+        path.to_path_buf()
+    } else {
+        return Err(Error::input(format!(
+            "--model {model:?} is neither a preset ({}) nor an existing config.json or model directory",
+            PRESETS.join(", ")
+        )));
+    };
+    let text = std::fs::read_to_string(&config_path).map_err(|e| {
+        Error::input(format!(
+            "{}: cannot read model config: {e}",
+            config_path.display()
+        ))
+    })?;
+    let config =
+        parse_config(&text).map_err(|e| Error::input(format!("{}: {e}", config_path.display())))?;
+    if config.vocab_size() < tokenizer_vocab {
+        return Err(Error::input(format!(
+            "{}: vocab_size {} is smaller than the tokenizer's vocabulary ({tokenizer_vocab})",
+            config_path.display(),
+            config.vocab_size()
+        )));
+    }
+    Ok((config, ModelSource::ConfigFile(config_path)))
+}
+
+/// Parse a Hugging Face config.json, naming the problem when it does not fit.
+pub fn parse_config(text: &str) -> std::result::Result<ArchConfig, String> {
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;
+    let model_type = value
+        .get("model_type")
+        .and_then(|v| v.as_str())
+        .ok_or("no \"model_type\" field (expected \"llama\" or \"bert\")")?;
+    let config = match model_type {
+        "llama" => ArchConfig::Llama(
+            serde_json::from_value(value.clone()).map_err(|e| format!("llama config: {e}"))?,
+        ),
+        "bert" => ArchConfig::Bert(
+            serde_json::from_value(value.clone()).map_err(|e| format!("bert config: {e}"))?,
+        ),
+        other => {
+            return Err(format!(
+                "model_type {other:?} is not supported (supported: llama, bert)"
+            ));
+        }
+    };
+    config.validate()?;
+    Ok(config)
+}
