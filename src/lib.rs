@@ -5,6 +5,7 @@
 //! [`objective`] (task loss + λ·F, with F's group reduction in [`kernel`]) → [`train`]
 //! (backward, optimizer, checkpoints, reports). [`device`] picks the backend; [`bench`] measures.
 
+pub mod data;
 pub mod device;
 pub mod error;
 pub mod kernel;

@@ -1,0 +1,171 @@
+//! Typed examples read from JSONL, and the group vocabulary that turns group names into ids.
+//!
+//! Formats (TRL's field names for preferences):
+//! - preference: `{"prompt", "chosen", "rejected"}` + optional `"group"`
+//! - classification: `{"text", "label"}` + optional `"group"`
+//! - LM fairness set: `{"prompt", "completion", "group"}` + optional `"label"` (for equalized odds)
+//! - classifier fairness set: `{"text", "group"}` + optional `"label"`
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::jsonl::{self, Row};
+use crate::error::{Error, Result};
+
+/// Where an example came from, for error messages.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Origin {
+    pub file: String,
+    pub line: usize,
+}
+
+impl Origin {
+    fn of(row: &Row) -> Self {
+        Self {
+            file: row.file.display().to_string(),
+            line: row.line,
+        }
+    }
+
+    pub fn error(&self, message: impl std::fmt::Display) -> Error {
+        Error::input(format!("{}:{}: {message}", self.file, self.line))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PreferenceExample {
+    pub prompt: String,
+    pub chosen: String,
+    pub rejected: String,
+    pub group: Option<String>,
+    pub origin: Origin,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClassifyExample {
+    pub text: String,
+    pub label: Option<usize>,
+    pub group: Option<String>,
+    pub origin: Origin,
+}
+
+/// An LM fairness example: the score is computed on `completion` given `prompt`.
+#[derive(Debug, Clone)]
+pub struct CompletionExample {
+    pub prompt: String,
+    pub completion: String,
+    pub group: String,
+    pub label: Option<usize>,
+    pub origin: Origin,
+}
+
+pub fn read_preferences(path: &Path) -> Result<Vec<PreferenceExample>> {
+    jsonl::read(path)?
+        .iter()
+        .map(|row| {
+            let example = PreferenceExample {
+                prompt: row.string("prompt")?,
+                chosen: row.string("chosen")?,
+                rejected: row.string("rejected")?,
+                group: row.group()?,
+                origin: Origin::of(row),
+            };
+            if example.chosen.is_empty() || example.rejected.is_empty() {
+                return Err(row.error("\"chosen\" and \"rejected\" must not be empty"));
+            }
+            Ok(example)
+        })
+        .collect()
+}
+
+/// Classification rows; `require_label` is false only for fairness-only sets.
+pub fn read_classification(path: &Path, require_label: bool) -> Result<Vec<ClassifyExample>> {
+    jsonl::read(path)?
+        .iter()
+        .map(|row| {
+            let label = row.label()?;
+            if require_label && label.is_none() {
+                return Err(row.error("missing field \"label\""));
+            }
+            Ok(ClassifyExample {
+                text: row.string("text")?,
+                label,
+                group: row.group()?,
+                origin: Origin::of(row),
+            })
+        })
+        .collect()
+}
+
+/// Fairness rows for classification: `{"text", "group"}` (+ optional label).
+pub fn read_classification_fairness(path: &Path) -> Result<Vec<ClassifyExample>> {
+    let rows = read_classification(path, false)?;
+    for example in &rows {
+        if example.group.is_none() {
+            return Err(example.origin.error("missing field \"group\""));
+        }
+    }
+    Ok(rows)
+}
+
+/// Fairness rows for LMs: `{"prompt", "completion", "group"}` (+ optional label).
+pub fn read_completions(path: &Path) -> Result<Vec<CompletionExample>> {
+    jsonl::read(path)?
+        .iter()
+        .map(|row| {
+            let group = row
+                .group()?
+                .ok_or_else(|| row.error("missing field \"group\""))?;
+            let completion = row.string("completion")?;
+            if completion.is_empty() {
+                return Err(row.error("\"completion\" must not be empty"));
+            }
+            Ok(CompletionExample {
+                prompt: row.string("prompt")?,
+                completion,
+                group,
+                label: row.label()?,
+                origin: Origin::of(row),
+            })
+        })
+        .collect()
+}
+
+/// Group names ↔ ids. Ids follow sorted name order, so they do not depend on file order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GroupVocab {
+    pub names: Vec<String>,
+}
+
+impl GroupVocab {
+    pub fn from_names<'a>(names: impl IntoIterator<Item = &'a str>) -> Self {
+        let set: BTreeSet<&str> = names.into_iter().collect();
+        Self {
+            names: set.into_iter().map(str::to_string).collect(),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    pub fn id(&self, name: &str) -> Option<usize> {
+        self.names.binary_search_by(|n| n.as_str().cmp(name)).ok()
+    }
+
+    /// The id of `name`, or the "unknown group" error at `origin`.
+    pub fn id_at(&self, name: &str, origin: &Origin) -> Result<usize> {
+        self.id(name).ok_or_else(|| {
+            origin.error(format!(
+                "unknown group {name:?}: the groups are fixed by the training data ({})",
+                self.names.join(", ")
+            ))
+        })
+    }
+}
