@@ -5,11 +5,14 @@
 //! [`objective`] (task loss + λ·F, with F's group reduction in [`kernel`]) → [`train`]
 //! (backward, optimizer, checkpoints, reports). [`device`] picks the backend; [`bench`] measures.
 
+pub mod bench;
+pub mod compare;
 pub mod data;
 pub mod device;
 pub mod error;
 pub mod kernel;
 pub mod model;
 pub mod objective;
+pub mod train;
 
 pub use error::{Error, Result};

@@ -1,0 +1,287 @@
+//! The `fairtune` command line: parses flags and wires them to the library; nothing else.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use fairtune::device::{self, BackendChoice};
+use fairtune::objective::{DpoConfig, DpoLossKind, FairnessKind, FairnessScore};
+use fairtune::train::schedule::Decay;
+use fairtune::train::{Task, TrainConfig};
+use fairtune::{Error, Result};
+
+#[derive(Parser)]
+#[command(
+    name = "fairtune",
+    version,
+    about = "DPO and fairness-regularized fine-tuning on any GPU (wgpu) or CPU"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List every adapter wgpu sees, and which one `--backend auto` takes.
+    Devices,
+    /// Fine-tune a model: DPO (preference pairs) or classification, with λ·F.
+    Train(Box<TrainArgs>),
+    /// Print throughput tables: DPO training tokens/s per backend, group-statistics op GB/s.
+    Bench(BenchArgs),
+    /// Compare finished runs side by side (task metrics, F, group gap and means).
+    Compare {
+        /// Output directories of `fairtune train`.
+        #[arg(required = true)]
+        runs: Vec<PathBuf>,
+    },
+}
+
+#[derive(Args)]
+struct TrainArgs {
+    /// dpo: preference pairs {"prompt","chosen","rejected"}; classify: {"text","label"}.
+    #[arg(long, value_enum)]
+    task: Task,
+    /// Training data (JSONL); rows may carry a "group" (the sensitive attribute).
+    #[arg(long)]
+    train: PathBuf,
+    /// Held-out data in the same format as --train, evaluated every --eval-every steps and at the end.
+    #[arg(long)]
+    eval: Option<PathBuf>,
+    /// A separate group-tagged set for the penalty, drawn group-balanced each step:
+    /// dpo {"prompt","completion","group"}, classify {"text","group"} (+ "label" for eo).
+    #[arg(long)]
+    fairness_data: Option<PathBuf>,
+    /// Held-out fairness set, same format as --fairness-data; the report's fairness numbers use it.
+    #[arg(long)]
+    fairness_eval: Option<PathBuf>,
+    /// A preset (tiny-llama, tiny-bert), a Hugging Face config.json, or a directory holding one.
+    #[arg(long)]
+    model: String,
+    /// A Hugging Face tokenizer.json (default for presets: a built-in byte-level tokenizer).
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// Output directory: config.json, metrics.jsonl, checkpoints/, model.bpk, report.json.
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, value_enum, default_value = "auto")]
+    backend: BackendChoice,
+    /// Continue the run in --out from its latest checkpoint.
+    #[arg(long)]
+    resume: bool,
+    #[arg(long, default_value_t = 100)]
+    steps: usize,
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    /// Examples per step from --fairness-data (default: --batch-size), split evenly over groups.
+    #[arg(long)]
+    fairness_batch_size: Option<usize>,
+    /// Peak learning rate (AdamW).
+    #[arg(long, default_value_t = 5e-4)]
+    lr: f64,
+    #[arg(long, default_value_t = 0)]
+    warmup_steps: usize,
+    #[arg(long, value_enum, default_value = "linear")]
+    decay: Decay,
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f64,
+    /// Clip the global gradient norm to this value (0 = off).
+    #[arg(long, default_value_t = 1.0)]
+    max_grad_norm: f64,
+    /// DPO temperature β (> 0).
+    #[arg(long, default_value_t = 0.1)]
+    beta: f64,
+    #[arg(long, value_enum, default_value = "sigmoid")]
+    loss: DpoLossKind,
+    /// Label smoothing ε for sigmoid (cDPO), robust and simpo, in [0, 0.5).
+    #[arg(long, default_value_t = 0.0)]
+    label_smoothing: f64,
+    /// SimPO's target margin γ.
+    #[arg(long, default_value_t = 0.5)]
+    simpo_gamma: f64,
+    /// Weight α of an SFT (NLL) term on the chosen completion.
+    #[arg(long, default_value_t = 0.0)]
+    sft_weight: f64,
+    /// dp: demographic parity; eo: equalized odds (needs labels on the fairness examples).
+    #[arg(long, value_enum, default_value = "dp")]
+    fairness: FairnessKind,
+    /// λ in loss = task + λ·F (≥ 0).
+    #[arg(long, default_value_t = 0.0)]
+    fairness_lambda: f64,
+    /// Score F equalizes (default: prob for classify, logp for dpo).
+    #[arg(long, value_enum)]
+    fairness_score: Option<FairnessScore>,
+    /// The class whose probability is the classifier's score.
+    #[arg(long, default_value_t = 1)]
+    positive_class: usize,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// Longest sequence in tokens (prompt + completion for dpo).
+    #[arg(long, default_value_t = 256)]
+    max_length: usize,
+    /// Prompt tokens always kept when a dpo example must be truncated.
+    #[arg(long, default_value_t = 128)]
+    max_prompt_length: usize,
+    /// Evaluate every N steps (0 = only at the end).
+    #[arg(long, default_value_t = 0)]
+    eval_every: usize,
+    #[arg(long, default_value_t = 1)]
+    log_every: usize,
+    /// Write a checkpoint every N steps (0 = only at the end).
+    #[arg(long, default_value_t = 50)]
+    checkpoint_every: usize,
+    /// Stop after step N as if killed (for testing --resume).
+    #[arg(long, hide = true)]
+    halt_after: Option<usize>,
+}
+
+impl TrainArgs {
+    fn into_config(self) -> TrainConfig {
+        let mut config = TrainConfig::new(self.task, self.train, self.model, self.out);
+        config.eval = self.eval;
+        config.fairness_data = self.fairness_data;
+        config.fairness_eval = self.fairness_eval;
+        config.tokenizer = self.tokenizer;
+        config.backend = self.backend;
+        config.resume = self.resume;
+        config.steps = self.steps;
+        config.batch_size = self.batch_size;
+        config.fairness_batch_size = self.fairness_batch_size;
+        config.lr = self.lr;
+        config.warmup_steps = self.warmup_steps;
+        config.decay = self.decay;
+        config.weight_decay = self.weight_decay;
+        config.max_grad_norm = self.max_grad_norm;
+        config.seed = self.seed;
+        config.max_length = self.max_length;
+        config.max_prompt_length = self.max_prompt_length;
+        config.dpo = DpoConfig {
+            beta: self.beta,
+            loss: self.loss,
+            label_smoothing: self.label_smoothing,
+            simpo_gamma: self.simpo_gamma,
+            sft_weight: self.sft_weight,
+        };
+        config.fairness = self.fairness;
+        config.fairness_lambda = self.fairness_lambda;
+        config.fairness_score = self.fairness_score;
+        config.positive_class = self.positive_class;
+        config.eval_every = self.eval_every;
+        config.log_every = self.log_every;
+        config.checkpoint_every = self.checkpoint_every;
+        config.halt_after = self.halt_after;
+        config
+    }
+}
+
+#[derive(Args)]
+struct BenchArgs {
+    /// Which backends to measure (auto: the CPU, and wgpu when an adapter exists).
+    #[arg(long, value_enum, default_value = "auto")]
+    backend: BackendChoice,
+    /// Smaller sizes and fewer repetitions (a smoke run).
+    #[arg(long)]
+    quick: bool,
+}
+
+fn devices() -> Result<()> {
+    let adapters = device::list_adapters();
+    if adapters.is_empty() {
+        println!("wgpu sees no adapter; --backend auto will use the CPU backend");
+        return Ok(());
+    }
+    println!(
+        "{:<3} {:<40} {:<8} {:<14} driver",
+        "#", "adapter", "api", "type"
+    );
+    for (index, adapter) in adapters.iter().enumerate() {
+        println!(
+            "{index:<3} {:<40} {:<8} {:<14} {}",
+            adapter.name, adapter.api, adapter.device_type, adapter.driver
+        );
+    }
+    match device::auto_adapter(&device::usable_adapters())? {
+        Ok(adapter) => println!("--backend auto takes: {adapter}"),
+        Err(reason) => println!("--backend auto takes: the CPU backend ({reason})"),
+    }
+    Ok(())
+}
+
+fn train(args: TrainArgs) -> Result<()> {
+    let config = args.into_config();
+    config.validate()?;
+    let selected = device::select(config.backend)?;
+    eprintln!("device: {}", selected.describe());
+    let report = fairtune::train::run(&config, &selected)?;
+    println!(
+        "{}",
+        serde_json::to_string_pretty(&report).expect("report serializes")
+    );
+    eprintln!("wrote {}", config.out.join("report.json").display());
+    Ok(())
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Devices => devices(),
+        Command::Train(args) => train(*args),
+        Command::Bench(args) => {
+            let options = fairtune::bench::BenchOptions {
+                backend: args.backend,
+                quick: args.quick,
+            };
+            fairtune::bench::run(&options).map(|table| println!("{table}"))
+        }
+        Command::Compare { runs } => {
+            let runs: Vec<&std::path::Path> = runs.iter().map(PathBuf::as_path).collect();
+            fairtune::compare::table(&runs).map(|table| print!("{table}"))
+        }
+    }
+}
+
+/// On a headless Linux machine Mesa's Vulkan device-select layer tries to reach a Wayland
+/// session and prints `error: XDG_RUNTIME_DIR is invalid` on stderr — noise that reads like our
+/// own errors. The layer only reorders adapters, and we choose ours explicitly, so without a
+/// session we turn it off (Mesa's documented `NODEVICE_SELECT`), unless the user set it.
+fn quiet_mesa_device_select() {
+    if std::env::var_os("XDG_RUNTIME_DIR").is_none()
+        && std::env::var_os("NODEVICE_SELECT").is_none()
+    {
+        // SAFETY: called first thing in `main`, before any other thread exists.
+        unsafe { std::env::set_var("NODEVICE_SELECT", "1") };
+    }
+}
+
+fn main() -> ExitCode {
+    quiet_mesa_device_select();
+    let cli = Cli::parse();
+    // A panic is a bug, but the user still gets one line and a failing exit code, not a trace.
+    std::panic::set_hook(Box::new(|info| {
+        let message = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown panic".into());
+        let location = info
+            .location()
+            .map(|l| format!(" at {l}"))
+            .unwrap_or_default();
+        // The full message (wgpu validation errors span many lines) when RUST_BACKTRACE is set.
+        let message = if std::env::var_os("RUST_BACKTRACE").is_some() {
+            message.as_str()
+        } else {
+            message.lines().next().unwrap_or("")
+        };
+        eprintln!("error: internal failure{location}: {message}");
+    }));
+    let outcome = std::panic::catch_unwind(|| run(cli));
+    match outcome {
+        Ok(Ok(())) => ExitCode::SUCCESS,
+        Ok(Err(error)) => {
+            eprintln!("error: {error}");
+            ExitCode::from(error.exit_code() as u8)
+        }
+        Err(_) => ExitCode::from(Error::runtime("").exit_code() as u8),
+    }
+}

@@ -1,0 +1,175 @@
+//! Checkpoints written atomically: a killed run never leaves a half-written checkpoint behind,
+//! and `--resume` always finds a whole one.
+//!
+//! Layout: `OUT/checkpoints/step-00000100/{model.bpk, optimizer.bpk, state.json}` and
+//! `OUT/checkpoints/latest` (the name of the newest whole checkpoint). A checkpoint is built in a
+//! temporary directory, synced, renamed into place, and only then does `latest` (itself replaced
+//! by rename) point at it; older checkpoints are removed afterwards.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use burn::module::Module;
+use burn::optim::ModuleOptimizer;
+use burn::store::ModuleRecord;
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// How many whole checkpoints to keep.
+const KEEP_LAST: usize = 2;
+
+/// Everything besides tensors that a resumed run needs.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct TrainState {
+    /// Number of optimizer steps completed.
+    pub step: usize,
+    /// Fingerprint of the settings that must not change across a resume.
+    pub fingerprint: String,
+    pub tokens_seen: u64,
+}
+
+fn io(path: &Path, what: &str, e: impl std::fmt::Display) -> Error {
+    Error::runtime(format!("{}: cannot {what}: {e}", path.display()))
+}
+
+/// Write `bytes` to `path` through a temporary file and a rename.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let tmp = path.with_extension("tmp");
+    let mut file = fs::File::create(&tmp).map_err(|e| io(&tmp, "create", e))?;
+    file.write_all(bytes).map_err(|e| io(&tmp, "write", e))?;
+    file.sync_all().map_err(|e| io(&tmp, "sync", e))?;
+    fs::rename(&tmp, path).map_err(|e| io(path, "rename into place", e))?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")));
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) {
+    // Best effort: makes the rename durable on POSIX; not possible everywhere (e.g. Windows).
+    if let Ok(handle) = fs::File::open(dir) {
+        let _ = handle.sync_all();
+    }
+}
+
+fn sync_file(path: &Path) -> Result<()> {
+    fs::File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| io(path, "sync", e))
+}
+
+/// Save a module's weights to `path` atomically.
+pub fn save_module<M: Module>(module: &M, path: &Path) -> Result<()> {
+    let tmp = path.with_extension("bpk.tmp");
+    module
+        .clone()
+        .into_record()
+        .save(&tmp)
+        .map_err(|e| io(&tmp, "write weights", e))?;
+    sync_file(&tmp)?;
+    fs::rename(&tmp, path).map_err(|e| io(path, "rename into place", e))?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")));
+    Ok(())
+}
+
+/// Load weights saved by [`save_module`] into `module`.
+pub fn load_module<M: Module>(module: M, path: &Path) -> Result<M> {
+    let record = ModuleRecord::load(path).map_err(|e| io(path, "read weights", e))?;
+    module.try_load_record(record).map_err(|e| {
+        Error::runtime(format!(
+            "{}: weights do not fit the model: {e}",
+            path.display()
+        ))
+    })
+}
+
+pub fn checkpoints_dir(out: &Path) -> PathBuf {
+    out.join("checkpoints")
+}
+
+/// Save a whole checkpoint for `state.step`.
+pub fn save<M: Module>(
+    out: &Path,
+    model: &M,
+    optimizer: &ModuleOptimizer,
+    state: &TrainState,
+) -> Result<PathBuf> {
+    let dir = checkpoints_dir(out);
+    fs::create_dir_all(&dir).map_err(|e| io(&dir, "create directory", e))?;
+    let name = format!("step-{:08}", state.step);
+    let tmp = dir.join(format!(".{name}.tmp"));
+    if tmp.exists() {
+        fs::remove_dir_all(&tmp).map_err(|e| io(&tmp, "remove stale temporary checkpoint", e))?;
+    }
+    fs::create_dir_all(&tmp).map_err(|e| io(&tmp, "create directory", e))?;
+
+    let model_path = tmp.join("model.bpk");
+    model
+        .clone()
+        .into_record()
+        .save(&model_path)
+        .map_err(|e| io(&model_path, "write weights", e))?;
+    sync_file(&model_path)?;
+    let optimizer_path = tmp.join("optimizer.bpk");
+    optimizer
+        .save(&optimizer_path)
+        .map_err(|e| io(&optimizer_path, "write optimizer state", e))?;
+    sync_file(&optimizer_path)?;
+    let state_path = tmp.join("state.json");
+    let state_json = serde_json::to_vec_pretty(state).expect("state serializes");
+    fs::write(&state_path, state_json).map_err(|e| io(&state_path, "write", e))?;
+    sync_file(&state_path)?;
+    sync_dir(&tmp);
+
+    let final_dir = dir.join(&name);
+    if final_dir.exists() {
+        fs::remove_dir_all(&final_dir).map_err(|e| io(&final_dir, "replace", e))?;
+    }
+    fs::rename(&tmp, &final_dir).map_err(|e| io(&final_dir, "rename into place", e))?;
+    sync_dir(&dir);
+    write_atomic(&dir.join("latest"), name.as_bytes())?;
+
+    // Prune: keep the newest KEEP_LAST whole checkpoints.
+    let mut existing: Vec<String> = fs::read_dir(&dir)
+        .map_err(|e| io(&dir, "list", e))?
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .filter(|n| n.starts_with("step-"))
+        .collect();
+    existing.sort();
+    let stale = existing.len().saturating_sub(KEEP_LAST);
+    for old in &existing[..stale] {
+        let _ = fs::remove_dir_all(dir.join(old));
+    }
+    Ok(final_dir)
+}
+
+/// The newest whole checkpoint, if any.
+pub fn latest(out: &Path) -> Result<Option<PathBuf>> {
+    let pointer = checkpoints_dir(out).join("latest");
+    if !pointer.exists() {
+        return Ok(None);
+    }
+    let name = fs::read_to_string(&pointer).map_err(|e| io(&pointer, "read", e))?;
+    let dir = checkpoints_dir(out).join(name.trim());
+    if !dir.join("state.json").exists() {
+        return Err(Error::runtime(format!(
+            "{}: points at {} which is missing or incomplete",
+            pointer.display(),
+            dir.display()
+        )));
+    }
+    Ok(Some(dir))
+}
+
+pub fn read_state(dir: &Path) -> Result<TrainState> {
+    let path = dir.join("state.json");
+    let text = fs::read_to_string(&path).map_err(|e| io(&path, "read", e))?;
+    serde_json::from_str(&text).map_err(|e| io(&path, "parse", e))
+}
+
+pub fn load_optimizer(dir: &Path, optimizer: ModuleOptimizer) -> Result<ModuleOptimizer> {
+    let path = dir.join("optimizer.bpk");
+    optimizer
+        .load(&path)
+        .map_err(|e| io(&path, "read optimizer state", e))
+}

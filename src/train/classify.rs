@@ -1,0 +1,421 @@
+//! The classification task: a BERT-family encoder with a sequence-classification head,
+//! cross-entropy, and the fairness penalty on P(positive class) — over the task batch's grouped
+//! rows or a separate group-tagged `{"text","group"}` set drawn alongside (as MinDiff does).
+
+use std::path::Path;
+
+use burn::module::Module;
+use burn::tensor::{Device, Int, Tensor};
+use serde_json::{Map, Value, json};
+
+use super::{FairnessSet, StepOutput, TaskRunner, TrainConfig};
+use crate::data::batch::{encoder_batch, int_vector};
+use crate::data::records::{self, ClassifyExample};
+use crate::data::sampler::{BalancedSampler, EpochSampler};
+use crate::data::{Encoder, GroupVocab, TextTokenizer, TruncationStats};
+use crate::device::Selected;
+use crate::error::{Error, Result};
+use crate::kernel::GroupStatsImpl;
+use crate::model::{self, ArchConfig, BertClassifier, BertConfig, BertHead};
+use crate::objective::task::{class_probability, cross_entropy};
+use crate::objective::{FairnessKind, penalty};
+
+#[derive(Clone)]
+struct Encoded {
+    ids: Vec<u32>,
+    label: Option<i64>,
+    group: i64,
+}
+
+enum FairnessSource {
+    InBatch,
+    Separate {
+        examples: Vec<Encoded>,
+        sampler: BalancedSampler,
+    },
+    None,
+}
+
+pub struct ClassifyTask {
+    config: TrainConfig,
+    arch: BertConfig,
+    num_labels: usize,
+    pad: u32,
+    device: Device,
+    train: Vec<Encoded>,
+    eval: Vec<Encoded>,
+    sampler: EpochSampler,
+    fairness: FairnessSource,
+    fairness_eval: Option<(String, Vec<Encoded>)>,
+    groups: GroupVocab,
+    eo_labels: Option<usize>,
+}
+
+fn encode(
+    encoder: &Encoder,
+    rows: &[ClassifyExample],
+    groups: &GroupVocab,
+    num_labels: Option<usize>,
+    path: &Path,
+    max_length: usize,
+) -> Result<Vec<Encoded>> {
+    let mut stats = TruncationStats::default();
+    let encoded = rows
+        .iter()
+        .map(|row| {
+            if let (Some(label), Some(n)) = (row.label, num_labels)
+                && label >= n
+            {
+                return Err(row.origin.error(format!(
+                    "label {label} is outside the training labels 0..{}",
+                    n - 1
+                )));
+            }
+            Ok(Encoded {
+                ids: encoder.classification(&row.text, &mut stats)?,
+                label: row.label.map(|l| l as i64),
+                group: match &row.group {
+                    Some(name) => groups.id_at(name, &row.origin)? as i64,
+                    None => -1,
+                },
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    if let Some(warning) = stats.warning(&path.display().to_string(), max_length) {
+        eprintln!("{warning}");
+    }
+    Ok(encoded)
+}
+
+fn require_labels(examples: &[Encoded], rows: &[ClassifyExample], what: &str) -> Result<()> {
+    for (example, row) in examples.iter().zip(rows) {
+        if example.group >= 0 && example.label.is_none() {
+            return Err(row.origin.error(format!(
+                "--fairness eo needs a \"label\" on every {what} example"
+            )));
+        }
+    }
+    Ok(())
+}
+
+impl ClassifyTask {
+    pub fn load(config: &TrainConfig, selected: &Selected) -> Result<Self> {
+        let tokenizer = match &config.tokenizer {
+            Some(path) => TextTokenizer::from_file(path)?,
+            None => TextTokenizer::Bytes,
+        };
+        let (arch, _) = model::resolve(&config.model, tokenizer.vocab_size())?;
+        let ArchConfig::Bert(arch) = arch else {
+            return Err(Error::input(format!(
+                "--task classify needs an encoder (bert); --model {} is a {} decoder",
+                config.model,
+                arch.name()
+            )));
+        };
+        if config.max_length > arch.max_position_embeddings {
+            return Err(Error::input(format!(
+                "--max-length {} exceeds the model's max_position_embeddings {}",
+                config.max_length, arch.max_position_embeddings
+            )));
+        }
+        let encoder = Encoder::new(
+            &tokenizer,
+            config.max_length,
+            config.max_prompt_length.min(config.max_length - 1),
+        )?;
+
+        let train_rows = records::read_classification(&config.train, true)?;
+        let num_labels = train_rows
+            .iter()
+            .filter_map(|r| r.label)
+            .max()
+            .map_or(2, |max| (max + 1).max(2));
+        if config.positive_class >= num_labels {
+            return Err(Error::input(format!(
+                "--positive-class {} is not a class of the training data (labels 0..{})",
+                config.positive_class,
+                num_labels - 1
+            )));
+        }
+        let fairness_rows = config
+            .fairness_data
+            .as_deref()
+            .map(records::read_classification_fairness)
+            .transpose()?;
+        let groups = match &fairness_rows {
+            Some(rows) => GroupVocab::from_names(rows.iter().filter_map(|r| r.group.as_deref())),
+            None => GroupVocab::from_names(train_rows.iter().filter_map(|r| r.group.as_deref())),
+        };
+        let train = encode(
+            &encoder,
+            &train_rows,
+            &groups,
+            Some(num_labels),
+            &config.train,
+            config.max_length,
+        )?;
+
+        let eo = config.fairness == FairnessKind::Eo;
+        let fairness = match &fairness_rows {
+            Some(rows) => {
+                let path = config.fairness_data.as_deref().expect("set");
+                let examples = encode(
+                    &encoder,
+                    rows,
+                    &groups,
+                    Some(num_labels),
+                    path,
+                    config.max_length,
+                )?;
+                if eo {
+                    require_labels(&examples, rows, "--fairness-data")?;
+                }
+                let ids: Vec<usize> = examples.iter().map(|e| e.group as usize).collect();
+                let batch = config.fairness_batch_size.unwrap_or(config.batch_size);
+                let sampler = BalancedSampler::new(&ids, groups.len(), batch, config.seed ^ 0xFA1);
+                FairnessSource::Separate { examples, sampler }
+            }
+            None if train.iter().any(|e| e.group >= 0) => FairnessSource::InBatch,
+            None => FairnessSource::None,
+        };
+        if config.fairness_lambda > 0.0 {
+            match &fairness {
+                FairnessSource::None => {
+                    return Err(Error::input(
+                        "--fairness-lambda > 0 but there are no fairness examples: give --fairness-data or \"group\" fields in --train",
+                    ));
+                }
+                _ if groups.len() < 2 => eprintln!(
+                    "warning: only one group ({}) in the fairness examples; the penalty is 0",
+                    groups.names.join(", ")
+                ),
+                _ => {}
+            }
+        }
+
+        let eval = match &config.eval {
+            Some(path) => {
+                let rows = records::read_classification(path, true)?;
+                encode(
+                    &encoder,
+                    &rows,
+                    &groups,
+                    Some(num_labels),
+                    path,
+                    config.max_length,
+                )?
+            }
+            None => Vec::new(),
+        };
+        let fairness_eval = match &config.fairness_eval {
+            Some(path) => {
+                let rows = records::read_classification_fairness(path)?;
+                let examples = encode(
+                    &encoder,
+                    &rows,
+                    &groups,
+                    Some(num_labels),
+                    path,
+                    config.max_length,
+                )?;
+                if eo {
+                    require_labels(&examples, &rows, "--fairness-eval")?;
+                }
+                Some(("fairness-eval".to_string(), examples))
+            }
+            None if eval.iter().any(|e| e.group >= 0) => Some((
+                "eval".to_string(),
+                eval.iter().filter(|e| e.group >= 0).cloned().collect(),
+            )),
+            None => match &fairness {
+                FairnessSource::Separate { examples, .. } => {
+                    Some(("fairness-data".to_string(), examples.clone()))
+                }
+                FairnessSource::InBatch => Some((
+                    "train".to_string(),
+                    train.iter().filter(|e| e.group >= 0).cloned().collect(),
+                )),
+                FairnessSource::None => None,
+            },
+        };
+
+        Ok(Self {
+            config: config.clone(),
+            arch,
+            num_labels,
+            pad: encoder.special.pad,
+            device: selected.device.clone(),
+            sampler: EpochSampler::new(train.len(), config.seed),
+            train,
+            eval,
+            fairness,
+            fairness_eval,
+            groups,
+            eo_labels: eo.then_some(num_labels),
+        })
+    }
+
+    fn logits(
+        model: &BertClassifier,
+        examples: &[&Encoded],
+        pad: u32,
+        device: &Device,
+    ) -> (Tensor<2>, usize) {
+        let ids: Vec<&[u32]> = examples.iter().map(|e| e.ids.as_slice()).collect();
+        let batch = encoder_batch(&ids, pad, device);
+        (
+            model.forward_sequence(batch.input_ids, batch.attention_mask),
+            batch.num_tokens,
+        )
+    }
+
+    fn labels(examples: &[&Encoded], device: &Device) -> Tensor<1, Int> {
+        let labels: Vec<i64> = examples.iter().map(|e| e.label.unwrap_or(0)).collect();
+        int_vector(&labels, device)
+    }
+}
+
+fn read_vec(tensor: Tensor<1>) -> Result<Vec<f32>> {
+    tensor
+        .inner()
+        .try_into_data()
+        .map_err(|e| Error::runtime(format!("reading results from the device failed: {e:?}")))?
+        .try_to_vec::<f32>()
+        .map_err(|e| Error::runtime(format!("unexpected result type: {e:?}")))
+}
+
+impl TaskRunner for ClassifyTask {
+    type Model = BertClassifier;
+
+    fn init_model(&self, device: &Device) -> BertClassifier {
+        self.arch.init(self.num_labels, BertHead::Sequence, device)
+    }
+
+    fn prepare(&mut self, _: &BertClassifier, _: &Path, _: bool) -> Result<()> {
+        Ok(())
+    }
+
+    fn step(&mut self, model: &BertClassifier, step: usize) -> StepOutput {
+        let ad_device = self.device.clone().autodiff();
+        let indices = self.sampler.batch(step, self.config.batch_size);
+        let batch: Vec<&Encoded> = indices.iter().map(|&i| &self.train[i]).collect();
+        let (logits, mut num_tokens) = Self::logits(model, &batch, self.pad, &ad_device);
+        let labels = Self::labels(&batch, &ad_device);
+        let task_loss = cross_entropy(logits.clone(), labels.clone());
+        let accuracy = logits
+            .clone()
+            .argmax(1)
+            .reshape([batch.len()])
+            .equal(labels.clone())
+            .float()
+            .mean();
+
+        let fairness_inputs = match &mut self.fairness {
+            FairnessSource::None => None,
+            FairnessSource::InBatch => {
+                let groups: Vec<i64> = batch.iter().map(|e| e.group).collect();
+                Some((
+                    class_probability(logits, self.config.positive_class),
+                    groups,
+                    labels,
+                ))
+            }
+            FairnessSource::Separate { examples, sampler } => {
+                let drawn: Vec<Encoded> = sampler
+                    .batch(step)
+                    .into_iter()
+                    .map(|i| examples[i].clone())
+                    .collect();
+                let drawn: Vec<&Encoded> = drawn.iter().collect();
+                let (logits, tokens) = Self::logits(model, &drawn, self.pad, &ad_device);
+                num_tokens += tokens;
+                let groups: Vec<i64> = drawn.iter().map(|e| e.group).collect();
+                let labels = Self::labels(&drawn, &ad_device);
+                Some((
+                    class_probability(logits, self.config.positive_class),
+                    groups,
+                    labels,
+                ))
+            }
+        };
+        let fairness = fairness_inputs.map(|(scores, groups, labels)| {
+            penalty(
+                scores,
+                int_vector(&groups, &ad_device),
+                self.groups.len().max(1),
+                self.eo_labels.map(|n| (labels, n)),
+                GroupStatsImpl::Auto,
+            )
+        });
+        let loss = match &fairness {
+            Some(term) if self.config.fairness_lambda > 0.0 => {
+                task_loss.clone() + term.penalty.clone() * self.config.fairness_lambda
+            }
+            _ => task_loss.clone(),
+        };
+        StepOutput {
+            loss,
+            task_loss,
+            fairness,
+            metrics: vec![("accuracy", accuracy)],
+            num_tokens,
+        }
+    }
+
+    fn evaluate(&mut self, model: &BertClassifier) -> Result<Option<Map<String, Value>>> {
+        if self.eval.is_empty() {
+            return Ok(None);
+        }
+        let model = model.valid();
+        let (mut correct, mut loss_sum) = (0usize, 0.0f64);
+        for chunk in self.eval.chunks(self.config.batch_size) {
+            let batch: Vec<&Encoded> = chunk.iter().collect();
+            let (logits, _) = Self::logits(&model, &batch, self.pad, &self.device);
+            let labels = Self::labels(&batch, &self.device);
+            loss_sum += read_vec(cross_entropy(logits.clone(), labels.clone()))?[0] as f64
+                * chunk.len() as f64;
+            let hits = logits
+                .argmax(1)
+                .reshape([chunk.len()])
+                .equal(labels)
+                .float()
+                .sum();
+            correct += read_vec(hits)?[0] as usize;
+        }
+        let n = self.eval.len() as f64;
+        let mut map = Map::new();
+        map.insert("accuracy".into(), json!(correct as f64 / n));
+        map.insert("loss".into(), json!(loss_sum / n));
+        Ok(Some(map))
+    }
+
+    fn fairness_eval(&mut self, model: &BertClassifier) -> Result<Option<FairnessSet>> {
+        let Some((name, examples)) = &self.fairness_eval else {
+            return Ok(None);
+        };
+        let model = model.valid();
+        let mut scores = Vec::with_capacity(examples.len());
+        for chunk in examples.chunks(self.config.batch_size) {
+            let batch: Vec<&Encoded> = chunk.iter().collect();
+            let (logits, _) = Self::logits(&model, &batch, self.pad, &self.device);
+            scores.extend(read_vec(class_probability(
+                logits,
+                self.config.positive_class,
+            ))?);
+        }
+        Ok(Some(FairnessSet {
+            name: name.clone(),
+            scores,
+            groups: examples.iter().map(|e| e.group).collect(),
+            labels: examples.iter().map(|e| e.label).collect(),
+        }))
+    }
+
+    fn groups(&self) -> &GroupVocab {
+        &self.groups
+    }
+
+    fn fairness_labels(&self) -> Option<usize> {
+        self.eo_labels
+    }
+}

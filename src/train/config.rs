@@ -1,0 +1,264 @@
+//! Every training setting in one place, with its default, validated once, and echoed into
+//! `OUT/config.json` so a run can be repeated — or resumed — exactly.
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::checkpoint;
+use super::schedule::Decay;
+use crate::data::GroupVocab;
+use crate::device::BackendChoice;
+use crate::error::{Error, Result};
+use crate::objective::{DpoConfig, FairnessKind, FairnessScore};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Task {
+    /// Preference tuning of a causal LM (policy + frozen reference).
+    Dpo,
+    /// Sequence classification with an encoder.
+    Classify,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub task: Task,
+    pub train: PathBuf,
+    pub eval: Option<PathBuf>,
+    pub fairness_data: Option<PathBuf>,
+    pub fairness_eval: Option<PathBuf>,
+    pub model: String,
+    pub tokenizer: Option<PathBuf>,
+    pub out: PathBuf,
+    pub backend: BackendChoice,
+    pub resume: bool,
+
+    pub steps: usize,
+    pub batch_size: usize,
+    /// Examples per step from `--fairness-data` (default: `batch_size`), split evenly over groups.
+    pub fairness_batch_size: Option<usize>,
+    pub lr: f64,
+    pub warmup_steps: usize,
+    pub decay: Decay,
+    pub weight_decay: f64,
+    /// Global-norm clipping threshold (0 = off).
+    pub max_grad_norm: f64,
+    pub seed: u64,
+    pub max_length: usize,
+    pub max_prompt_length: usize,
+
+    pub dpo: DpoConfig,
+
+    pub fairness: FairnessKind,
+    pub fairness_lambda: f64,
+    /// Default: `prob` for classify, `logp` for dpo.
+    pub fairness_score: Option<FairnessScore>,
+    /// The class whose probability is the classifier's score.
+    pub positive_class: usize,
+
+    pub eval_every: usize,
+    pub log_every: usize,
+    pub checkpoint_every: usize,
+    /// Test hook: stop (exit 1) right after this step, as a killed run would.
+    #[serde(skip)]
+    pub halt_after: Option<usize>,
+}
+
+impl TrainConfig {
+    /// The defaults of every optional setting, for a task and its files.
+    pub fn new(task: Task, train: PathBuf, model: String, out: PathBuf) -> Self {
+        Self {
+            task,
+            train,
+            eval: None,
+            fairness_data: None,
+            fairness_eval: None,
+            model,
+            tokenizer: None,
+            out,
+            backend: BackendChoice::Auto,
+            resume: false,
+            steps: 100,
+            batch_size: 8,
+            fairness_batch_size: None,
+            lr: 5e-4,
+            warmup_steps: 0,
+            decay: Decay::Linear,
+            weight_decay: 0.0,
+            max_grad_norm: 1.0,
+            seed: 42,
+            max_length: 256,
+            max_prompt_length: 128,
+            dpo: DpoConfig::default(),
+            fairness: FairnessKind::Dp,
+            fairness_lambda: 0.0,
+            fairness_score: None,
+            positive_class: 1,
+            eval_every: 0,
+            log_every: 1,
+            checkpoint_every: 50,
+            halt_after: None,
+        }
+    }
+
+    pub fn fairness_score(&self) -> FairnessScore {
+        self.fairness_score.unwrap_or(match self.task {
+            Task::Classify => FairnessScore::Prob,
+            Task::Dpo => FairnessScore::Logp,
+        })
+    }
+
+    pub fn validate(&self) -> Result<()> {
+        let bad = |m: String| Err(Error::input(m));
+        if !(self.fairness_lambda.is_finite() && self.fairness_lambda >= 0.0) {
+            return bad(format!(
+                "--fairness-lambda must be a non-negative number, got {}",
+                self.fairness_lambda
+            ));
+        }
+        if self.steps == 0 {
+            return bad("--steps must be at least 1".into());
+        }
+        if self.batch_size == 0 || self.fairness_batch_size == Some(0) {
+            return bad("batch sizes must be at least 1".into());
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return bad(format!("--lr must be a positive number, got {}", self.lr));
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            return bad(format!(
+                "--weight-decay must be non-negative, got {}",
+                self.weight_decay
+            ));
+        }
+        if !(self.max_grad_norm.is_finite() && self.max_grad_norm >= 0.0) {
+            return bad(format!(
+                "--max-grad-norm must be non-negative (0 = off), got {}",
+                self.max_grad_norm
+            ));
+        }
+        if self.log_every == 0 {
+            return bad("--log-every must be at least 1".into());
+        }
+        self.dpo.validate()?;
+        match (self.task, self.fairness_score()) {
+            (Task::Classify, FairnessScore::Reward | FairnessScore::Logp) => {
+                return bad("--fairness-score for classify must be prob".into());
+            }
+            (Task::Dpo, FairnessScore::Reward) if !self.dpo.loss.needs_reference() => {
+                return bad(
+                    "--fairness-score reward needs a reference model; --loss simpo has none".into(),
+                );
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    /// The settings a resumed run must share with the run it continues (everything that shapes
+    /// the trajectory; `steps` may grow, logging and the device may change).
+    pub fn fingerprint(&self) -> String {
+        let mut value = serde_json::to_value(self).expect("config serializes");
+        if let Some(map) = value.as_object_mut() {
+            for volatile in [
+                "steps",
+                "resume",
+                "backend",
+                "eval_every",
+                "log_every",
+                "checkpoint_every",
+                "out",
+            ] {
+                map.remove(volatile);
+            }
+        }
+        value.to_string()
+    }
+}
+
+/// Check `OUT` against `--resume` and write `OUT/config.json`. Returns the checkpoint to resume
+/// from. Nothing the user had is overwritten: a directory holding a run is only reused with
+/// `--resume`, and then only for the same settings.
+pub fn prepare_out_dir(config: &TrainConfig, groups: &GroupVocab) -> Result<Option<PathBuf>> {
+    let out = &config.out;
+    let config_path = out.join("config.json");
+    let holds_run = config_path.exists() || checkpoint::checkpoints_dir(out).exists();
+    if !config.resume {
+        if holds_run || out.join("report.json").exists() {
+            return Err(Error::input(format!(
+                "{} already holds a training run; pass --resume to continue it, or choose another --out",
+                out.display()
+            )));
+        }
+        if out.is_file() {
+            return Err(Error::input(format!("--out {} is a file", out.display())));
+        }
+        std::fs::create_dir_all(out).map_err(|e| {
+            Error::input(format!(
+                "{}: cannot create output directory: {e}",
+                out.display()
+            ))
+        })?;
+        write_config(&config_path, config, groups)?;
+        return Ok(None);
+    }
+
+    let Some(dir) = checkpoint::latest(out)? else {
+        return Err(Error::input(format!(
+            "--resume: {} has no checkpoint to resume from",
+            out.display()
+        )));
+    };
+    let state = checkpoint::read_state(&dir)?;
+    if state.fingerprint != config.fingerprint() {
+        let previous: serde_json::Value =
+            serde_json::from_str(&state.fingerprint).unwrap_or(serde_json::Value::Null);
+        let current: serde_json::Value =
+            serde_json::from_str(&config.fingerprint()).unwrap_or(serde_json::Value::Null);
+        let changed: Vec<String> = match (previous.as_object(), current.as_object()) {
+            (Some(a), Some(b)) => b
+                .iter()
+                .filter(|(k, v)| a.get(*k) != Some(*v))
+                .map(|(k, _)| k.clone())
+                .collect(),
+            _ => vec!["(unreadable)".into()],
+        };
+        return Err(Error::input(format!(
+            "--resume: settings differ from the run in {} ({}); only --steps and logging may change",
+            out.display(),
+            changed.join(", ")
+        )));
+    }
+    if state.step >= config.steps {
+        return Err(Error::input(format!(
+            "--resume: the run in {} already completed {} of --steps {}; raise --steps to train further",
+            out.display(),
+            state.step,
+            config.steps
+        )));
+    }
+    write_config(&config_path, config, groups)?;
+    let report = out.join("report.json");
+    if report.exists() {
+        // The old report describes fewer steps; it will be rewritten at the end.
+        std::fs::remove_file(&report)
+            .map_err(|e| Error::runtime(format!("{}: {e}", report.display())))?;
+    }
+    Ok(Some(dir))
+}
+
+fn write_config(path: &Path, config: &TrainConfig, groups: &GroupVocab) -> Result<()> {
+    let value = serde_json::json!({
+        "config": config,
+        "groups": groups.names,
+        "fairness_score": config.fairness_score(),
+        "fairtune_version": env!("CARGO_PKG_VERSION"),
+    });
+    checkpoint::write_atomic(
+        path,
+        serde_json::to_string_pretty(&value)
+            .expect("config serializes")
+            .as_bytes(),
+    )
+}

@@ -1,0 +1,554 @@
+//! The DPO task: a Llama-family policy, a frozen reference (a copy of the initial policy, kept on
+//! the plain device with no autodiff and no optimizer state), and the fairness penalty on a score
+//! of completions — drawn from the task batch (pairs with a `"group"`, scored on the chosen
+//! completion) or from a separate group-tagged set of `{"prompt","completion","group"}` rows.
+
+use std::path::Path;
+
+use burn::module::Module;
+use burn::tensor::{Device, Int, Tensor};
+use serde_json::{Map, Value, json};
+
+use super::{FairnessSet, StepOutput, TaskRunner, TrainConfig, checkpoint};
+use crate::data::batch::{int_vector, lm_batch};
+use crate::data::records::{self, CompletionExample, PreferenceExample};
+use crate::data::sampler::{BalancedSampler, EpochSampler};
+use crate::data::{Encoder, GroupVocab, LmSequence, Origin, TextTokenizer, TruncationStats};
+use crate::device::Selected;
+use crate::error::{Error, Result};
+use crate::kernel::GroupStatsImpl;
+use crate::model::{self, ArchConfig, LlamaConfig, LlamaForCausalLM};
+use crate::objective::task::completion_logps;
+use crate::objective::{DpoMetrics, FairnessKind, FairnessScore, PairLogps, dpo_loss, penalty};
+
+struct Pair {
+    chosen: LmSequence,
+    rejected: LmSequence,
+    group: i64,
+}
+
+/// A sequence whose completion is a fairness example.
+#[derive(Clone)]
+struct Scored {
+    sequence: LmSequence,
+    group: i64,
+    label: Option<i64>,
+}
+
+enum FairnessSource {
+    /// The chosen completions of the task batch's grouped pairs.
+    InBatch,
+    /// A separate set, drawn group-balanced every step.
+    Separate {
+        examples: Vec<Scored>,
+        sampler: BalancedSampler,
+    },
+    None,
+}
+
+pub struct DpoTask {
+    config: TrainConfig,
+    arch: LlamaConfig,
+    pad: u32,
+    device: Device,
+    train: Vec<Pair>,
+    eval: Vec<Pair>,
+    sampler: EpochSampler,
+    fairness: FairnessSource,
+    fairness_eval: Option<(String, Vec<Scored>)>,
+    groups: GroupVocab,
+    num_labels: Option<usize>,
+    reference: Option<LlamaForCausalLM>,
+}
+
+fn encode_pairs(
+    encoder: &Encoder,
+    examples: &[PreferenceExample],
+    groups: &GroupVocab,
+    stats: &mut TruncationStats,
+) -> Result<Vec<Pair>> {
+    examples
+        .iter()
+        .map(|ex| {
+            let encode = |completion: &str, stats: &mut TruncationStats| {
+                encoder
+                    .completion(&ex.prompt, completion, stats)?
+                    .ok_or_else(|| ex.origin.error("a completion produced no tokens"))
+            };
+            let group = match &ex.group {
+                Some(name) => groups.id_at(name, &ex.origin)? as i64,
+                None => -1,
+            };
+            Ok(Pair {
+                chosen: encode(&ex.chosen, stats)?,
+                rejected: encode(&ex.rejected, stats)?,
+                group,
+            })
+        })
+        .collect()
+}
+
+fn encode_completions(
+    encoder: &Encoder,
+    examples: &[CompletionExample],
+    groups: &GroupVocab,
+    stats: &mut TruncationStats,
+) -> Result<Vec<Scored>> {
+    examples
+        .iter()
+        .map(|ex| {
+            let sequence = encoder
+                .completion(&ex.prompt, &ex.completion, stats)?
+                .ok_or_else(|| ex.origin.error("the completion produced no tokens"))?;
+            Ok(Scored {
+                sequence,
+                group: groups.id_at(&ex.group, &ex.origin)? as i64,
+                label: ex.label.map(|l| l as i64),
+            })
+        })
+        .collect()
+}
+
+fn warn(stats: &TruncationStats, what: &Path, max_length: usize) {
+    if let Some(warning) = stats.warning(&what.display().to_string(), max_length) {
+        eprintln!("{warning}");
+    }
+}
+
+/// Check equalized-odds labels: present on every example, within `0..num_labels`.
+fn check_labels(examples: &[(Option<i64>, &Origin)], what: &str) -> Result<usize> {
+    let mut max = 0;
+    for (label, origin) in examples {
+        match label {
+            Some(l) => max = max.max(*l),
+            None => {
+                return Err(origin.error(format!(
+                    "--fairness eo needs a \"label\" on every {what} example"
+                )));
+            }
+        }
+    }
+    Ok((max as usize + 1).max(2))
+}
+
+impl DpoTask {
+    pub fn load(config: &TrainConfig, selected: &Selected) -> Result<Self> {
+        let tokenizer = match &config.tokenizer {
+            Some(path) => TextTokenizer::from_file(path)?,
+            None => TextTokenizer::Bytes,
+        };
+        let (arch, _) = model::resolve(&config.model, tokenizer.vocab_size())?;
+        let ArchConfig::Llama(arch) = arch else {
+            return Err(Error::input(format!(
+                "--task dpo needs a causal LM (llama); --model {} is a {} encoder",
+                config.model,
+                arch.name()
+            )));
+        };
+        if config.max_length > arch.max_position_embeddings {
+            return Err(Error::input(format!(
+                "--max-length {} exceeds the model's max_position_embeddings {}",
+                config.max_length, arch.max_position_embeddings
+            )));
+        }
+        let encoder = Encoder::new(&tokenizer, config.max_length, config.max_prompt_length)?;
+
+        let train_examples = records::read_preferences(&config.train)?;
+        let fairness_examples = config
+            .fairness_data
+            .as_deref()
+            .map(records::read_completions)
+            .transpose()?;
+        let groups = match &fairness_examples {
+            Some(rows) => GroupVocab::from_names(rows.iter().map(|r| r.group.as_str())),
+            None => {
+                GroupVocab::from_names(train_examples.iter().filter_map(|r| r.group.as_deref()))
+            }
+        };
+
+        let mut stats = TruncationStats::default();
+        let train = encode_pairs(&encoder, &train_examples, &groups, &mut stats)?;
+        warn(&stats, &config.train, config.max_length);
+
+        let eo = config.fairness == FairnessKind::Eo;
+        let mut num_labels = None;
+        let fairness = match fairness_examples {
+            Some(rows) => {
+                let path = config.fairness_data.as_deref().expect("set");
+                let mut stats = TruncationStats::default();
+                let examples = encode_completions(&encoder, &rows, &groups, &mut stats)?;
+                warn(&stats, path, config.max_length);
+                if eo {
+                    let labels: Vec<_> = rows
+                        .iter()
+                        .map(|r| (r.label.map(|l| l as i64), &r.origin))
+                        .collect();
+                    num_labels = Some(check_labels(&labels, "--fairness-data")?);
+                }
+                let ids: Vec<usize> = examples.iter().map(|e| e.group as usize).collect();
+                let batch = config.fairness_batch_size.unwrap_or(config.batch_size);
+                let sampler = BalancedSampler::new(&ids, groups.len(), batch, config.seed ^ 0xFA1);
+                FairnessSource::Separate { examples, sampler }
+            }
+            None if train.iter().any(|p| p.group >= 0) => {
+                if eo {
+                    return Err(Error::input(
+                        "--fairness eo needs labels: preference pairs have none; give --fairness-data rows with \"label\"",
+                    ));
+                }
+                FairnessSource::InBatch
+            }
+            None => FairnessSource::None,
+        };
+        if config.fairness_lambda > 0.0 {
+            match &fairness {
+                FairnessSource::None => {
+                    return Err(Error::input(
+                        "--fairness-lambda > 0 but there are no fairness examples: give --fairness-data or \"group\" fields in --train",
+                    ));
+                }
+                _ if groups.len() < 2 => eprintln!(
+                    "warning: only one group ({}) in the fairness examples; the penalty is 0",
+                    groups.names.join(", ")
+                ),
+                _ => {}
+            }
+        }
+
+        let eval = match &config.eval {
+            Some(path) => {
+                let rows = records::read_preferences(path)?;
+                let mut stats = TruncationStats::default();
+                let pairs = encode_pairs(&encoder, &rows, &groups, &mut stats)?;
+                warn(&stats, path, config.max_length);
+                pairs
+            }
+            None => Vec::new(),
+        };
+
+        let fairness_eval = if let Some(path) = &config.fairness_eval {
+            let rows = records::read_completions(path)?;
+            let mut stats = TruncationStats::default();
+            let examples = encode_completions(&encoder, &rows, &groups, &mut stats)?;
+            warn(&stats, path, config.max_length);
+            if let Some(n) = num_labels {
+                let labels: Vec<_> = rows
+                    .iter()
+                    .map(|r| (r.label.map(|l| l as i64), &r.origin))
+                    .collect();
+                let found = check_labels(&labels, "--fairness-eval")?;
+                if found > n {
+                    return Err(Error::input(format!(
+                        "{}: labels go up to {} but training saw only 0..{}",
+                        path.display(),
+                        found - 1,
+                        n - 1
+                    )));
+                }
+            }
+            Some(("fairness-eval".to_string(), examples))
+        } else if !eval.is_empty() && eval.iter().any(|p| p.group >= 0) && !eo {
+            let examples = eval
+                .iter()
+                .filter(|p| p.group >= 0)
+                .map(|p| Scored {
+                    sequence: p.chosen.clone(),
+                    group: p.group,
+                    label: None,
+                })
+                .collect();
+            Some(("eval".to_string(), examples))
+        } else {
+            match &fairness {
+                FairnessSource::Separate { examples, .. } => {
+                    Some(("fairness-data".to_string(), examples.clone()))
+                }
+                FairnessSource::InBatch => Some((
+                    "train".to_string(),
+                    train
+                        .iter()
+                        .filter(|p| p.group >= 0)
+                        .map(|p| Scored {
+                            sequence: p.chosen.clone(),
+                            group: p.group,
+                            label: None,
+                        })
+                        .collect(),
+                )),
+                FairnessSource::None => None,
+            }
+        };
+
+        Ok(Self {
+            config: config.clone(),
+            arch,
+            pad: encoder.special.pad,
+            device: selected.device.clone(),
+            sampler: EpochSampler::new(train.len(), config.seed),
+            train,
+            eval,
+            fairness,
+            fairness_eval,
+            groups,
+            num_labels,
+            reference: None,
+        })
+    }
+
+    /// Summed completion log-probs and token counts of `sequences` under `model`.
+    fn logps(
+        model: &LlamaForCausalLM,
+        sequences: &[&LmSequence],
+        pad: u32,
+        device: &Device,
+    ) -> (Tensor<1>, Tensor<1>, usize) {
+        let batch = lm_batch(sequences, pad, device);
+        let logits = model.forward(batch.input_ids.clone());
+        let (sums, counts) = completion_logps(logits, batch.input_ids, batch.completion_mask);
+        (sums, counts, batch.num_tokens)
+    }
+
+    /// The fairness score of completions from their policy (and, for `reward`, reference) log-probs.
+    fn score(
+        &self,
+        sums: Tensor<1>,
+        counts: Tensor<1>,
+        reference_sums: Option<Tensor<1>>,
+    ) -> Tensor<1> {
+        let mean = sums.clone() / counts.clamp_min(1.0);
+        match self.config.fairness_score() {
+            FairnessScore::Logp => mean,
+            FairnessScore::Prob => mean.exp(),
+            FairnessScore::Reward => {
+                (sums - reference_sums.expect("reference log-probs for reward scores"))
+                    * self.config.dpo.beta
+            }
+        }
+    }
+
+    fn needs_reference_scores(&self) -> bool {
+        self.config.fairness_score() == FairnessScore::Reward
+    }
+
+    fn reference(&self) -> Option<&LlamaForCausalLM> {
+        self.reference.as_ref()
+    }
+
+    /// Scores of `examples` under `model` (no autodiff), in batches.
+    fn score_all(&self, model: &LlamaForCausalLM, examples: &[Scored]) -> Result<Vec<f32>> {
+        let inner = self.device.clone();
+        let mut scores = Vec::with_capacity(examples.len());
+        for chunk in examples.chunks(self.config.batch_size.max(1)) {
+            let seqs: Vec<&LmSequence> = chunk.iter().map(|e| &e.sequence).collect();
+            let (sums, counts, _) = Self::logps(model, &seqs, self.pad, &inner);
+            let reference = self.needs_reference_scores().then(|| {
+                Self::logps(
+                    self.reference().expect("reference"),
+                    &seqs,
+                    self.pad,
+                    &inner,
+                )
+                .0
+            });
+            let batch = self.score(sums, counts, reference);
+            scores.extend(read_vec(batch)?);
+        }
+        Ok(scores)
+    }
+}
+
+fn read_vec(tensor: Tensor<1>) -> Result<Vec<f32>> {
+    tensor
+        .inner()
+        .try_into_data()
+        .map_err(|e| Error::runtime(format!("reading results from the device failed: {e:?}")))?
+        .try_to_vec::<f32>()
+        .map_err(|e| Error::runtime(format!("unexpected result type: {e:?}")))
+}
+
+fn split_pairs(sums: Tensor<1>, counts: Tensor<1>, pairs: usize) -> PairLogps {
+    PairLogps {
+        chosen: sums.clone().narrow(0, 0, pairs),
+        rejected: sums.narrow(0, pairs, pairs),
+        chosen_tokens: counts.clone().narrow(0, 0, pairs),
+        rejected_tokens: counts.narrow(0, pairs, pairs),
+    }
+}
+
+impl TaskRunner for DpoTask {
+    type Model = LlamaForCausalLM;
+
+    fn init_model(&self, device: &Device) -> LlamaForCausalLM {
+        self.arch.init(device)
+    }
+
+    fn prepare(&mut self, model: &LlamaForCausalLM, out: &Path, resuming: bool) -> Result<()> {
+        if !self.config.dpo.loss.needs_reference() {
+            return Ok(());
+        }
+        let path = out.join("reference.bpk");
+        let reference = if resuming {
+            checkpoint::load_module(self.arch.init(&self.device), &path)?
+        } else {
+            let reference = model.valid();
+            checkpoint::save_module(&reference, &path)?;
+            reference
+        };
+        self.reference = Some(reference.valid());
+        Ok(())
+    }
+
+    fn step(&mut self, model: &LlamaForCausalLM, step: usize) -> StepOutput {
+        let ad_device = self.device.clone().autodiff();
+        let indices = self.sampler.batch(step, self.config.batch_size);
+        let pairs = indices.len();
+        let sequences: Vec<&LmSequence> = indices
+            .iter()
+            .map(|&i| &self.train[i].chosen)
+            .chain(indices.iter().map(|&i| &self.train[i].rejected))
+            .collect();
+        let (sums, counts, mut num_tokens) = Self::logps(model, &sequences, self.pad, &ad_device);
+        let policy = split_pairs(sums, counts, pairs);
+        let reference = self.reference().map(|reference| {
+            let (sums, counts, _) = Self::logps(reference, &sequences, self.pad, &self.device);
+            split_pairs(sums, counts, pairs)
+        });
+        let output = dpo_loss(&self.config.dpo, &policy, reference.as_ref());
+
+        let fairness = match &mut self.fairness {
+            FairnessSource::None => None,
+            FairnessSource::InBatch => {
+                let groups: Vec<i64> = indices.iter().map(|&i| self.train[i].group).collect();
+                let scores = self.score(
+                    policy.chosen.clone(),
+                    policy.chosen_tokens.clone(),
+                    reference.as_ref().map(|r| r.chosen.clone()),
+                );
+                Some((scores, groups, None))
+            }
+            FairnessSource::Separate { examples, sampler } => {
+                let chosen: Vec<Scored> = sampler
+                    .batch(step)
+                    .into_iter()
+                    .map(|i| examples[i].clone())
+                    .collect();
+                let seqs: Vec<&LmSequence> = chosen.iter().map(|e| &e.sequence).collect();
+                let (sums, counts, tokens) = Self::logps(model, &seqs, self.pad, &ad_device);
+                num_tokens += tokens;
+                let reference = self.needs_reference_scores().then(|| {
+                    Self::logps(
+                        self.reference().expect("reference"),
+                        &seqs,
+                        self.pad,
+                        &self.device,
+                    )
+                    .0
+                });
+                let scores = self.score(sums, counts, reference);
+                let groups = chosen.iter().map(|e| e.group).collect();
+                let labels = chosen
+                    .iter()
+                    .map(|e| e.label.unwrap_or(0))
+                    .collect::<Vec<_>>();
+                Some((scores, groups, Some(labels)))
+            }
+        };
+        let fairness = fairness.map(|(scores, groups, labels)| {
+            let labels: Option<(Tensor<1, Int>, usize)> = match (self.num_labels, labels) {
+                (Some(n), Some(labels)) => Some((int_vector(&labels, &ad_device), n)),
+                _ => None,
+            };
+            penalty(
+                scores,
+                int_vector(&groups, &ad_device),
+                self.groups.len().max(1),
+                labels,
+                GroupStatsImpl::Auto,
+            )
+        });
+
+        let task_loss = output.loss.clone();
+        let loss = match &fairness {
+            Some(term) if self.config.fairness_lambda > 0.0 => {
+                task_loss.clone() + term.penalty.clone() * self.config.fairness_lambda
+            }
+            _ => task_loss.clone(),
+        };
+        let margins = output.chosen_rewards.clone() - output.rejected_rewards.clone();
+        let metrics = vec![
+            ("rewards/chosen", output.chosen_rewards.clone().mean()),
+            ("rewards/rejected", output.rejected_rewards.clone().mean()),
+            ("rewards/margins", margins.clone().mean()),
+            (
+                "rewards/accuracies",
+                margins.greater_elem(0.0).float().mean(),
+            ),
+            ("logps/chosen", output.chosen_logps.mean()),
+            ("logps/rejected", output.rejected_logps.mean()),
+        ];
+        StepOutput {
+            loss,
+            task_loss,
+            fairness,
+            metrics,
+            num_tokens,
+        }
+    }
+
+    fn evaluate(&mut self, model: &LlamaForCausalLM) -> Result<Option<Map<String, Value>>> {
+        if self.eval.is_empty() {
+            return Ok(None);
+        }
+        let model = model.valid();
+        let (mut cr, mut rr, mut cl, mut rl) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut loss_sum = 0.0;
+        for chunk in self.eval.chunks(self.config.batch_size) {
+            let sequences: Vec<&LmSequence> = chunk
+                .iter()
+                .map(|p| &p.chosen)
+                .chain(chunk.iter().map(|p| &p.rejected))
+                .collect();
+            let (sums, counts, _) = Self::logps(&model, &sequences, self.pad, &self.device);
+            let policy = split_pairs(sums, counts, chunk.len());
+            let reference = self.reference().map(|reference| {
+                let (sums, counts, _) = Self::logps(reference, &sequences, self.pad, &self.device);
+                split_pairs(sums, counts, chunk.len())
+            });
+            let output = dpo_loss(&self.config.dpo, &policy, reference.as_ref());
+            loss_sum += read_vec(output.loss)?[0] as f64 * chunk.len() as f64;
+            cr.extend(read_vec(output.chosen_rewards)?);
+            rr.extend(read_vec(output.rejected_rewards)?);
+            cl.extend(read_vec(output.chosen_logps)?);
+            rl.extend(read_vec(output.rejected_logps)?);
+        }
+        let metrics = DpoMetrics::from_pairs(&cr, &rr, &cl, &rl);
+        let mut map = match serde_json::to_value(metrics).expect("metrics serialize") {
+            Value::Object(map) => map,
+            _ => unreachable!(),
+        };
+        map.insert("loss".into(), json!(loss_sum / self.eval.len() as f64));
+        Ok(Some(map))
+    }
+
+    fn fairness_eval(&mut self, model: &LlamaForCausalLM) -> Result<Option<FairnessSet>> {
+        let Some((name, examples)) = &self.fairness_eval else {
+            return Ok(None);
+        };
+        let model = model.valid();
+        let scores = self.score_all(&model, examples)?;
+        Ok(Some(FairnessSet {
+            name: name.clone(),
+            scores,
+            groups: examples.iter().map(|e| e.group).collect(),
+            labels: examples.iter().map(|e| e.label).collect(),
+        }))
+    }
+
+    fn groups(&self) -> &GroupVocab {
+        &self.groups
+    }
+
+    fn fairness_labels(&self) -> Option<usize> {
+        self.num_labels
+    }
+}
