@@ -1,0 +1,298 @@
+//! Every bad input gets one clear error line and exit code 2 (1 for failures while running),
+//! never a panic, and no output that looks like a finished run.
+
+use std::path::Path;
+
+use serde_json::json;
+
+use crate::common::{fairtune, jsonl, stderr, write};
+
+fn pairs_file(dir: &Path) -> String {
+    let rows: Vec<_> = (0..8)
+        .map(|i| {
+            json!({"prompt": format!("q{i}: "), "chosen": "yes", "rejected": "no",
+                   "group": if i % 2 == 0 { "a" } else { "b" }})
+        })
+        .collect();
+    write(dir, "pairs.jsonl", &jsonl(&rows))
+        .display()
+        .to_string()
+}
+
+/// Run `fairtune train --task dpo` on CPU with `extra` flags; expect failure with `code`
+/// and a single error line containing `needle`.
+#[track_caller]
+fn expect_error(dir: &Path, train: &str, extra: &[&str], code: i32, needle: &str) {
+    let out = dir.join("run");
+    let out = out.to_str().unwrap();
+    let mut args = vec![
+        "train",
+        "--task",
+        "dpo",
+        "--backend",
+        "cpu",
+        "--train",
+        train,
+        "--out",
+        out,
+    ];
+    for (flag, default) in [("--model", "tiny-llama"), ("--steps", "2")] {
+        if !extra.contains(&flag) {
+            args.extend([flag, default]);
+        }
+    }
+    args.extend_from_slice(extra);
+    let output = fairtune(&args);
+    let err = stderr(&output);
+    assert_eq!(
+        output.status.code(),
+        Some(code),
+        "exit code for {extra:?}; stderr:\n{err}"
+    );
+    let error_lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(
+        error_lines.len(),
+        1,
+        "one error line for {extra:?}; stderr:\n{err}"
+    );
+    assert!(
+        error_lines[0].contains(needle),
+        "{:?} should mention {needle:?}",
+        error_lines[0]
+    );
+    assert!(
+        !err.contains("internal failure") && !err.contains("panicked"),
+        "no panic: {err}"
+    );
+    assert!(
+        !Path::new(out).join("report.json").exists(),
+        "no report for a failed run"
+    );
+}
+
+#[test]
+fn missing_and_unreadable_files() {
+    let dir = crate::common::tempdir();
+    let missing = dir.path().join("nope.jsonl");
+    expect_error(
+        dir.path(),
+        missing.to_str().unwrap(),
+        &[],
+        2,
+        "cannot read file",
+    );
+    // A directory where a file is expected.
+    expect_error(
+        dir.path(),
+        dir.path().to_str().unwrap(),
+        &[],
+        2,
+        "cannot read file",
+    );
+    let train = pairs_file(dir.path());
+    expect_error(
+        dir.path(),
+        &train,
+        &["--eval", missing.to_str().unwrap()],
+        2,
+        "nope.jsonl",
+    );
+    expect_error(
+        dir.path(),
+        &train,
+        &["--tokenizer", missing.to_str().unwrap()],
+        2,
+        "cannot load tokenizer",
+    );
+}
+
+#[test]
+fn malformed_json_and_missing_fields_name_the_line() {
+    let dir = crate::common::tempdir();
+    let good = "{\"prompt\":\"a\",\"chosen\":\"b\",\"rejected\":\"c\"}";
+    let bad_json = write(
+        dir.path(),
+        "bad.jsonl",
+        &format!("{good}\n{good}\n{{oops\n"),
+    );
+    expect_error(
+        dir.path(),
+        bad_json.to_str().unwrap(),
+        &[],
+        2,
+        "bad.jsonl:3: invalid JSON",
+    );
+    let missing = write(
+        dir.path(),
+        "missing.jsonl",
+        &format!("{good}\n{{\"prompt\":\"a\",\"chosen\":\"b\"}}\n"),
+    );
+    expect_error(
+        dir.path(),
+        missing.to_str().unwrap(),
+        &[],
+        2,
+        "missing.jsonl:2: missing field \"rejected\"",
+    );
+    let wrong_type = write(
+        dir.path(),
+        "type.jsonl",
+        "{\"prompt\":\"a\",\"chosen\":3,\"rejected\":\"c\"}\n",
+    );
+    expect_error(
+        dir.path(),
+        wrong_type.to_str().unwrap(),
+        &[],
+        2,
+        "type.jsonl:1: field \"chosen\" must be a string",
+    );
+}
+
+#[test]
+fn empty_dataset() {
+    let dir = crate::common::tempdir();
+    let empty = write(dir.path(), "empty.jsonl", "");
+    expect_error(dir.path(), empty.to_str().unwrap(), &[], 2, "no examples");
+}
+
+#[test]
+fn unknown_group() {
+    let dir = crate::common::tempdir();
+    let train = pairs_file(dir.path());
+    let eval = write(
+        dir.path(),
+        "eval.jsonl",
+        &jsonl(&[json!({"prompt": "q", "chosen": "yes", "rejected": "no", "group": "zebra"})]),
+    );
+    expect_error(
+        dir.path(),
+        &train,
+        &["--eval", eval.to_str().unwrap()],
+        2,
+        "eval.jsonl:1: unknown group \"zebra\"",
+    );
+}
+
+#[test]
+fn invalid_numbers() {
+    let dir = crate::common::tempdir();
+    let train = pairs_file(dir.path());
+    expect_error(
+        dir.path(),
+        &train,
+        &["--fairness-lambda=-1"],
+        2,
+        "--fairness-lambda",
+    );
+    expect_error(dir.path(), &train, &["--beta", "0"], 2, "--beta");
+    expect_error(dir.path(), &train, &["--beta=-0.5"], 2, "--beta");
+    expect_error(dir.path(), &train, &["--lr", "0"], 2, "--lr");
+    expect_error(
+        dir.path(),
+        &train,
+        &["--fairness-lambda", "NaN"],
+        2,
+        "--fairness-lambda",
+    );
+    // clap's own usage errors also exit with 2.
+    let output = fairtune(&["train", "--task", "nonsense"]);
+    assert_eq!(output.status.code(), Some(2));
+}
+
+#[test]
+fn model_configs_that_do_not_fit() {
+    let dir = crate::common::tempdir();
+    let train = pairs_file(dir.path());
+    expect_error(
+        dir.path(),
+        &train,
+        &["--model", "tiny-bert"],
+        2,
+        "needs a causal LM",
+    );
+    let config = write(
+        dir.path(),
+        "config.json",
+        &json!({"model_type": "llama", "vocab_size": 300, "hidden_size": 30, "intermediate_size": 64,
+                "num_hidden_layers": 1, "num_attention_heads": 4}).to_string(),
+    );
+    let mut args = vec!["--model", config.to_str().unwrap()];
+    expect_error(
+        dir.path(),
+        &train,
+        &args,
+        2,
+        "divisible by num_attention_heads",
+    );
+    let gpt = write(
+        dir.path(),
+        "gpt.json",
+        &json!({"model_type": "gpt2"}).to_string(),
+    );
+    args[1] = gpt.to_str().unwrap();
+    expect_error(
+        dir.path(),
+        &train,
+        &args,
+        2,
+        "model_type \"gpt2\" is not supported",
+    );
+    let small_vocab = write(
+        dir.path(),
+        "small.json",
+        &json!({"model_type": "llama", "vocab_size": 100, "hidden_size": 32, "intermediate_size": 64,
+                "num_hidden_layers": 1, "num_attention_heads": 4}).to_string(),
+    );
+    args[1] = small_vocab.to_str().unwrap();
+    expect_error(dir.path(), &train, &args, 2, "smaller than the tokenizer");
+    expect_error(
+        dir.path(),
+        &train,
+        &["--max-length", "4096"],
+        2,
+        "max_position_embeddings",
+    );
+}
+
+#[test]
+fn lambda_without_fairness_examples() {
+    let dir = crate::common::tempdir();
+    let rows: Vec<_> = (0..4)
+        .map(|i| json!({"prompt": format!("{i}"), "chosen": "y", "rejected": "n"}))
+        .collect();
+    let train = write(dir.path(), "nogroups.jsonl", &jsonl(&rows));
+    expect_error(
+        dir.path(),
+        train.to_str().unwrap(),
+        &["--fairness-lambda", "1"],
+        2,
+        "no fairness examples",
+    );
+}
+
+#[test]
+fn a_diverging_loss_stops_the_run_with_exit_code_1() {
+    let dir = crate::common::tempdir();
+    let train = pairs_file(dir.path());
+    expect_error(
+        dir.path(),
+        &train,
+        &["--lr", "1e30", "--max-grad-norm", "0", "--steps", "20"],
+        1,
+        "became",
+    );
+}
+
+#[test]
+fn an_existing_run_is_not_overwritten() {
+    let dir = crate::common::tempdir();
+    let train = pairs_file(dir.path());
+    let out = dir.path().join("run");
+    std::fs::create_dir_all(&out).unwrap();
+    std::fs::write(out.join("config.json"), "{}").unwrap();
+    expect_error(dir.path(), &train, &[], 2, "already holds a training run");
+    assert_eq!(
+        std::fs::read_to_string(out.join("config.json")).unwrap(),
+        "{}"
+    );
+}

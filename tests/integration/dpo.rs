@@ -1,0 +1,152 @@
+//! Each DPO variant against values computed by hand (in f64, see the comments).
+
+use fairtune::objective::{DpoConfig, DpoLossKind, DpoMetrics, PairLogps, dpo_loss};
+
+use crate::common::{self, floats, to_vec};
+
+/// Two pairs. h = (π_c − ref_c) − (π_r − ref_r) = [1, 0].
+fn pairs() -> (PairLogps, PairLogps) {
+    let device = common::cpu();
+    let policy = PairLogps {
+        chosen: floats(&[-10.0, -12.0], &device),
+        rejected: floats(&[-11.0, -9.0], &device),
+        chosen_tokens: floats(&[5.0, 4.0], &device),
+        rejected_tokens: floats(&[3.0, 6.0], &device),
+    };
+    let reference = PairLogps {
+        chosen: floats(&[-10.5, -12.5], &device),
+        rejected: floats(&[-10.5, -9.5], &device),
+        chosen_tokens: floats(&[5.0, 4.0], &device),
+        rejected_tokens: floats(&[3.0, 6.0], &device),
+    };
+    (policy, reference)
+}
+
+fn loss(loss: DpoLossKind, label_smoothing: f64, sft_weight: f64) -> f64 {
+    let (policy, reference) = pairs();
+    let config = DpoConfig {
+        beta: 0.1,
+        loss,
+        label_smoothing,
+        simpo_gamma: 0.5,
+        sft_weight,
+    };
+    to_vec(dpo_loss(&config, &policy, Some(&reference)).loss)[0] as f64
+}
+
+#[track_caller]
+fn assert_near(got: f64, want: f64) {
+    assert!((got - want).abs() < 1e-5, "got {got}, want {want}");
+}
+
+#[test]
+fn sigmoid_loss() {
+    // mean(−log σ(0.1), −log σ(0)) = (0.64439666 + 0.69314718) / 2
+    assert_near(loss(DpoLossKind::Sigmoid, 0.0, 0.0), 0.668_771_920_3);
+}
+
+#[test]
+fn cdpo_label_smoothing() {
+    // −0.8·log σ(βh) − 0.2·log σ(−βh), averaged
+    assert_near(loss(DpoLossKind::Sigmoid, 0.2, 0.0), 0.678_771_920_3);
+}
+
+#[test]
+fn robust_loss() {
+    // (−0.8·log σ(βh) + 0.2·log σ(−βh)) / 0.6, averaged
+    assert_near(loss(DpoLossKind::Robust, 0.2, 0.0), 0.652_105_253_7);
+}
+
+#[test]
+fn hinge_loss() {
+    // mean(relu(1 − 0.1), relu(1 − 0)) = 0.95
+    assert_near(loss(DpoLossKind::Hinge, 0.0, 0.0), 0.95);
+}
+
+#[test]
+fn ipo_loss_uses_per_token_averages() {
+    // h_avg = [(−2 + 2.1) − (−11/3 + 3.5), (−3 + 3.125) − (−1.5 + 19/12)] = [4/15, 1/24];
+    // mean((h_avg − 5)²) = 23.494756944
+    assert_near(loss(DpoLossKind::Ipo, 0.0, 0.0), 23.494_756_944);
+}
+
+#[test]
+fn simpo_needs_no_reference() {
+    let (policy, _) = pairs();
+    let config = DpoConfig {
+        beta: 0.1,
+        loss: DpoLossKind::Simpo,
+        label_smoothing: 0.0,
+        simpo_gamma: 0.5,
+        sft_weight: 0.0,
+    };
+    // avg logps: c = [−2, −3], r = [−11/3, −1.5]; −log σ(0.1·Δ − 0.5), averaged = 0.971847122
+    let output = dpo_loss(&config, &policy, None);
+    assert_near(to_vec(output.loss)[0] as f64, 0.971_847_121_9);
+    // SimPO's rewards are β·avg log π.
+    let rewards = to_vec(output.chosen_rewards);
+    assert_near(rewards[0] as f64, -0.2);
+}
+
+#[test]
+fn sft_term_adds_the_chosen_nll_per_token() {
+    // sigmoid + 0.3·mean(10/5, 12/4) = 0.668771920 + 0.75
+    assert_near(loss(DpoLossKind::Sigmoid, 0.0, 0.3), 1.418_771_920_3);
+}
+
+#[test]
+fn trl_metrics() {
+    let (policy, reference) = pairs();
+    let output = dpo_loss(&DpoConfig::default(), &policy, Some(&reference));
+    let metrics = DpoMetrics::from_pairs(
+        &to_vec(output.chosen_rewards),
+        &to_vec(output.rejected_rewards),
+        &to_vec(output.chosen_logps),
+        &to_vec(output.rejected_logps),
+    );
+    // rewards: chosen β·[0.5, 0.5], rejected β·[−0.5, 0.5]; the second margin is exactly 0, which
+    // TRL does not count as accurate.
+    assert_near(metrics.rewards_chosen, 0.05);
+    assert_near(metrics.rewards_rejected, 0.0);
+    assert_near(metrics.rewards_margins, 0.05);
+    assert_near(metrics.rewards_accuracies, 0.5);
+    assert_near(metrics.logps_chosen, -11.0);
+    assert_near(metrics.logps_rejected, -10.0);
+    let json = serde_json::to_value(&metrics).unwrap();
+    for key in [
+        "rewards/chosen",
+        "rewards/rejected",
+        "rewards/margins",
+        "rewards/accuracies",
+        "logps/chosen",
+        "logps/rejected",
+    ] {
+        assert!(json.get(key).is_some(), "missing {key}");
+    }
+}
+
+#[test]
+fn invalid_settings_are_rejected() {
+    let bad = |config: DpoConfig| config.validate().unwrap_err().to_string();
+    assert!(
+        bad(DpoConfig {
+            beta: 0.0,
+            ..DpoConfig::default()
+        })
+        .contains("--beta")
+    );
+    assert!(
+        bad(DpoConfig {
+            beta: -1.0,
+            ..DpoConfig::default()
+        })
+        .contains("--beta")
+    );
+    assert!(
+        bad(DpoConfig {
+            label_smoothing: 0.5,
+            ..DpoConfig::default()
+        })
+        .contains("--label-smoothing")
+    );
+}

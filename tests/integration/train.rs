@@ -1,0 +1,311 @@
+//! End-to-end runs of `fairtune train` on the CPU backend and on wgpu.
+
+use std::path::Path;
+
+use serde_json::{Value, json};
+
+use crate::common::{self, fairtune, jsonl, read_json, stderr, write};
+
+/// Preference pairs whose groups get very different chosen-completion log-probs: group "a"'s
+/// chosen completion is one fixed phrase (easy to learn), group "b"'s is different random text
+/// for every pair (unlearnable). Without the penalty, DPO opens a wide gap in mean log-prob.
+fn gap_data(dir: &Path) -> (String, String) {
+    let mut state = 12345u64;
+    let mut random_word = |len: usize| -> String {
+        (0..len)
+            .map(|_| {
+                state = state
+                    .wrapping_mul(6364136223846793005)
+                    .wrapping_add(1442695040888963407);
+                char::from(b'a' + ((state >> 33) % 26) as u8)
+            })
+            .collect()
+    };
+    let mut rows = Vec::new();
+    for i in 0..48 {
+        let group = if i % 2 == 0 { "a" } else { "b" };
+        let chosen = if group == "a" {
+            " sure thing".to_string()
+        } else {
+            format!(" {}", random_word(10))
+        };
+        rows.push(json!({
+            "prompt": format!("{group}{}:", i % 7),
+            "chosen": chosen,
+            "rejected": format!(" {}", random_word(10)),
+            "group": group,
+        }));
+    }
+    let train = write(dir, "train.jsonl", &jsonl(&rows[..40]));
+    let eval = write(dir, "eval.jsonl", &jsonl(&rows[40..]));
+    (train.display().to_string(), eval.display().to_string())
+}
+
+fn train_args<'a>(
+    train: &'a str,
+    eval: &'a str,
+    out: &'a str,
+    backend: &'a str,
+    steps: &'a str,
+) -> Vec<&'a str> {
+    vec![
+        "train",
+        "--task",
+        "dpo",
+        "--model",
+        "tiny-llama",
+        "--train",
+        train,
+        "--eval",
+        eval,
+        "--out",
+        out,
+        "--backend",
+        backend,
+        "--steps",
+        steps,
+        "--batch-size",
+        "8",
+        "--lr",
+        "3e-3",
+        "--beta",
+        "0.5",
+        "--seed",
+        "7",
+        "--checkpoint-every",
+        "4",
+        "--eval-every",
+        "10",
+    ]
+}
+
+#[track_caller]
+fn run_ok(args: &[&str]) -> Value {
+    let output = fairtune(args);
+    assert!(
+        output.status.success(),
+        "fairtune {args:?} failed:\n{}",
+        stderr(&output)
+    );
+    let out = args[args.iter().position(|a| *a == "--out").unwrap() + 1];
+    read_json(&Path::new(out).join("report.json"))
+}
+
+fn metrics(out: &Path) -> Vec<Value> {
+    std::fs::read_to_string(out.join("metrics.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+fn check_outputs(out: &Path, report: &Value, steps: usize) {
+    let lines = metrics(out);
+    assert_eq!(lines.len(), steps, "one metrics line per step");
+    for (i, line) in lines.iter().enumerate() {
+        assert_eq!(line["step"], json!(i + 1));
+        for key in [
+            "loss",
+            "task_loss",
+            "fairness_F",
+            "lambda",
+            "rewards/chosen",
+            "rewards/rejected",
+            "rewards/margins",
+            "rewards/accuracies",
+            "logps/chosen",
+            "logps/rejected",
+            "tokens_per_s",
+            "group_means",
+        ] {
+            assert!(
+                !line[key].is_null(),
+                "metrics line {} lacks {key}: {line}",
+                i + 1
+            );
+        }
+        assert!(line["loss"].as_f64().unwrap().is_finite());
+    }
+    for key in [
+        "fairness_F",
+        "group_means",
+        "rewards/accuracies",
+        "tokens_per_s",
+    ] {
+        assert!(!report[key].is_null(), "report lacks {key}: {report}");
+    }
+    assert_eq!(report["fairness_set"], json!("eval"));
+    assert!(out.join("model.bpk").exists() && out.join("config.json").exists());
+}
+
+#[test]
+fn dpo_runs_on_the_cpu_backend() {
+    let dir = crate::common::tempdir();
+    let (train, eval) = gap_data(dir.path());
+    let out = dir.path().join("cpu");
+    let report = run_ok(&train_args(
+        &train,
+        &eval,
+        out.to_str().unwrap(),
+        "cpu",
+        "12",
+    ));
+    check_outputs(&out, &report, 12);
+    assert_eq!(report["backend"], json!("cpu"));
+    assert!(
+        report["rewards/accuracies"].as_f64().unwrap() > 0.5,
+        "{report}"
+    );
+}
+
+#[test]
+fn dpo_runs_on_wgpu() {
+    let Some(_) = common::wgpu() else { return };
+    let dir = crate::common::tempdir();
+    let (train, eval) = gap_data(dir.path());
+    let out = dir.path().join("wgpu");
+    let report = run_ok(&train_args(
+        &train,
+        &eval,
+        out.to_str().unwrap(),
+        "wgpu",
+        "12",
+    ));
+    check_outputs(&out, &report, 12);
+    assert!(
+        report["backend"].as_str().unwrap().starts_with("wgpu/"),
+        "{report}"
+    );
+}
+
+#[test]
+fn devices_lists_the_wgpu_adapter() {
+    let Some(selected) = common::wgpu() else {
+        return;
+    };
+    let output = fairtune(&["devices"]);
+    assert!(output.status.success());
+    let text = String::from_utf8_lossy(&output.stdout);
+    let name = &selected.adapter.as_ref().unwrap().name;
+    assert!(text.contains(name.as_str()), "{text}");
+    assert!(text.contains("--backend auto takes"), "{text}");
+}
+
+/// A run killed after step 5 and resumed ends exactly where the uninterrupted run ends.
+#[test]
+fn resume_continues_a_killed_run_exactly() {
+    let dir = crate::common::tempdir();
+    let (train, eval) = gap_data(dir.path());
+    let whole = dir.path().join("whole");
+    let whole_report = run_ok(&train_args(
+        &train,
+        &eval,
+        whole.to_str().unwrap(),
+        "cpu",
+        "10",
+    ));
+
+    let split = dir.path().join("split");
+    let split_out = split.to_str().unwrap();
+    let mut args = train_args(&train, &eval, split_out, "cpu", "10");
+    args.extend(["--halt-after", "6"]);
+    let halted = fairtune(&args);
+    assert_eq!(halted.status.code(), Some(1), "{}", stderr(&halted));
+    assert!(!split.join("report.json").exists());
+    // Steps 5 and 6 ran after the step-4 checkpoint; the resumed run redoes them.
+    let mut args = train_args(&train, &eval, split_out, "cpu", "10");
+    args.push("--resume");
+    let split_report = run_ok(&args);
+
+    let losses = |out: &Path| -> Vec<f64> {
+        metrics(out)
+            .iter()
+            .map(|m| m["loss"].as_f64().unwrap())
+            .collect()
+    };
+    assert_eq!(losses(&whole), losses(&split));
+    // model.bpk embeds random parameter ids, so compare what the weights compute, bit for bit.
+    assert!(
+        logits_of(&whole) == logits_of(&split),
+        "final weights differ"
+    );
+    assert_eq!(whole_report["fairness_F"], split_report["fairness_F"]);
+
+    // Resuming a finished run, or with different settings, is refused.
+    let mut args = train_args(&train, &eval, split_out, "cpu", "10");
+    args.push("--resume");
+    let again = fairtune(&args);
+    assert_eq!(again.status.code(), Some(2));
+    assert!(stderr(&again).contains("already completed"));
+    let mut args = train_args(&train, &eval, split_out, "cpu", "12");
+    let beta = args.iter().position(|a| *a == "--beta").unwrap();
+    args[beta + 1] = "0.3";
+    args.push("--resume");
+    let changed = fairtune(&args);
+    assert_eq!(changed.status.code(), Some(2));
+    assert!(stderr(&changed).contains("dpo"), "{}", stderr(&changed));
+}
+
+/// The tiny-llama logits for a fixed input under the weights saved in `out/model.bpk`.
+fn logits_of(out: &Path) -> Vec<f32> {
+    use burn::tensor::{Int, Tensor, TensorData};
+    use fairtune::model::{self, ArchConfig};
+    let device = common::cpu();
+    let (ArchConfig::Llama(config), _) = model::resolve("tiny-llama", 264).unwrap() else {
+        unreachable!()
+    };
+    let model =
+        fairtune::train::checkpoint::load_module(config.init(&device), &out.join("model.bpk"))
+            .unwrap();
+    let ids = Tensor::<2, Int>::from_data(
+        TensorData::new((1..=12i64).collect::<Vec<_>>(), [1, 12]),
+        &device,
+    );
+    common::to_vec(model.forward(ids))
+}
+
+fn gap(report: &Value) -> f64 {
+    report["group_gap"].as_f64().unwrap()
+}
+
+/// The point of the project: λ > 0 closes the between-group gap that λ = 0 leaves open.
+fn lambda_cuts_the_gap(backend: &str) {
+    let dir = crate::common::tempdir();
+    let (train, eval) = gap_data(dir.path());
+    let run = |lambda: &str| {
+        let out = dir.path().join(format!("lambda-{lambda}"));
+        let mut args = train_args(&train, &eval, out.to_str().unwrap(), backend, "40");
+        args.extend(["--fairness-lambda", lambda]);
+        run_ok(&args)
+    };
+    let plain = run("0");
+    let fair = run("300");
+    eprintln!(
+        "{backend}: gap λ=0 {:.4} (F {}), λ=300 {:.4} (F {})",
+        gap(&plain),
+        plain["fairness_F"],
+        gap(&fair),
+        fair["fairness_F"]
+    );
+    assert!(
+        gap(&plain) > 0.5,
+        "the data should open a gap at λ = 0: {plain}"
+    );
+    assert!(
+        gap(&fair) * 5.0 < gap(&plain),
+        "λ = 300 should cut the gap ≥ 5×: {} vs {}",
+        gap(&fair),
+        gap(&plain)
+    );
+}
+
+#[test]
+fn lambda_cuts_the_group_gap_on_cpu() {
+    lambda_cuts_the_gap("cpu");
+}
+
+#[test]
+fn lambda_cuts_the_group_gap_on_wgpu() {
+    let Some(_) = common::wgpu() else { return };
+    lambda_cuts_the_gap("wgpu");
+}
