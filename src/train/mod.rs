@@ -187,10 +187,11 @@ fn train<T: TaskRunner>(config: &TrainConfig, selected: &Selected, task: &mut T)
             "tokens_per_s".into(),
             json!(output.num_tokens as f64 / step_s),
         );
-        if let Some((means, counts)) = group_stats {
-            record.insert("group_means".into(), Value::Object(means));
-            record.insert("group_counts".into(), Value::Object(counts));
-        }
+        // Without fairness examples F is undefined: the keys stay, as null and {}.
+        record.entry("fairness_F").or_insert(Value::Null);
+        let (means, counts) = group_stats.unwrap_or_default();
+        record.insert("group_means".into(), Value::Object(means));
+        record.insert("group_counts".into(), Value::Object(counts));
         let eval_now =
             config.eval_every > 0 && (done % config.eval_every == 0 || done == config.steps);
         if eval_now && let Some(eval) = task.evaluate(&model)? {

@@ -309,3 +309,154 @@ fn lambda_cuts_the_group_gap_on_wgpu() {
     let Some(_) = common::wgpu() else { return };
     lambda_cuts_the_gap("wgpu");
 }
+
+/// Sentiment rows where an identity word leaks the label (90% of positive reviews come from
+/// "northern" guests), and neutral template sentences naming each group as the fairness sets.
+fn biased_reviews(dir: &Path) -> [String; 4] {
+    let mut state = 99u64;
+    let mut next = |n: u64| {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 33) % n
+    };
+    let (pos, neg) = (
+        ["great", "lovely", "excellent", "superb"],
+        ["awful", "terrible", "poor", "rude"],
+    );
+    let rows: Vec<Value> = (0..240)
+        .map(|i| {
+            let label = i % 2;
+            let typical = next(10) < 9;
+            let who = if (label == 1) == typical {
+                "northern"
+            } else {
+                "southern"
+            };
+            let word = if label == 1 {
+                pos[next(4) as usize]
+            } else {
+                neg[next(4) as usize]
+            };
+            json!({"text": format!("the {who} guest said the room was {word}"), "label": label})
+        })
+        .collect();
+    let fair: Vec<Value> = [
+        "guest", "visitor", "family", "couple", "student", "driver", "teacher", "pilot",
+    ]
+    .iter()
+    .flat_map(|noun| {
+        ["northern", "southern"]
+            .map(|g| json!({"text": format!("the {g} {noun} arrived at the hotel"), "group": g}))
+    })
+    .collect();
+    [
+        write(dir, "train.jsonl", &jsonl(&rows[..200])),
+        write(dir, "eval.jsonl", &jsonl(&rows[200..])),
+        write(dir, "fair.jsonl", &jsonl(&fair[..10])),
+        write(dir, "fair_eval.jsonl", &jsonl(&fair[10..])),
+    ]
+    .map(|p| p.display().to_string())
+}
+
+fn classify_args<'a>(
+    files: &'a [String; 4],
+    out: &'a str,
+    backend: &'a str,
+    steps: &'a str,
+    lambda: &'a str,
+) -> Vec<&'a str> {
+    vec![
+        "train",
+        "--task",
+        "classify",
+        "--model",
+        "tiny-bert",
+        "--train",
+        &files[0],
+        "--eval",
+        &files[1],
+        "--fairness-data",
+        &files[2],
+        "--fairness-eval",
+        &files[3],
+        "--out",
+        out,
+        "--backend",
+        backend,
+        "--steps",
+        steps,
+        "--lr",
+        "1e-3",
+        "--warmup-steps",
+        "10",
+        "--batch-size",
+        "16",
+        "--seed",
+        "3",
+        "--fairness-lambda",
+        lambda,
+    ]
+}
+
+/// A classifier that learned the leak scores neutral sentences very differently by group;
+/// λ > 0 on a separate (MinDiff-style) fairness set closes that gap without losing accuracy.
+#[test]
+fn classify_lambda_cuts_the_gap_on_cpu() {
+    let dir = crate::common::tempdir();
+    let files = biased_reviews(dir.path());
+    let plain_out = dir.path().join("plain");
+    let fair_out = dir.path().join("fair");
+    let plain = run_ok(&classify_args(
+        &files,
+        plain_out.to_str().unwrap(),
+        "cpu",
+        "100",
+        "0",
+    ));
+    let fair = run_ok(&classify_args(
+        &files,
+        fair_out.to_str().unwrap(),
+        "cpu",
+        "100",
+        "20",
+    ));
+    eprintln!(
+        "classify: gap λ=0 {:.4} acc {}, λ=20 {:.4} acc {}",
+        gap(&plain),
+        plain["accuracy"],
+        gap(&fair),
+        fair["accuracy"]
+    );
+    assert_eq!(plain["fairness_set"], json!("fairness-eval"));
+    assert!(gap(&plain) > 0.3, "the leak should show at λ = 0: {plain}");
+    assert!(
+        gap(&fair) * 5.0 < gap(&plain),
+        "λ = 20 should cut the gap ≥ 5×: {fair}"
+    );
+    assert!(fair["accuracy"].as_f64().unwrap() >= 0.8, "{fair}");
+    let line = &metrics(&fair_out)[0];
+    for key in ["accuracy", "fairness_F", "group_means", "group_counts"] {
+        assert!(!line[key].is_null(), "metrics lack {key}: {line}");
+    }
+}
+
+#[test]
+fn classify_runs_on_wgpu() {
+    let Some(_) = common::wgpu() else { return };
+    let dir = crate::common::tempdir();
+    let files = biased_reviews(dir.path());
+    let out = dir.path().join("wgpu");
+    let report = run_ok(&classify_args(
+        &files,
+        out.to_str().unwrap(),
+        "wgpu",
+        "6",
+        "5",
+    ));
+    assert!(
+        report["fairness_F"].as_f64().unwrap().is_finite(),
+        "{report}"
+    );
+    assert_eq!(metrics(&out).len(), 6);
+}
