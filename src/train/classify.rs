@@ -8,11 +8,12 @@ use burn::module::Module;
 use burn::tensor::{Device, Int, Tensor};
 use serde_json::{Map, Value, json};
 
-use super::{FairnessSet, StepOutput, TaskRunner, TrainConfig};
+use super::fairness_source::FairnessSource;
+use super::{FairnessSet, StepOutput, TaskRunner, TrainConfig, load_tokenizer, to_host};
 use crate::data::batch::{encoder_batch, int_vector};
 use crate::data::records::{self, ClassifyExample};
-use crate::data::sampler::{BalancedSampler, EpochSampler};
-use crate::data::{Encoder, GroupVocab, TextTokenizer, TruncationStats};
+use crate::data::sampler::EpochSampler;
+use crate::data::{Encoder, GroupVocab, TruncationStats};
 use crate::device::Selected;
 use crate::error::{Error, Result};
 use crate::kernel::GroupStatsImpl;
@@ -27,15 +28,6 @@ struct Encoded {
     group: i64,
 }
 
-enum FairnessSource {
-    InBatch,
-    Separate {
-        examples: Vec<Encoded>,
-        sampler: BalancedSampler,
-    },
-    None,
-}
-
 pub struct ClassifyTask {
     config: TrainConfig,
     arch: BertConfig,
@@ -45,7 +37,7 @@ pub struct ClassifyTask {
     train: Vec<Encoded>,
     eval: Vec<Encoded>,
     sampler: EpochSampler,
-    fairness: FairnessSource,
+    fairness: FairnessSource<Encoded>,
     fairness_eval: Option<(String, Vec<Encoded>)>,
     groups: GroupVocab,
     eo_labels: Option<usize>,
@@ -100,10 +92,7 @@ fn require_labels(examples: &[Encoded], rows: &[ClassifyExample], what: &str) ->
 
 impl ClassifyTask {
     pub fn load(config: &TrainConfig, selected: &Selected) -> Result<Self> {
-        let tokenizer = match &config.tokenizer {
-            Some(path) => TextTokenizer::from_file(path)?,
-            None => TextTokenizer::Bytes,
-        };
+        let tokenizer = load_tokenizer(config)?;
         let (arch, _) = model::resolve(&config.model, tokenizer.vocab_size())?;
         let ArchConfig::Bert(arch) = arch else {
             return Err(Error::input(format!(
@@ -112,12 +101,7 @@ impl ClassifyTask {
                 arch.name()
             )));
         };
-        if config.max_length > arch.max_position_embeddings {
-            return Err(Error::input(format!(
-                "--max-length {} exceeds the model's max_position_embeddings {}",
-                config.max_length, arch.max_position_embeddings
-            )));
-        }
+        config.check_max_length(arch.max_position_embeddings)?;
         let encoder = Encoder::new(
             &tokenizer,
             config.max_length,
@@ -156,9 +140,9 @@ impl ClassifyTask {
         )?;
 
         let eo = config.fairness == FairnessKind::Eo;
-        let fairness = match &fairness_rows {
-            Some(rows) => {
-                let path = config.fairness_data.as_deref().expect("set");
+        // A group-tagged fairness file (`--fairness-data` or `--fairness-eval`), encoded.
+        let fairness_file =
+            |rows: &[ClassifyExample], path: &Path, flag: &str| -> Result<Vec<Encoded>> {
                 let examples = encode(
                     &encoder,
                     rows,
@@ -168,30 +152,20 @@ impl ClassifyTask {
                     config.max_length,
                 )?;
                 if eo {
-                    require_labels(&examples, rows, "--fairness-data")?;
+                    require_labels(&examples, rows, flag)?;
                 }
-                let ids: Vec<usize> = examples.iter().map(|e| e.group as usize).collect();
-                let batch = config.fairness_batch_size.unwrap_or(config.batch_size);
-                let sampler = BalancedSampler::new(&ids, groups.len(), batch, config.seed ^ 0xFA1);
-                FairnessSource::Separate { examples, sampler }
+                Ok(examples)
+            };
+        let separate = match (&fairness_rows, &config.fairness_data) {
+            (Some(rows), Some(path)) => {
+                let examples = fairness_file(rows, path, "--fairness-data")?;
+                let ids = examples.iter().map(|e| e.group as usize).collect();
+                Some((examples, ids))
             }
-            None if train.iter().any(|e| e.group >= 0) => FairnessSource::InBatch,
-            None => FairnessSource::None,
+            _ => None,
         };
-        if config.fairness_lambda > 0.0 {
-            match &fairness {
-                FairnessSource::None => {
-                    return Err(Error::input(
-                        "--fairness-lambda > 0 but there are no fairness examples: give --fairness-data or \"group\" fields in --train",
-                    ));
-                }
-                _ if groups.len() < 2 => eprintln!(
-                    "warning: only one group ({}) in the fairness examples; the penalty is 0",
-                    groups.names.join(", ")
-                ),
-                _ => {}
-            }
-        }
+        let train_has_groups = train.iter().any(|e| e.group >= 0);
+        let fairness = FairnessSource::new(config, separate, train_has_groups, &groups)?;
 
         let eval = match &config.eval {
             Some(path) => {
@@ -207,37 +181,19 @@ impl ClassifyTask {
             }
             None => Vec::new(),
         };
-        let fairness_eval = match &config.fairness_eval {
-            Some(path) => {
-                let rows = records::read_classification_fairness(path)?;
-                let examples = encode(
-                    &encoder,
-                    &rows,
-                    &groups,
-                    Some(num_labels),
+        let explicit = config
+            .fairness_eval
+            .as_deref()
+            .map(|path| {
+                fairness_file(
+                    &records::read_classification_fairness(path)?,
                     path,
-                    config.max_length,
-                )?;
-                if eo {
-                    require_labels(&examples, &rows, "--fairness-eval")?;
-                }
-                Some(("fairness-eval".to_string(), examples))
-            }
-            None if eval.iter().any(|e| e.group >= 0) => Some((
-                "eval".to_string(),
-                eval.iter().filter(|e| e.group >= 0).cloned().collect(),
-            )),
-            None => match &fairness {
-                FairnessSource::Separate { examples, .. } => {
-                    Some(("fairness-data".to_string(), examples.clone()))
-                }
-                FairnessSource::InBatch => Some((
-                    "train".to_string(),
-                    train.iter().filter(|e| e.group >= 0).cloned().collect(),
-                )),
-                FairnessSource::None => None,
-            },
-        };
+                    "--fairness-eval",
+                )
+            })
+            .transpose()?;
+        let grouped = |rows: &[Encoded]| rows.iter().filter(|e| e.group >= 0).cloned().collect();
+        let fairness_eval = fairness.report_set(explicit, grouped(&eval), || grouped(&train));
 
         Ok(Self {
             config: config.clone(),
@@ -275,15 +231,6 @@ impl ClassifyTask {
     }
 }
 
-fn read_vec(tensor: Tensor<1>) -> Result<Vec<f32>> {
-    tensor
-        .inner()
-        .try_into_data()
-        .map_err(|e| Error::runtime(format!("reading results from the device failed: {e:?}")))?
-        .try_to_vec::<f32>()
-        .map_err(|e| Error::runtime(format!("unexpected result type: {e:?}")))
-}
-
 impl TaskRunner for ClassifyTask {
     type Model = BertClassifier;
 
@@ -310,22 +257,8 @@ impl TaskRunner for ClassifyTask {
             .float()
             .mean();
 
-        let fairness_inputs = match &mut self.fairness {
-            FairnessSource::None => None,
-            FairnessSource::InBatch => {
-                let groups: Vec<i64> = batch.iter().map(|e| e.group).collect();
-                Some((
-                    class_probability(logits, self.config.positive_class),
-                    groups,
-                    labels,
-                ))
-            }
-            FairnessSource::Separate { examples, sampler } => {
-                let drawn: Vec<Encoded> = sampler
-                    .batch(step)
-                    .into_iter()
-                    .map(|i| examples[i].clone())
-                    .collect();
+        let fairness_inputs = match self.fairness.draw(step) {
+            Some(drawn) => {
                 let drawn: Vec<&Encoded> = drawn.iter().collect();
                 let (logits, tokens) = Self::logits(model, &drawn, self.pad, &ad_device);
                 num_tokens += tokens;
@@ -337,6 +270,15 @@ impl TaskRunner for ClassifyTask {
                     labels,
                 ))
             }
+            None if matches!(self.fairness, FairnessSource::InBatch) => {
+                let groups: Vec<i64> = batch.iter().map(|e| e.group).collect();
+                Some((
+                    class_probability(logits, self.config.positive_class),
+                    groups,
+                    labels,
+                ))
+            }
+            None => None,
         };
         let fairness = fairness_inputs.map(|(scores, groups, labels)| {
             penalty(
@@ -372,7 +314,7 @@ impl TaskRunner for ClassifyTask {
             let batch: Vec<&Encoded> = chunk.iter().collect();
             let (logits, _) = Self::logits(&model, &batch, self.pad, &self.device);
             let labels = Self::labels(&batch, &self.device);
-            loss_sum += read_vec(cross_entropy(logits.clone(), labels.clone()))?[0] as f64
+            loss_sum += to_host(cross_entropy(logits.clone(), labels.clone()))?[0] as f64
                 * chunk.len() as f64;
             let hits = logits
                 .argmax(1)
@@ -380,7 +322,7 @@ impl TaskRunner for ClassifyTask {
                 .equal(labels)
                 .float()
                 .sum();
-            correct += read_vec(hits)?[0] as usize;
+            correct += to_host(hits)?[0] as usize;
         }
         let n = self.eval.len() as f64;
         let mut map = Map::new();
@@ -398,7 +340,7 @@ impl TaskRunner for ClassifyTask {
         for chunk in examples.chunks(self.config.batch_size) {
             let batch: Vec<&Encoded> = chunk.iter().collect();
             let (logits, _) = Self::logits(&model, &batch, self.pad, &self.device);
-            scores.extend(read_vec(class_probability(
+            scores.extend(to_host(class_probability(
                 logits,
                 self.config.positive_class,
             ))?);

@@ -156,6 +156,17 @@ impl TrainConfig {
         Ok(())
     }
 
+    /// `--max-length` must fit the model's position embeddings.
+    pub fn check_max_length(&self, max_position_embeddings: usize) -> Result<()> {
+        if self.max_length > max_position_embeddings {
+            return Err(Error::input(format!(
+                "--max-length {} exceeds the model's max_position_embeddings {max_position_embeddings}",
+                self.max_length
+            )));
+        }
+        Ok(())
+    }
+
     /// The settings a resumed run must share with the run it continues (everything that shapes
     /// the trajectory; `steps` may grow, logging and the device may change).
     pub fn fingerprint(&self) -> String {

@@ -9,11 +9,14 @@ use burn::module::Module;
 use burn::tensor::{Device, Int, Tensor};
 use serde_json::{Map, Value, json};
 
-use super::{FairnessSet, StepOutput, TaskRunner, TrainConfig, checkpoint};
+use super::fairness_source::FairnessSource;
+use super::{
+    FairnessSet, StepOutput, TaskRunner, TrainConfig, checkpoint, load_tokenizer, to_host,
+};
 use crate::data::batch::{int_vector, lm_batch};
 use crate::data::records::{self, CompletionExample, PreferenceExample};
-use crate::data::sampler::{BalancedSampler, EpochSampler};
-use crate::data::{Encoder, GroupVocab, LmSequence, Origin, TextTokenizer, TruncationStats};
+use crate::data::sampler::EpochSampler;
+use crate::data::{Encoder, GroupVocab, LmSequence, Origin, TruncationStats};
 use crate::device::Selected;
 use crate::error::{Error, Result};
 use crate::kernel::GroupStatsImpl;
@@ -35,17 +38,6 @@ struct Scored {
     label: Option<i64>,
 }
 
-enum FairnessSource {
-    /// The chosen completions of the task batch's grouped pairs.
-    InBatch,
-    /// A separate set, drawn group-balanced every step.
-    Separate {
-        examples: Vec<Scored>,
-        sampler: BalancedSampler,
-    },
-    None,
-}
-
 pub struct DpoTask {
     config: TrainConfig,
     arch: LlamaConfig,
@@ -54,7 +46,7 @@ pub struct DpoTask {
     train: Vec<Pair>,
     eval: Vec<Pair>,
     sampler: EpochSampler,
-    fairness: FairnessSource,
+    fairness: FairnessSource<Scored>,
     fairness_eval: Option<(String, Vec<Scored>)>,
     groups: GroupVocab,
     num_labels: Option<usize>,
@@ -133,10 +125,7 @@ fn check_labels(examples: &[(Option<i64>, &Origin)], what: &str) -> Result<usize
 
 impl DpoTask {
     pub fn load(config: &TrainConfig, selected: &Selected) -> Result<Self> {
-        let tokenizer = match &config.tokenizer {
-            Some(path) => TextTokenizer::from_file(path)?,
-            None => TextTokenizer::Bytes,
-        };
+        let tokenizer = load_tokenizer(config)?;
         let (arch, _) = model::resolve(&config.model, tokenizer.vocab_size())?;
         let ArchConfig::Llama(arch) = arch else {
             return Err(Error::input(format!(
@@ -145,12 +134,7 @@ impl DpoTask {
                 arch.name()
             )));
         };
-        if config.max_length > arch.max_position_embeddings {
-            return Err(Error::input(format!(
-                "--max-length {} exceeds the model's max_position_embeddings {}",
-                config.max_length, arch.max_position_embeddings
-            )));
-        }
+        config.check_max_length(arch.max_position_embeddings)?;
         let encoder = Encoder::new(&tokenizer, config.max_length, config.max_prompt_length)?;
 
         let train_examples = records::read_preferences(&config.train)?;
@@ -172,7 +156,7 @@ impl DpoTask {
 
         let eo = config.fairness == FairnessKind::Eo;
         let mut num_labels = None;
-        let fairness = match fairness_examples {
+        let separate = match fairness_examples {
             Some(rows) => {
                 let path = config.fairness_data.as_deref().expect("set");
                 let mut stats = TruncationStats::default();
@@ -185,35 +169,18 @@ impl DpoTask {
                         .collect();
                     num_labels = Some(check_labels(&labels, "--fairness-data")?);
                 }
-                let ids: Vec<usize> = examples.iter().map(|e| e.group as usize).collect();
-                let batch = config.fairness_batch_size.unwrap_or(config.batch_size);
-                let sampler = BalancedSampler::new(&ids, groups.len(), batch, config.seed ^ 0xFA1);
-                FairnessSource::Separate { examples, sampler }
+                let ids = examples.iter().map(|e| e.group as usize).collect();
+                Some((examples, ids))
             }
-            None if train.iter().any(|p| p.group >= 0) => {
-                if eo {
-                    return Err(Error::input(
-                        "--fairness eo needs labels: preference pairs have none; give --fairness-data rows with \"label\"",
-                    ));
-                }
-                FairnessSource::InBatch
-            }
-            None => FairnessSource::None,
+            None => None,
         };
-        if config.fairness_lambda > 0.0 {
-            match &fairness {
-                FairnessSource::None => {
-                    return Err(Error::input(
-                        "--fairness-lambda > 0 but there are no fairness examples: give --fairness-data or \"group\" fields in --train",
-                    ));
-                }
-                _ if groups.len() < 2 => eprintln!(
-                    "warning: only one group ({}) in the fairness examples; the penalty is 0",
-                    groups.names.join(", ")
-                ),
-                _ => {}
-            }
+        let train_has_groups = train.iter().any(|p| p.group >= 0);
+        if eo && separate.is_none() && train_has_groups {
+            return Err(Error::input(
+                "--fairness eo needs labels: preference pairs have none; give --fairness-data rows with \"label\"",
+            ));
         }
+        let fairness = FairnessSource::new(config, separate, train_has_groups, &groups)?;
 
         let eval = match &config.eval {
             Some(path) => {
@@ -226,58 +193,44 @@ impl DpoTask {
             None => Vec::new(),
         };
 
-        let fairness_eval = if let Some(path) = &config.fairness_eval {
-            let rows = records::read_completions(path)?;
-            let mut stats = TruncationStats::default();
-            let examples = encode_completions(&encoder, &rows, &groups, &mut stats)?;
-            warn(&stats, path, config.max_length);
-            if let Some(n) = num_labels {
-                let labels: Vec<_> = rows
-                    .iter()
-                    .map(|r| (r.label.map(|l| l as i64), &r.origin))
-                    .collect();
-                let found = check_labels(&labels, "--fairness-eval")?;
-                if found > n {
-                    return Err(Error::input(format!(
-                        "{}: labels go up to {} but training saw only 0..{}",
-                        path.display(),
-                        found - 1,
-                        n - 1
-                    )));
+        let explicit = match &config.fairness_eval {
+            Some(path) => {
+                let rows = records::read_completions(path)?;
+                let mut stats = TruncationStats::default();
+                let examples = encode_completions(&encoder, &rows, &groups, &mut stats)?;
+                warn(&stats, path, config.max_length);
+                if let Some(n) = num_labels {
+                    let labels: Vec<_> = rows
+                        .iter()
+                        .map(|r| (r.label.map(|l| l as i64), &r.origin))
+                        .collect();
+                    let found = check_labels(&labels, "--fairness-eval")?;
+                    if found > n {
+                        return Err(Error::input(format!(
+                            "{}: labels go up to {} but training saw only 0..{}",
+                            path.display(),
+                            found - 1,
+                            n - 1
+                        )));
+                    }
                 }
+                Some(examples)
             }
-            Some(("fairness-eval".to_string(), examples))
-        } else if !eval.is_empty() && eval.iter().any(|p| p.group >= 0) && !eo {
-            let examples = eval
+            None => None,
+        };
+        // Pairs are scored on their chosen completion; they carry no labels, so not for eo.
+        let chosen_of = |pairs: &[Pair]| -> Vec<Scored> {
+            pairs
                 .iter()
-                .filter(|p| p.group >= 0)
+                .filter(|p| p.group >= 0 && !eo)
                 .map(|p| Scored {
                     sequence: p.chosen.clone(),
                     group: p.group,
                     label: None,
                 })
-                .collect();
-            Some(("eval".to_string(), examples))
-        } else {
-            match &fairness {
-                FairnessSource::Separate { examples, .. } => {
-                    Some(("fairness-data".to_string(), examples.clone()))
-                }
-                FairnessSource::InBatch => Some((
-                    "train".to_string(),
-                    train
-                        .iter()
-                        .filter(|p| p.group >= 0)
-                        .map(|p| Scored {
-                            sequence: p.chosen.clone(),
-                            group: p.group,
-                            label: None,
-                        })
-                        .collect(),
-                )),
-                FairnessSource::None => None,
-            }
+                .collect()
         };
+        let fairness_eval = fairness.report_set(explicit, chosen_of(&eval), || chosen_of(&train));
 
         Ok(Self {
             config: config.clone(),
@@ -351,19 +304,10 @@ impl DpoTask {
                 .0
             });
             let batch = self.score(sums, counts, reference);
-            scores.extend(read_vec(batch)?);
+            scores.extend(to_host(batch)?);
         }
         Ok(scores)
     }
-}
-
-fn read_vec(tensor: Tensor<1>) -> Result<Vec<f32>> {
-    tensor
-        .inner()
-        .try_into_data()
-        .map_err(|e| Error::runtime(format!("reading results from the device failed: {e:?}")))?
-        .try_to_vec::<f32>()
-        .map_err(|e| Error::runtime(format!("unexpected result type: {e:?}")))
 }
 
 fn split_pairs(sums: Tensor<1>, counts: Tensor<1>, pairs: usize) -> PairLogps {
@@ -415,24 +359,9 @@ impl TaskRunner for DpoTask {
         });
         let output = dpo_loss(&self.config.dpo, &policy, reference.as_ref());
 
-        let fairness = match &mut self.fairness {
-            FairnessSource::None => None,
-            FairnessSource::InBatch => {
-                let groups: Vec<i64> = indices.iter().map(|&i| self.train[i].group).collect();
-                let scores = self.score(
-                    policy.chosen.clone(),
-                    policy.chosen_tokens.clone(),
-                    reference.as_ref().map(|r| r.chosen.clone()),
-                );
-                Some((scores, groups, None))
-            }
-            FairnessSource::Separate { examples, sampler } => {
-                let chosen: Vec<Scored> = sampler
-                    .batch(step)
-                    .into_iter()
-                    .map(|i| examples[i].clone())
-                    .collect();
-                let seqs: Vec<&LmSequence> = chosen.iter().map(|e| &e.sequence).collect();
+        let fairness = match self.fairness.draw(step) {
+            Some(drawn) => {
+                let seqs: Vec<&LmSequence> = drawn.iter().map(|e| &e.sequence).collect();
                 let (sums, counts, tokens) = Self::logps(model, &seqs, self.pad, &ad_device);
                 num_tokens += tokens;
                 let reference = self.needs_reference_scores().then(|| {
@@ -445,13 +374,23 @@ impl TaskRunner for DpoTask {
                     .0
                 });
                 let scores = self.score(sums, counts, reference);
-                let groups = chosen.iter().map(|e| e.group).collect();
-                let labels = chosen
+                let groups = drawn.iter().map(|e| e.group).collect();
+                let labels = drawn
                     .iter()
                     .map(|e| e.label.unwrap_or(0))
                     .collect::<Vec<_>>();
                 Some((scores, groups, Some(labels)))
             }
+            None if matches!(self.fairness, FairnessSource::InBatch) => {
+                let groups: Vec<i64> = indices.iter().map(|&i| self.train[i].group).collect();
+                let scores = self.score(
+                    policy.chosen.clone(),
+                    policy.chosen_tokens.clone(),
+                    reference.as_ref().map(|r| r.chosen.clone()),
+                );
+                Some((scores, groups, None))
+            }
+            None => None,
         };
         let fairness = fairness.map(|(scores, groups, labels)| {
             let labels: Option<(Tensor<1, Int>, usize)> = match (self.num_labels, labels) {
@@ -515,11 +454,11 @@ impl TaskRunner for DpoTask {
                 split_pairs(sums, counts, chunk.len())
             });
             let output = dpo_loss(&self.config.dpo, &policy, reference.as_ref());
-            loss_sum += read_vec(output.loss)?[0] as f64 * chunk.len() as f64;
-            cr.extend(read_vec(output.chosen_rewards)?);
-            rr.extend(read_vec(output.rejected_rewards)?);
-            cl.extend(read_vec(output.chosen_logps)?);
-            rl.extend(read_vec(output.rejected_logps)?);
+            loss_sum += to_host(output.loss)?[0] as f64 * chunk.len() as f64;
+            cr.extend(to_host(output.chosen_rewards)?);
+            rr.extend(to_host(output.rejected_rewards)?);
+            cl.extend(to_host(output.chosen_logps)?);
+            rl.extend(to_host(output.rejected_logps)?);
         }
         let metrics = DpoMetrics::from_pairs(&cr, &rr, &cl, &rl);
         let mut map = match serde_json::to_value(metrics).expect("metrics serialize") {

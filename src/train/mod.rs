@@ -12,6 +12,7 @@ pub mod checkpoint;
 pub mod classify;
 pub mod config;
 pub mod dpo;
+pub mod fairness_source;
 pub mod log;
 pub mod schedule;
 
@@ -82,6 +83,24 @@ pub fn run(config: &TrainConfig, selected: &Selected) -> Result<Value> {
             train(config, selected, &mut task)
         }
     }
+}
+
+/// `--tokenizer`, or the built-in byte-level tokenizer.
+pub(crate) fn load_tokenizer(config: &TrainConfig) -> Result<crate::data::TextTokenizer> {
+    match &config.tokenizer {
+        Some(path) => crate::data::TextTokenizer::from_file(path),
+        None => Ok(crate::data::TextTokenizer::Bytes),
+    }
+}
+
+/// A vector's values on the host.
+pub(crate) fn to_host(tensor: Tensor<1>) -> Result<Vec<f32>> {
+    tensor
+        .inner()
+        .try_into_data()
+        .map_err(|e| Error::runtime(format!("reading results from the device failed: {e:?}")))?
+        .try_to_vec::<f32>()
+        .map_err(|e| Error::runtime(format!("unexpected result type: {e:?}")))
 }
 
 /// Makes every lazily initialized parameter take its value now, under the init seed.
@@ -376,15 +395,9 @@ pub fn summarize_fairness(
         label_arg,
         crate::kernel::GroupStatsImpl::Auto,
     );
-    let read = |t: Tensor<1>| -> Result<Vec<f32>> {
-        t.try_into_data()
-            .map_err(|e| Error::runtime(format!("reading fairness results failed: {e:?}")))?
-            .try_to_vec::<f32>()
-            .map_err(|e| Error::runtime(format!("unexpected fairness result type: {e:?}")))
-    };
-    let penalty = read(term.penalty)?[0] as f64;
-    let means = read(term.cell_means)?;
-    let counts = read(term.cell_counts)?;
+    let penalty = to_host(term.penalty)?[0] as f64;
+    let means = to_host(term.cell_means)?;
+    let counts = to_host(term.cell_counts)?;
     let mut group_means = Map::new();
     let mut group_counts = Map::new();
     for (cell, name) in cell_names(groups, labels).into_iter().enumerate() {
