@@ -8,7 +8,7 @@ use burn::module::Module;
 use burn::tensor::{Device, Int, Tensor};
 use serde_json::{Map, Value, json};
 
-use super::fairness_source::FairnessSource;
+use super::fairness_source::{FairnessSource, check_cells};
 use super::{FairnessSet, StepOutput, TaskRunner, TrainConfig, load_tokenizer, to_host};
 use crate::data::batch::{encoder_batch, int_vector};
 use crate::data::records::{self, ClassifyExample};
@@ -165,6 +165,7 @@ impl ClassifyTask {
             _ => None,
         };
         let train_has_groups = train.iter().any(|e| e.group >= 0);
+        check_cells(&groups, eo.then_some(num_labels))?;
         let fairness = FairnessSource::new(config, separate, train_has_groups, &groups)?;
 
         let eval = match &config.eval {

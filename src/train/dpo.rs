@@ -9,7 +9,7 @@ use burn::module::Module;
 use burn::tensor::{Device, Int, Tensor};
 use serde_json::{Map, Value, json};
 
-use super::fairness_source::FairnessSource;
+use super::fairness_source::{FairnessSource, check_cells};
 use super::{
     FairnessSet, StepOutput, TaskRunner, TrainConfig, checkpoint, load_tokenizer, to_host,
 };
@@ -180,6 +180,7 @@ impl DpoTask {
                 "--fairness eo needs labels: preference pairs have none; give --fairness-data rows with \"label\"",
             ));
         }
+        check_cells(&groups, num_labels)?;
         let fairness = FairnessSource::new(config, separate, train_has_groups, &groups)?;
 
         let eval = match &config.eval {

@@ -21,6 +21,20 @@ pub enum FairnessSource<T> {
     None,
 }
 
+/// The penalty's cells (groups, or labels × groups for equalized odds) must fit the op.
+pub fn check_cells(groups: &GroupVocab, labels: Option<usize>) -> Result<()> {
+    let cells = groups.len() * labels.unwrap_or(1);
+    if cells > crate::kernel::MAX_GROUPS {
+        return Err(Error::input(format!(
+            "{} groups{} make {cells} fairness cells; at most {} are supported",
+            groups.len(),
+            labels.map(|l| format!(" × {l} labels")).unwrap_or_default(),
+            crate::kernel::MAX_GROUPS
+        )));
+    }
+    Ok(())
+}
+
 impl<T: Clone> FairnessSource<T> {
     /// `separate`: the `--fairness-data` examples and their group ids; `train_has_groups`:
     /// whether any `--train` row carries a group. Refuses λ > 0 without fairness examples.

@@ -296,3 +296,19 @@ fn an_existing_run_is_not_overwritten() {
         "{}"
     );
 }
+
+#[test]
+fn too_many_groups() {
+    let dir = crate::common::tempdir();
+    let rows: Vec<_> = (0..16_385)
+        .map(|i| json!({"prompt": "p", "chosen": "y", "rejected": "n", "group": i}))
+        .collect();
+    let train = write(dir.path(), "many.jsonl", &jsonl(&rows));
+    expect_error(
+        dir.path(),
+        train.to_str().unwrap(),
+        &[],
+        2,
+        "fairness cells",
+    );
+}
