@@ -25,7 +25,7 @@ BIN=target/release/fairtune
 OUT=${1:-runs/demo-$(date +%Y%m%d-%H%M%S)}
 COMMON=(--task dpo --model tiny-llama
         --train assets/demo/train.jsonl --eval assets/demo/eval.jsonl
-        --steps 150 --batch-size 8 --lr 2e-3 --beta 0.2 --warmup-steps 10 --seed 1
+        --steps 150 --batch-size 8 --lr 2e-3 --beta 0.2 --sft-weight 1 --warmup-steps 10 --seed 1
         --backend "${BACKEND:-auto}")
 
 for lambda in 0 100; do

@@ -284,7 +284,8 @@ impl LlamaForCausalLM {
             .first()
             .map_or(2, |l| l.self_attn.head_dim);
         let rope = Rope::new(seq, head_dim, self.rope_theta, &device);
-        let mask = Tensor::<2, Bool>::triu_mask([seq, seq], 1, &device).unsqueeze::<4>();
+        // burn's tril_mask is true strictly above the diagonal: the future, which stays hidden.
+        let mask = Tensor::<2, Bool>::tril_mask([seq, seq], 0, &device).unsqueeze::<4>();
         let mut x = self.model.embed_tokens.forward(input_ids);
         for layer in &self.model.layers {
             x = layer.forward(x, &rope, mask.clone());

@@ -9,4 +9,5 @@ mod data;
 mod dpo;
 mod fairness;
 mod kernel;
+mod model;
 mod train;
