@@ -10,6 +10,8 @@ pub mod compare;
 pub mod data;
 pub mod device;
 pub mod error;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod fetch;
 pub mod kernel;
 pub mod model;
 pub mod objective;

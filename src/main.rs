@@ -29,6 +29,11 @@ enum Command {
     Train(Box<TrainArgs>),
     /// Print throughput tables: DPO training tokens/s per backend, group-statistics op GB/s.
     Bench(BenchArgs),
+    /// Download the known models and data sets into the cache (once; offline afterwards).
+    Fetch {
+        /// Asset names, or `all`. Without names: list what is known and what is present.
+        names: Vec<String>,
+    },
     /// Compare finished runs side by side (task metrics, F, group gap and means).
     Compare {
         /// Output directories of `fairtune train`.
@@ -207,6 +212,47 @@ fn devices() -> Result<()> {
     Ok(())
 }
 
+fn fetch(names: &[String]) -> Result<()> {
+    use fairtune::fetch;
+    let cache = fetch::cache_dir()?;
+    if names.is_empty() {
+        println!("cache: {}", cache.display());
+        for asset in fetch::ASSETS {
+            let state = if asset.is_ready(&cache) {
+                "present"
+            } else {
+                "-"
+            };
+            println!(
+                "{:<22} {:<8} {} ({})",
+                asset.name, state, asset.description, asset.license
+            );
+        }
+        return Ok(());
+    }
+    let wanted: Vec<&fetch::Asset> = if names.iter().any(|n| n == "all") {
+        fetch::ASSETS.iter().collect()
+    } else {
+        names
+            .iter()
+            .map(|name| {
+                fetch::asset(name).ok_or_else(|| {
+                    let known: Vec<&str> = fetch::ASSETS.iter().map(|a| a.name).collect();
+                    Error::input(format!(
+                        "unknown asset {name:?} (known: {}, or all)",
+                        known.join(", ")
+                    ))
+                })
+            })
+            .collect::<Result<_>>()?
+    };
+    for asset in wanted {
+        let (dir, summary) = fetch::fetch(asset, &cache)?;
+        println!("{:<22} {} — {summary}", asset.name, dir.display());
+    }
+    Ok(())
+}
+
 fn train(args: TrainArgs) -> Result<()> {
     let config = args.into_config();
     config.validate()?;
@@ -232,6 +278,7 @@ fn run(cli: Cli) -> Result<()> {
             };
             fairtune::bench::run(&options).map(|table| println!("{table}"))
         }
+        Command::Fetch { names } => fetch(&names),
         Command::Compare { runs } => {
             let runs: Vec<&std::path::Path> = runs.iter().map(PathBuf::as_path).collect();
             fairtune::compare::table(&runs).map(|table| print!("{table}"))
