@@ -6,6 +6,7 @@
 pub mod bert;
 pub mod layers;
 pub mod llama;
+pub mod load;
 
 use std::path::{Path, PathBuf};
 
@@ -148,6 +149,47 @@ pub fn resolve(model: &str, tokenizer_vocab: usize) -> Result<(ArchConfig, Model
         )));
     }
     Ok((config, ModelSource::ConfigFile(config_path)))
+}
+
+/// Read and parse `dir/config.json`.
+pub fn read_config(dir: &Path) -> Result<ArchConfig> {
+    let path = dir.join("config.json");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| Error::input(format!("{}: cannot read model config: {e}", path.display())))?;
+    parse_config(&text).map_err(|e| Error::input(format!("{}: {e}", path.display())))
+}
+
+/// A pretrained BERT from a Hugging Face directory, with a fresh `num_labels` head.
+pub fn load_bert(
+    dir: &Path,
+    num_labels: usize,
+    head: BertHead,
+    device: &burn::tensor::Device,
+) -> Result<(BertClassifier, load::LoadReport)> {
+    let ArchConfig::Bert(config) = read_config(dir)? else {
+        return Err(Error::input(format!("{}: not a BERT model", dir.display())));
+    };
+    let checkpoint = load::Checkpoint::from_dir(dir)?;
+    load::load(
+        config.init(num_labels, head, device),
+        &checkpoint,
+        &load::BertKeys,
+    )
+}
+
+/// A pretrained Llama from a Hugging Face directory.
+pub fn load_llama(
+    dir: &Path,
+    device: &burn::tensor::Device,
+) -> Result<(LlamaForCausalLM, load::LoadReport)> {
+    let ArchConfig::Llama(config) = read_config(dir)? else {
+        return Err(Error::input(format!(
+            "{}: not a Llama model",
+            dir.display()
+        )));
+    };
+    let checkpoint = load::Checkpoint::from_dir(dir)?;
+    load::load(config.init(device), &checkpoint, &load::LlamaKeys)
 }
 
 /// Parse a Hugging Face config.json, naming the problem when it does not fit.

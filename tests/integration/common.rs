@@ -52,6 +52,25 @@ pub fn wgpu() -> Option<Selected> {
     }
 }
 
+/// A fetched asset's directory: fetched now if missing (pip, network). With FAIRTUNE_OFFLINE set
+/// and the asset absent, `None` (the test is skipped, loudly).
+pub fn fetched(name: &str) -> Option<PathBuf> {
+    use fairtune::fetch;
+    if let Ok(dir) = fetch::require(name) {
+        return Some(dir);
+    }
+    if std::env::var_os("FAIRTUNE_OFFLINE").is_some() {
+        eprintln!("FAIRTUNE_OFFLINE is set and {name} is not fetched: skipping");
+        return None;
+    }
+    let asset = fetch::asset(name).expect("known asset");
+    let cache = fetch::cache_dir().expect("cache dir");
+    match fetch::fetch(asset, &cache) {
+        Ok((dir, _)) => Some(dir),
+        Err(e) => panic!("cannot fetch {name} ({e}); set FAIRTUNE_OFFLINE=1 to skip"),
+    }
+}
+
 pub fn cpu() -> Device {
     Device::flex()
 }

@@ -10,4 +10,5 @@ mod dpo;
 mod fairness;
 mod kernel;
 mod model;
+mod parity;
 mod train;

@@ -1,0 +1,289 @@
+//! Loading Hugging Face checkpoints into our modules: `model.safetensors` (or shards listed in
+//! `model.safetensors.index.json`), mapped by parameter path.
+//!
+//! Our parameter paths follow the HF state dict, with three documented differences that the map
+//! below undoes: Rust-legal names (`self_attn` for BERT's `self`, `layer_norm` for `LayerNorm`),
+//! BERT checkpoints saved with or without the `bert.` prefix, and burn's `[in, out]` linear
+//! weights (every 2-D weight except embeddings is transposed). A tensor the model needs but the
+//! checkpoint lacks is an error naming it — except a task head, which starts from random weights
+//! as in `from_pretrained`, and is reported.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use burn::module::{Module, ModuleMapper, Param};
+use burn::tensor::{Tensor, TensorData};
+use safetensors::{Dtype, SafeTensors};
+
+use crate::error::{Error, Result};
+
+/// A checkpoint's tensors, as f32, by name.
+pub struct Checkpoint {
+    pub tensors: HashMap<String, (Vec<usize>, Vec<f32>)>,
+    /// Non-float tensors (buffers such as position ids), not loadable as parameters.
+    pub skipped: Vec<String>,
+    pub source: PathBuf,
+}
+
+fn to_f32(dtype: Dtype, bytes: &[u8]) -> Option<Vec<f32>> {
+    let words16 = || {
+        bytes
+            .chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+    };
+    Some(match dtype {
+        Dtype::F32 => bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        Dtype::F16 => words16()
+            .map(|w| half::f16::from_bits(w).to_f32())
+            .collect(),
+        Dtype::BF16 => words16()
+            .map(|w| half::bf16::from_bits(w).to_f32())
+            .collect(),
+        Dtype::F64 => bytes
+            .chunks_exact(8)
+            .map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes")) as f32)
+            .collect(),
+        _ => return None,
+    })
+}
+
+impl Checkpoint {
+    /// Read `model.safetensors`, or every shard named by `model.safetensors.index.json`, in `dir`.
+    pub fn from_dir(dir: &Path) -> Result<Self> {
+        let single = dir.join("model.safetensors");
+        let index = dir.join("model.safetensors.index.json");
+        let files: Vec<PathBuf> = if single.exists() {
+            vec![single]
+        } else if index.exists() {
+            let text = std::fs::read_to_string(&index)
+                .map_err(|e| Error::input(format!("{}: {e}", index.display())))?;
+            let value: serde_json::Value = serde_json::from_str(&text)
+                .map_err(|e| Error::input(format!("{}: not valid JSON: {e}", index.display())))?;
+            let map = value["weight_map"]
+                .as_object()
+                .ok_or_else(|| Error::input(format!("{}: no \"weight_map\"", index.display())))?;
+            let mut shards: Vec<String> = map
+                .values()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect();
+            shards.sort();
+            shards.dedup();
+            shards.into_iter().map(|s| dir.join(s)).collect()
+        } else {
+            return Err(Error::input(format!(
+                "{}: no model.safetensors or model.safetensors.index.json",
+                dir.display()
+            )));
+        };
+        let mut tensors = HashMap::new();
+        let mut skipped = Vec::new();
+        for file in &files {
+            let bytes = std::fs::read(file)
+                .map_err(|e| Error::input(format!("{}: cannot read: {e}", file.display())))?;
+            let parsed = SafeTensors::deserialize(&bytes).map_err(|e| {
+                Error::input(format!("{}: not a safetensors file: {e}", file.display()))
+            })?;
+            for (name, view) in parsed.tensors() {
+                match to_f32(view.dtype(), view.data()) {
+                    Some(data) => {
+                        tensors.insert(name, (view.shape().to_vec(), data));
+                    }
+                    // Integer and bool tensors are buffers (e.g. BERT's position_ids), never
+                    // parameters: set aside, reported as unused.
+                    None => skipped.push(name),
+                }
+            }
+        }
+        Ok(Self {
+            tensors,
+            skipped,
+            source: dir.to_path_buf(),
+        })
+    }
+}
+
+/// How our parameter paths are spelled in a checkpoint.
+pub trait KeyMap {
+    /// Checkpoint names to try for our `path`, in order.
+    fn candidates(&self, path: &str) -> Vec<String>;
+    /// Whether this 2-D parameter is a linear weight (stored transposed by burn).
+    fn is_linear(&self, path: &str) -> bool;
+    /// Whether a missing tensor may start from its random init (a fresh task head).
+    fn may_be_new(&self, path: &str) -> bool;
+}
+
+/// Walks a module, replacing each parameter by its checkpoint tensor.
+struct Loader<'a, K: KeyMap> {
+    checkpoint: &'a Checkpoint,
+    keys: &'a K,
+    path: Vec<String>,
+    used: BTreeMap<String, ()>,
+    missing: Vec<String>,
+    new: Vec<String>,
+    mismatched: Vec<String>,
+}
+
+impl<K: KeyMap> ModuleMapper for Loader<'_, K> {
+    fn enter_module(&mut self, name: &str, _container: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container: &str) {
+        self.path.pop();
+    }
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let path = self.path.join(".");
+        let Some((name, (shape, data))) = self
+            .keys
+            .candidates(&path)
+            .into_iter()
+            .find_map(|k| self.checkpoint.tensors.get(&k).map(|t| (k, t)))
+        else {
+            if self.keys.may_be_new(&path) {
+                self.new.push(path);
+            } else {
+                self.missing.push(path);
+            }
+            return param;
+        };
+        self.used.insert(name.clone(), ());
+        let expected: Vec<usize> = param.lazy_shape().iter().copied().collect();
+        let transpose = D == 2 && self.keys.is_linear(&path);
+        let stored: Vec<usize> = if transpose {
+            vec![shape[1.min(shape.len() - 1)], shape[0]]
+        } else {
+            shape.clone()
+        };
+        if shape.len() != D || stored != expected {
+            self.mismatched.push(format!(
+                "{name}: checkpoint {shape:?}, model {expected:?} (as {path})"
+            ));
+            return param;
+        }
+        let device = param.lazy_device();
+        let tensor = Tensor::<D>::from_data(TensorData::new(data.clone(), shape.clone()), &device);
+        let tensor = if transpose {
+            tensor.transpose()
+        } else {
+            tensor
+        };
+        let require_grad = param.is_require_grad();
+        Param::initialized(param.id, tensor.set_require_grad(require_grad))
+    }
+}
+
+/// What loading did besides succeeding.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct LoadReport {
+    /// Parameters left at their random init (task heads).
+    pub newly_initialized: Vec<String>,
+    /// Checkpoint tensors the model has no place for (e.g. a pretraining head).
+    pub unused: Vec<String>,
+}
+
+/// Load `checkpoint` into `module`. Missing or misshapen tensors are one error naming them.
+pub fn load<M: Module, K: KeyMap>(
+    module: M,
+    checkpoint: &Checkpoint,
+    keys: &K,
+) -> Result<(M, LoadReport)> {
+    let mut loader = Loader {
+        checkpoint,
+        keys,
+        path: Vec::new(),
+        used: BTreeMap::new(),
+        missing: Vec::new(),
+        new: Vec::new(),
+        mismatched: Vec::new(),
+    };
+    let module = module.map(&mut loader);
+    let source = checkpoint.source.display();
+    if !loader.mismatched.is_empty() {
+        return Err(Error::input(format!(
+            "{source}: tensor shapes do not fit the config: {}",
+            loader.mismatched.join("; ")
+        )));
+    }
+    if !loader.missing.is_empty() {
+        let shown: Vec<&str> = loader.missing.iter().take(8).map(String::as_str).collect();
+        return Err(Error::input(format!(
+            "{source}: the checkpoint lacks {} tensor(s) the model needs: {}{}",
+            loader.missing.len(),
+            shown.join(", "),
+            if loader.missing.len() > 8 {
+                ", …"
+            } else {
+                ""
+            }
+        )));
+    }
+    let mut unused: Vec<String> = checkpoint
+        .tensors
+        .keys()
+        .filter(|k| !loader.used.contains_key(*k))
+        .chain(&checkpoint.skipped)
+        .cloned()
+        .collect();
+    unused.sort();
+    Ok((
+        module,
+        LoadReport {
+            newly_initialized: loader.new,
+            unused,
+        },
+    ))
+}
+
+/// BERT: `bert.` prefix optional, `self` / `LayerNorm` (or `gamma`/`beta`) spellings.
+pub struct BertKeys;
+
+impl KeyMap for BertKeys {
+    fn candidates(&self, path: &str) -> Vec<String> {
+        let hf = path
+            .replace(".self_attn.", ".self.")
+            .replace("layer_norm", "LayerNorm");
+        let mut out = vec![hf.clone()];
+        if let Some(stripped) = hf.strip_prefix("bert.") {
+            out.push(stripped.to_string());
+        }
+        // Old checkpoints name LayerNorm's parameters gamma/beta.
+        for name in out.clone() {
+            if let Some(base) = name.strip_suffix("LayerNorm.weight") {
+                out.push(format!("{base}LayerNorm.gamma"));
+            }
+            if let Some(base) = name.strip_suffix("LayerNorm.bias") {
+                out.push(format!("{base}LayerNorm.beta"));
+            }
+        }
+        out
+    }
+
+    fn is_linear(&self, path: &str) -> bool {
+        !path.contains("embeddings")
+    }
+
+    fn may_be_new(&self, path: &str) -> bool {
+        path.starts_with("classifier.") || path.starts_with("bert.pooler.")
+    }
+}
+
+/// Llama: the HF names as they are.
+pub struct LlamaKeys;
+
+impl KeyMap for LlamaKeys {
+    fn candidates(&self, path: &str) -> Vec<String> {
+        vec![path.to_string()]
+    }
+
+    fn is_linear(&self, path: &str) -> bool {
+        !path.contains("embed_tokens")
+    }
+
+    fn may_be_new(&self, _path: &str) -> bool {
+        false
+    }
+}
