@@ -55,15 +55,116 @@ impl ArchConfig {
     }
 }
 
-/// Where the model came from, for logs and the run's echoed config.
+/// What `--model` names: a built-in preset, a config.json (random init), or a directory with
+/// pretrained weights (a Hugging Face directory, or a fetched asset's).
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub enum ModelSource {
     Preset(String),
     ConfigFile(PathBuf),
+    Pretrained(PathBuf),
 }
 
 /// The built-in presets: tiny random-init models whose vocabulary is the tokenizer's.
 pub const PRESETS: &[&str] = &["tiny-llama", "tiny-bert"];
+
+fn has_weights(dir: &Path) -> bool {
+    dir.join("model.safetensors").exists() || dir.join("model.safetensors.index.json").exists()
+}
+
+/// Find what `--model` names (no tokenizer needed yet; see [`ModelSource::arch`]).
+pub fn locate(model: &str) -> Result<ModelSource> {
+    if PRESETS.contains(&model) {
+        return Ok(ModelSource::Preset(model.to_string()));
+    }
+    let path = Path::new(model);
+    #[cfg(not(target_arch = "wasm32"))]
+    if !path.exists()
+        && let Some(asset) = crate::fetch::asset(model)
+    {
+        if asset.kind != crate::fetch::Kind::Model {
+            return Err(Error::input(format!(
+                "--model {model}: that is a data set, not a model"
+            )));
+        }
+        let dir = crate::fetch::require(model)?;
+        if !has_weights(&dir) {
+            return Err(Error::input(format!(
+                "--model {model}: a GGUF model; loading GGUF is not supported yet"
+            )));
+        }
+        return Ok(ModelSource::Pretrained(dir));
+    }
+    if path.is_dir() {
+        if has_weights(path) {
+            return Ok(ModelSource::Pretrained(path.to_path_buf()));
+        }
+        if path.join("config.json").exists() {
+            return Ok(ModelSource::ConfigFile(path.join("config.json")));
+        }
+        return Err(Error::input(format!(
+            "--model {}: the directory has no config.json",
+            path.display()
+        )));
+    }
+    if path.exists() {
+        return Ok(ModelSource::ConfigFile(path.to_path_buf()));
+    }
+    Err(Error::input(format!(
+        "--model {model:?} is neither a preset ({}), a fetched model (see `fairtune fetch`), \
+         nor an existing config.json or model directory",
+        PRESETS.join(", ")
+    )))
+}
+
+impl ModelSource {
+    /// The model's own tokenizer.json, when it has one.
+    pub fn tokenizer_file(&self) -> Option<PathBuf> {
+        match self {
+            ModelSource::Pretrained(dir) => Some(dir.join("tokenizer.json")).filter(|p| p.exists()),
+            ModelSource::ConfigFile(file) => file
+                .parent()
+                .map(|dir| dir.join("tokenizer.json"))
+                .filter(|p| p.exists()),
+            ModelSource::Preset(_) => None,
+        }
+    }
+
+    /// The directory with pretrained weights, if any.
+    pub fn weights(&self) -> Option<&Path> {
+        match self {
+            ModelSource::Pretrained(dir) => Some(dir),
+            _ => None,
+        }
+    }
+
+    /// The architecture config. `tokenizer_vocab` sizes the presets and is checked against a
+    /// config's `vocab_size`.
+    pub fn arch(&self, tokenizer_vocab: usize) -> Result<ArchConfig> {
+        let config_path = match self {
+            ModelSource::Preset(name) => {
+                return Ok(preset(name, tokenizer_vocab).expect("a preset name"));
+            }
+            ModelSource::ConfigFile(file) => file.clone(),
+            ModelSource::Pretrained(dir) => dir.join("config.json"),
+        };
+        let text = std::fs::read_to_string(&config_path).map_err(|e| {
+            Error::input(format!(
+                "{}: cannot read model config: {e}",
+                config_path.display()
+            ))
+        })?;
+        let config = parse_config(&text)
+            .map_err(|e| Error::input(format!("{}: {e}", config_path.display())))?;
+        if config.vocab_size() < tokenizer_vocab {
+            return Err(Error::input(format!(
+                "{}: vocab_size {} is smaller than the tokenizer's vocabulary ({tokenizer_vocab})",
+                config_path.display(),
+                config.vocab_size()
+            )));
+        }
+        Ok(config)
+    }
+}
 
 fn preset(name: &str, vocab_size: usize) -> Option<ArchConfig> {
     match name {
@@ -107,48 +208,10 @@ fn preset(name: &str, vocab_size: usize) -> Option<ArchConfig> {
     }
 }
 
-/// Resolve `--model` into an architecture config. `tokenizer_vocab` sizes the presets and is
-/// checked against a config file's `vocab_size`.
+/// [`locate`] and [`ModelSource::arch`] in one step.
 pub fn resolve(model: &str, tokenizer_vocab: usize) -> Result<(ArchConfig, ModelSource)> {
-    if let Some(config) = preset(model, tokenizer_vocab) {
-        return Ok((config, ModelSource::Preset(model.to_string())));
-    }
-    let path = Path::new(model);
-    let config_path = if path.is_dir() {
-        if path.join("model.safetensors").exists()
-            || path.join("model.safetensors.index.json").exists()
-        {
-            return Err(Error::input(format!(
-                "{}: loading pretrained weights is not supported yet; pass the directory's config.json to train \
-                 that architecture from random weights",
-                path.display()
-            )));
-        }
-        path.join("config.json")
-    } else if path.exists() {
-        path.to_path_buf()
-    } else {
-        return Err(Error::input(format!(
-            "--model {model:?} is neither a preset ({}) nor an existing config.json or model directory",
-            PRESETS.join(", ")
-        )));
-    };
-    let text = std::fs::read_to_string(&config_path).map_err(|e| {
-        Error::input(format!(
-            "{}: cannot read model config: {e}",
-            config_path.display()
-        ))
-    })?;
-    let config =
-        parse_config(&text).map_err(|e| Error::input(format!("{}: {e}", config_path.display())))?;
-    if config.vocab_size() < tokenizer_vocab {
-        return Err(Error::input(format!(
-            "{}: vocab_size {} is smaller than the tokenizer's vocabulary ({tokenizer_vocab})",
-            config_path.display(),
-            config.vocab_size()
-        )));
-    }
-    Ok((config, ModelSource::ConfigFile(config_path)))
+    let source = locate(model)?;
+    Ok((source.arch(tokenizer_vocab)?, source))
 }
 
 /// Read and parse `dir/config.json`.

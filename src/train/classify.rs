@@ -9,7 +9,9 @@ use burn::tensor::{Device, Int, Tensor};
 use serde_json::{Map, Value, json};
 
 use super::fairness_source::{FairnessSource, check_cells};
-use super::{FairnessSet, StepOutput, TaskRunner, TrainConfig, load_tokenizer, to_host};
+use super::{
+    FairnessSet, StepOutput, TaskRunner, TrainConfig, load_tokenizer, report_load, to_host,
+};
 use crate::data::batch::{encoder_batch, int_vector};
 use crate::data::records::{self, ClassifyExample};
 use crate::data::sampler::EpochSampler;
@@ -17,7 +19,7 @@ use crate::data::{Encoder, GroupVocab, TruncationStats};
 use crate::device::Selected;
 use crate::error::{Error, Result};
 use crate::kernel::GroupStatsImpl;
-use crate::model::{self, ArchConfig, BertClassifier, BertConfig, BertHead};
+use crate::model::{self, ArchConfig, BertClassifier, BertConfig, BertHead, ModelSource};
 use crate::objective::task::{class_probability, cross_entropy};
 use crate::objective::{FairnessKind, penalty};
 
@@ -31,6 +33,7 @@ struct Encoded {
 pub struct ClassifyTask {
     config: TrainConfig,
     arch: BertConfig,
+    source: ModelSource,
     num_labels: usize,
     pad: u32,
     device: Device,
@@ -92,8 +95,9 @@ fn require_labels(examples: &[Encoded], rows: &[ClassifyExample], what: &str) ->
 
 impl ClassifyTask {
     pub fn load(config: &TrainConfig, selected: &Selected) -> Result<Self> {
-        let tokenizer = load_tokenizer(config)?;
-        let (arch, _) = model::resolve(&config.model, tokenizer.vocab_size())?;
+        let source = model::locate(&config.model)?;
+        let tokenizer = load_tokenizer(config, &source)?;
+        let arch = source.arch(tokenizer.vocab_size())?;
         let ArchConfig::Bert(arch) = arch else {
             return Err(Error::input(format!(
                 "--task classify needs an encoder (bert); --model {} is a {} decoder",
@@ -199,6 +203,7 @@ impl ClassifyTask {
         Ok(Self {
             config: config.clone(),
             arch,
+            source,
             num_labels,
             pad: encoder.special.pad,
             device: selected.device.clone(),
@@ -235,8 +240,16 @@ impl ClassifyTask {
 impl TaskRunner for ClassifyTask {
     type Model = BertClassifier;
 
-    fn init_model(&self, device: &Device) -> BertClassifier {
-        self.arch.init(self.num_labels, BertHead::Sequence, device)
+    fn init_model(&self, device: &Device) -> Result<BertClassifier> {
+        match self.source.weights() {
+            Some(dir) => {
+                let (model, report) =
+                    model::load_bert(dir, self.num_labels, BertHead::Sequence, device)?;
+                report_load(&report);
+                Ok(model)
+            }
+            None => Ok(self.arch.init(self.num_labels, BertHead::Sequence, device)),
+        }
     }
 
     fn prepare(&mut self, _: &BertClassifier, _: &Path, _: bool) -> Result<()> {

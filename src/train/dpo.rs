@@ -11,7 +11,8 @@ use serde_json::{Map, Value, json};
 
 use super::fairness_source::{FairnessSource, check_cells};
 use super::{
-    FairnessSet, StepOutput, TaskRunner, TrainConfig, checkpoint, load_tokenizer, to_host,
+    FairnessSet, StepOutput, TaskRunner, TrainConfig, checkpoint, load_tokenizer, report_load,
+    to_host,
 };
 use crate::data::batch::{int_vector, lm_batch};
 use crate::data::records::{self, CompletionExample, PreferenceExample};
@@ -20,7 +21,7 @@ use crate::data::{Encoder, GroupVocab, LmSequence, Origin, TruncationStats};
 use crate::device::Selected;
 use crate::error::{Error, Result};
 use crate::kernel::GroupStatsImpl;
-use crate::model::{self, ArchConfig, LlamaConfig, LlamaForCausalLM};
+use crate::model::{self, ArchConfig, LlamaConfig, LlamaForCausalLM, ModelSource};
 use crate::objective::task::completion_logps;
 use crate::objective::{DpoMetrics, FairnessKind, FairnessScore, PairLogps, dpo_loss, penalty};
 
@@ -41,6 +42,7 @@ struct Scored {
 pub struct DpoTask {
     config: TrainConfig,
     arch: LlamaConfig,
+    source: ModelSource,
     pad: u32,
     device: Device,
     train: Vec<Pair>,
@@ -125,8 +127,9 @@ fn check_labels(examples: &[(Option<i64>, &Origin)], what: &str) -> Result<usize
 
 impl DpoTask {
     pub fn load(config: &TrainConfig, selected: &Selected) -> Result<Self> {
-        let tokenizer = load_tokenizer(config)?;
-        let (arch, _) = model::resolve(&config.model, tokenizer.vocab_size())?;
+        let source = model::locate(&config.model)?;
+        let tokenizer = load_tokenizer(config, &source)?;
+        let arch = source.arch(tokenizer.vocab_size())?;
         let ArchConfig::Llama(arch) = arch else {
             return Err(Error::input(format!(
                 "--task dpo needs a causal LM (llama); --model {} is a {} encoder",
@@ -236,6 +239,7 @@ impl DpoTask {
         Ok(Self {
             config: config.clone(),
             arch,
+            source,
             pad: encoder.special.pad,
             device: selected.device.clone(),
             sampler: EpochSampler::new(train.len(), config.seed),
@@ -323,8 +327,15 @@ fn split_pairs(sums: Tensor<1>, counts: Tensor<1>, pairs: usize) -> PairLogps {
 impl TaskRunner for DpoTask {
     type Model = LlamaForCausalLM;
 
-    fn init_model(&self, device: &Device) -> LlamaForCausalLM {
-        self.arch.init(device)
+    fn init_model(&self, device: &Device) -> Result<LlamaForCausalLM> {
+        match self.source.weights() {
+            Some(dir) => {
+                let (model, report) = model::load_llama(dir, device)?;
+                report_load(&report);
+                Ok(model)
+            }
+            None => Ok(self.arch.init(device)),
+        }
     }
 
     fn prepare(&mut self, model: &LlamaForCausalLM, out: &Path, resuming: bool) -> Result<()> {

@@ -49,7 +49,8 @@ pub struct StepOutput {
 pub trait TaskRunner {
     type Model: Module;
 
-    fn init_model(&self, device: &Device) -> Self::Model;
+    /// The model: random init, or pretrained weights when `--model` has them.
+    fn init_model(&self, device: &Device) -> Result<Self::Model>;
     /// Called once before the first step (e.g. to freeze the DPO reference model).
     fn prepare(&mut self, model: &Self::Model, out: &Path, resuming: bool) -> Result<()>;
     fn step(&mut self, model: &Self::Model, step: usize) -> StepOutput;
@@ -85,11 +86,34 @@ pub fn run(config: &TrainConfig, selected: &Selected) -> Result<Value> {
     }
 }
 
-/// `--tokenizer`, or the built-in byte-level tokenizer.
-pub(crate) fn load_tokenizer(config: &TrainConfig) -> Result<crate::data::TextTokenizer> {
-    match &config.tokenizer {
-        Some(path) => crate::data::TextTokenizer::from_file(path),
+/// `--tokenizer`, else the model's own tokenizer.json, else the built-in byte-level tokenizer.
+pub(crate) fn load_tokenizer(
+    config: &TrainConfig,
+    source: &crate::model::ModelSource,
+) -> Result<crate::data::TextTokenizer> {
+    match config.tokenizer.clone().or_else(|| source.tokenizer_file()) {
+        Some(path) => crate::data::TextTokenizer::from_file(&path),
+        None if source.weights().is_some() => Err(Error::input(format!(
+            "--model {}: pretrained weights need their tokenizer; give --tokenizer tokenizer.json",
+            config.model
+        ))),
         None => Ok(crate::data::TextTokenizer::Bytes),
+    }
+}
+
+/// Say what loading pretrained weights left out or started fresh.
+pub(crate) fn report_load(report: &crate::model::load::LoadReport) {
+    if !report.newly_initialized.is_empty() {
+        eprintln!(
+            "notice: newly initialized (not in the checkpoint): {}",
+            report.newly_initialized.join(", ")
+        );
+    }
+    if !report.unused.is_empty() {
+        eprintln!(
+            "notice: checkpoint tensors not used: {}",
+            report.unused.join(", ")
+        );
     }
 }
 
@@ -125,7 +149,7 @@ fn train<T: TaskRunner>(config: &TrainConfig, selected: &Selected, task: &mut T)
     let device = selected.device.clone().autodiff();
 
     device.seed(config.seed);
-    let model = task.init_model(&device);
+    let model = task.init_model(&device)?;
     model.visit(&mut Materialize);
     task.prepare(&model, out, resume_from.is_some())?;
 
