@@ -40,33 +40,35 @@ pub struct EvalOptions {
     pub seed: u64,
 }
 
+/// A finished run's training config; refused when the run has no final `model.bpk`.
+pub(crate) fn read_run(run: &Path) -> Result<TrainConfig> {
+    let path = run.join("config.json");
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| Error::input(format!("{}: not a fairtune run ({e})", path.display())))?;
+    let config: TrainConfig = serde_json::from_str::<Value>(&text)
+        .ok()
+        .and_then(|v| v.get("config").cloned())
+        .ok_or_else(|| "no \"config\" object".to_string())
+        .and_then(|v| serde_json::from_value(v).map_err(|e| e.to_string()))
+        .map_err(|e| {
+            Error::input(format!(
+                "{}: not a fairtune run config: {e}",
+                path.display()
+            ))
+        })?;
+    if !run.join("model.bpk").exists() {
+        return Err(Error::input(format!(
+            "{}: the run has no model.bpk (did it finish?)",
+            run.display()
+        )));
+    }
+    Ok(config)
+}
+
 /// The run's (or a fresh) config, pointed at `data`.
 fn config_for(options: &EvalOptions) -> Result<TrainConfig> {
     let mut config = match (&options.run, &options.model) {
-        (Some(run), None) => {
-            let path = run.join("config.json");
-            let text = std::fs::read_to_string(&path).map_err(|e| {
-                Error::input(format!("{}: not a fairtune run ({e})", path.display()))
-            })?;
-            let config: TrainConfig = serde_json::from_str::<Value>(&text)
-                .ok()
-                .and_then(|v| v.get("config").cloned())
-                .ok_or_else(|| "no \"config\" object".to_string())
-                .and_then(|v| serde_json::from_value(v).map_err(|e| e.to_string()))
-                .map_err(|e| {
-                    Error::input(format!(
-                        "{}: not a fairtune run config: {e}",
-                        path.display()
-                    ))
-                })?;
-            if !run.join("model.bpk").exists() {
-                return Err(Error::input(format!(
-                    "{}: the run has no model.bpk (did it finish?)",
-                    run.display()
-                )));
-            }
-            config
-        }
+        (Some(run), None) => read_run(run)?,
         (None, Some(model)) => {
             let mut config = TrainConfig::new(
                 Task::Classify,

@@ -6,6 +6,8 @@
 //! (backward, optimizer, checkpoints, reports). [`device`] picks the backend; [`bench`] measures.
 
 pub mod bench;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod benchmark;
 pub mod compare;
 pub mod data;
 pub mod device;

@@ -39,7 +39,8 @@ enum Command {
         names: Vec<String>,
     },
     /// A classifier's accuracy, per-class P/R/F1 and per-group fairness metrics (positive rate,
-    /// TPR, FPR, demographic-parity and equalized-odds differences with bootstrap intervals).
+    /// TPR, FPR, demographic-parity and equalized-odds differences with bootstrap intervals);
+    /// a finished run's held-out metrics; or a causal LM on a bias benchmark (--benchmark).
     Eval(EvalArgs),
     /// Compare finished runs side by side (task metrics, F, group gap and means).
     Compare {
@@ -238,9 +239,19 @@ struct EvalArgs {
     /// A tokenizer.json, for --model without its own.
     #[arg(long)]
     tokenizer: Option<PathBuf>,
-    /// Labelled examples {"text", "label"} + "group" for the fairness metrics.
+    /// Labelled examples {"text", "label"} + "group" for the fairness metrics; with
+    /// --benchmark, the benchmark's rows (default: the fetched copy).
+    #[arg(long, required_unless_present = "benchmark")]
+    data: Option<PathBuf>,
+    /// Score a causal LM (--model, or a dpo --run) on a bias benchmark instead: CrowS-Pairs
+    /// (pct_stereotype, likelihood difference per bias type), BBQ (accuracy and ambiguous /
+    /// disambiguated bias scores per category), discrim-eval (P(yes) per age, gender, race and
+    /// the logit gap to the reference group).
+    #[arg(long, value_enum)]
+    benchmark: Option<fairtune::benchmark::Benchmark>,
+    /// With --benchmark: score an evenly spaced subset of this many items.
     #[arg(long)]
-    data: PathBuf,
+    limit: Option<usize>,
     /// The class a "positive" prediction means (with --model; a run uses its own).
     #[arg(long, default_value_t = 1)]
     positive_class: usize,
@@ -352,21 +363,44 @@ fn sweep(args: SweepArgs) -> Result<()> {
 }
 
 fn eval(args: EvalArgs) -> Result<()> {
-    let options = fairtune::eval::EvalOptions {
-        run: args.run,
-        model: args.model,
-        tokenizer: args.tokenizer,
-        data: args.data,
-        positive_class: args.positive_class,
-        batch_size: args.batch_size.max(1),
-        max_length: args.max_length,
-        bootstrap: args.bootstrap,
-        seed: args.seed,
-    };
     let selected = device::select(args.backend)?;
     eprintln!("device: {}", selected.describe());
-    let report = fairtune::eval::run(&options, &selected)?;
-    print!("{}", fairtune::eval::table(&report));
+    let report = match args.benchmark {
+        Some(benchmark) => {
+            let options = fairtune::benchmark::BenchmarkOptions {
+                benchmark,
+                run: args.run,
+                model: args.model,
+                tokenizer: args.tokenizer,
+                data: args.data,
+                limit: args.limit,
+                batch_size: args.batch_size.max(1),
+                max_length: args.max_length,
+            };
+            let report = fairtune::benchmark::run(&options, &selected)?;
+            print!("{}", fairtune::benchmark::table(&report));
+            report
+        }
+        None => {
+            if args.limit.is_some() {
+                return Err(Error::input("--limit applies to --benchmark only"));
+            }
+            let options = fairtune::eval::EvalOptions {
+                run: args.run,
+                model: args.model,
+                tokenizer: args.tokenizer,
+                data: args.data.expect("clap requires --data without --benchmark"),
+                positive_class: args.positive_class,
+                batch_size: args.batch_size.max(1),
+                max_length: args.max_length,
+                bootstrap: args.bootstrap,
+                seed: args.seed,
+            };
+            let report = fairtune::eval::run(&options, &selected)?;
+            print!("{}", fairtune::eval::table(&report));
+            report
+        }
+    };
     if let Some(path) = &args.out {
         fairtune::eval::write(&report, path)?;
         eprintln!("wrote {}", path.display());

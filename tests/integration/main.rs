@@ -3,6 +3,7 @@
 //! The wgpu tests run on whatever adapter wgpu finds — in CI, Mesa's software Vulkan
 //! (llvmpipe). Without an adapter they fail; set FAIRTUNE_SKIP_WGPU=1 to skip them on purpose.
 
+mod benchmark;
 mod cli;
 mod common;
 mod data;
