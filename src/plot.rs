@@ -76,11 +76,15 @@ fn draw<DB: DrawingBackend>(
             6,
             color.filled(),
         )))?;
-        chart.draw_series(std::iter::once(Text::new(
-            format!("λ={}", s.lambda),
-            (s.gap, s.metric),
-            ("sans-serif", 14).into_font().color(&BLACK),
-        )))?;
+        // The label sits up and to the right of its dot, clear of the ring.
+        chart.draw_series(std::iter::once(
+            EmptyElement::at((s.gap, s.metric))
+                + Text::new(
+                    format!("λ={}", s.lambda),
+                    (12, -22),
+                    ("sans-serif", 14).into_font().color(&BLACK),
+                ),
+        ))?;
         if plot.suggested == Some(s.lambda) {
             chart
                 .draw_series(std::iter::once(Circle::new(
