@@ -10,6 +10,8 @@ pub mod bench;
 pub mod benchmark;
 pub mod compare;
 pub mod data;
+#[cfg(not(target_arch = "wasm32"))]
+pub mod demo;
 pub mod device;
 pub mod error;
 pub mod eval;

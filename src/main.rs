@@ -24,6 +24,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// The main job: a fairness-regularized fine-tune of a real model on real data at λ = 0 and
+    /// at a chosen λ, then a before/after table and the Pareto plot. Fetches what it needs.
+    Demo(DemoArgs),
     /// List every adapter wgpu sees, and which one `--backend auto` takes.
     Devices,
     /// Fine-tune a model: DPO (preference pairs) or classification, with λ·F.
@@ -273,6 +276,27 @@ struct EvalArgs {
 }
 
 #[derive(Args)]
+struct DemoArgs {
+    /// sentiment: MiniLM on Rotten Tomatoes with identity-term templates (minutes on a CPU);
+    /// dpo: SmolLM2 LoRA DPO with discrim-eval decisions by race (meant for a GPU).
+    #[arg(long, value_enum, default_value = "sentiment")]
+    preset: fairtune::demo::Preset,
+    /// Output directory (one run per λ inside; a rerun reuses finished runs).
+    #[arg(long, default_value = "runs/demo")]
+    out: PathBuf,
+    #[arg(long, value_enum, default_value = "auto")]
+    backend: BackendChoice,
+    /// λ of the regularized run (default: 100 for sentiment, 1 for dpo).
+    #[arg(long)]
+    lambda: Option<f64>,
+    /// Training steps per run (default: 100 for sentiment, 60 for dpo).
+    #[arg(long)]
+    steps: Option<usize>,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+}
+
+#[derive(Args)]
 struct BenchArgs {
     /// Which backends to measure (auto: the CPU, and wgpu when an adapter exists).
     #[arg(long, value_enum, default_value = "auto")]
@@ -408,6 +432,27 @@ fn eval(args: EvalArgs) -> Result<()> {
     Ok(())
 }
 
+fn demo(args: DemoArgs) -> Result<()> {
+    let options = fairtune::demo::DemoOptions {
+        preset: args.preset,
+        out: args.out,
+        backend: args.backend,
+        lambda: args.lambda,
+        steps: args.steps,
+        seed: args.seed,
+    };
+    let selected = device::select(options.backend)?;
+    eprintln!("device: {}", selected.describe());
+    let report = fairtune::demo::run(&options, &selected)?;
+    println!();
+    print!("{}", fairtune::demo::table(&report));
+    println!(
+        "\nPareto plot: {}  (and .svg; sweep.json, demo.json beside it)",
+        options.out.join("pareto.png").display()
+    );
+    Ok(())
+}
+
 fn train(args: TrainArgs) -> Result<()> {
     let config = args.into_config();
     config.validate()?;
@@ -424,6 +469,7 @@ fn train(args: TrainArgs) -> Result<()> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Demo(args) => demo(args),
         Command::Devices => devices(),
         Command::Train(args) => train(*args),
         Command::Bench(args) => {

@@ -7,6 +7,7 @@ mod benchmark;
 mod cli;
 mod common;
 mod data;
+mod demo;
 mod dpo;
 mod export;
 mod fairness;
