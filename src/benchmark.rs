@@ -65,8 +65,9 @@ pub struct BenchmarkOptions {
     pub tokenizer: Option<PathBuf>,
     /// The benchmark's rows (default: the fetched copy).
     pub data: Option<PathBuf>,
-    /// Score an evenly spaced subset of this many items (the files are sorted by category, so
-    /// every category keeps its share).
+    /// Score an evenly spaced subset of about this many items (the files are sorted by
+    /// category, so every category keeps its share). discrim-eval keeps whole decision
+    /// questions — every demographic variant of each — so the groups stay comparable.
     pub limit: Option<usize>,
     pub batch_size: usize,
     pub max_length: usize,
@@ -230,6 +231,31 @@ fn subset<T>(rows: Vec<T>, limit: Option<usize>) -> Vec<T> {
         }
         _ => rows,
     }
+}
+
+/// discrim-eval's rows of evenly spaced decision questions, as many questions as it takes to
+/// reach `limit` rows (each question's rows are its demographic variants).
+fn whole_questions(rows: Vec<(String, Value)>, limit: Option<usize>) -> Vec<(String, Value)> {
+    let Some(limit) = limit else {
+        return rows;
+    };
+    let question = |row: &Value| row.get("decision_question_id").map(Value::to_string);
+    let ids: Vec<Option<String>> = {
+        let mut seen = Vec::new();
+        for (_, row) in &rows {
+            let id = question(row);
+            if !seen.contains(&id) {
+                seen.push(id);
+            }
+        }
+        seen
+    };
+    let per_question = rows.len().div_ceil(ids.len().max(1)).max(1);
+    let wanted = limit.div_ceil(per_question).clamp(1, ids.len().max(1));
+    let keep: Vec<&Option<String>> = subset(ids.iter().collect(), Some(wanted));
+    rows.into_iter()
+        .filter(|(_, row)| keep.contains(&&question(row)))
+        .collect()
 }
 
 fn field<'a>(row: &'a Value, key: &str, at: &str) -> Result<&'a Value> {
@@ -562,7 +588,11 @@ pub fn run(options: &BenchmarkOptions, selected: &Selected) -> Result<Value> {
             dir.join(options.benchmark.default_file())
         }
     };
-    let rows = subset(read_rows(&data)?, options.limit);
+    let rows = read_rows(&data)?;
+    let rows = match options.benchmark {
+        Benchmark::DiscrimEval => whole_questions(rows, options.limit),
+        _ => subset(rows, options.limit),
+    };
     if rows.is_empty() {
         return Err(Error::input(format!("{}: no rows", data.display())));
     }
@@ -586,6 +616,29 @@ pub fn run(options: &BenchmarkOptions, selected: &Selected) -> Result<Value> {
     Ok(report)
 }
 
+/// A markdown table of per-subset scores and their overall row: `columns` are (header, key);
+/// integers print as they are, other numbers with 4 decimals.
+fn breakdown(
+    out: &mut String,
+    (first, subsets, overall): (&str, &Value, &Value),
+    columns: &[(&str, &str)],
+) {
+    let cell = |v: &Value| match (v.as_u64(), v.as_f64()) {
+        (Some(n), _) => n.to_string(),
+        (None, Some(x)) => format!("{x:.4}"),
+        _ => "-".into(),
+    };
+    let headers: Vec<&str> = columns.iter().map(|c| c.0).collect();
+    writeln!(out, "| {first} | {} |", headers.join(" | ")).ok();
+    writeln!(out, "|---|{}", "---:|".repeat(columns.len())).ok();
+    let all = "all".to_string();
+    let rows = subsets.as_object().into_iter().flatten();
+    for (name, scores) in rows.chain([(&all, overall)]) {
+        let cells: Vec<String> = columns.iter().map(|c| cell(&scores[c.1])).collect();
+        writeln!(out, "| {name} | {} |", cells.join(" | ")).ok();
+    }
+}
+
 /// The report as terminal tables.
 pub fn table(report: &Value) -> String {
     let f = |v: &Value| v.as_f64().map_or("-".into(), |x| format!("{x:.4}"));
@@ -597,41 +650,27 @@ pub fn table(report: &Value) -> String {
         report["data"].as_str().unwrap_or("?"),
     );
     match report["benchmark"].as_str() {
-        Some("crows-pairs") => {
-            out.push_str(
-                "| bias type | pairs | pct_stereotype | likelihood diff |\n|---|---:|---:|---:|\n",
-            );
-            let rows = report["per_bias_type"].as_object().into_iter().flatten();
-            for (name, s) in rows.chain([(&"all".to_string(), &report["overall"])]) {
-                writeln!(
-                    out,
-                    "| {name} | {} | {} | {} |",
-                    s["pairs"],
-                    f(&s["pct_stereotype"]),
-                    f(&s["likelihood_diff"])
-                )
-                .ok();
-            }
-        }
-        Some("bbq") => {
-            out.push_str(
-                "| category | questions | accuracy | acc. ambiguous | acc. disambiguated | bias ambiguous | bias disambiguated |\n|---|---:|---:|---:|---:|---:|---:|\n",
-            );
-            let rows = report["per_category"].as_object().into_iter().flatten();
-            for (name, s) in rows.chain([(&"all".to_string(), &report["overall"])]) {
-                writeln!(
-                    out,
-                    "| {name} | {} | {} | {} | {} | {} | {} |",
-                    s["questions"],
-                    f(&s["accuracy"]),
-                    f(&s["accuracy_ambiguous"]),
-                    f(&s["accuracy_disambiguated"]),
-                    f(&s["bias_ambiguous"]),
-                    f(&s["bias_disambiguated"])
-                )
-                .ok();
-            }
-        }
+        Some("crows-pairs") => breakdown(
+            &mut out,
+            ("bias type", &report["per_bias_type"], &report["overall"]),
+            &[
+                ("pairs", "pairs"),
+                ("pct_stereotype", "pct_stereotype"),
+                ("likelihood diff", "likelihood_diff"),
+            ],
+        ),
+        Some("bbq") => breakdown(
+            &mut out,
+            ("category", &report["per_category"], &report["overall"]),
+            &[
+                ("questions", "questions"),
+                ("accuracy", "accuracy"),
+                ("acc. ambiguous", "accuracy_ambiguous"),
+                ("acc. disambiguated", "accuracy_disambiguated"),
+                ("bias ambiguous", "bias_ambiguous"),
+                ("bias disambiguated", "bias_disambiguated"),
+            ],
+        ),
         _ => {
             writeln!(out, "mean P(yes): {}", f(&report["mean_p_yes"])).ok();
             out.push_str("| attribute | value | decisions | mean P(yes) | mean logit | logit gap to reference |\n|---|---|---:|---:|---:|---:|\n");
@@ -651,4 +690,28 @@ pub fn table(report: &Value) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subsets_are_evenly_spaced_and_discrim_keeps_whole_questions() {
+        assert_eq!(subset((0..10).collect(), Some(5)), vec![0, 2, 4, 6, 8]);
+        assert_eq!(subset((0..3).collect(), Some(5)), vec![0, 1, 2]);
+        // 4 questions × 6 variants; 8 rows asked → 2 whole questions, 0 and 2.
+        let rows: Vec<(String, Value)> = (0..24)
+            .map(|i| {
+                let row = json!({"decision_question_id": i / 6, "race": i % 6});
+                (format!("t:{i}"), row)
+            })
+            .collect();
+        let kept = whole_questions(rows, Some(8));
+        let questions: Vec<u64> = kept
+            .iter()
+            .map(|(_, r)| r["decision_question_id"].as_u64().unwrap())
+            .collect();
+        assert_eq!(questions, [vec![0; 6], vec![2; 6]].concat());
+    }
 }

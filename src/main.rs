@@ -252,7 +252,8 @@ struct EvalArgs {
     /// the logit gap to the reference group).
     #[arg(long, value_enum)]
     benchmark: Option<fairtune::benchmark::Benchmark>,
-    /// With --benchmark: score an evenly spaced subset of this many items.
+    /// With --benchmark: score an evenly spaced subset of about this many items (discrim-eval:
+    /// whole decision questions, every demographic variant of each).
     #[arg(long)]
     limit: Option<usize>,
     /// The class a "positive" prediction means (with --model; a run uses its own).
