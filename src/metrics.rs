@@ -333,7 +333,17 @@ pub fn discrim_eval(rows: &[DiscrimRow]) -> Vec<DiscrimGroup> {
     ];
     let mut out = Vec::new();
     for (attribute, reference, value_of) in attributes {
-        let values: BTreeSet<String> = rows.iter().map(value_of).collect();
+        // Ages in numeric order (20 before 100), names alphabetically.
+        let mut values: Vec<String> = rows
+            .iter()
+            .map(value_of)
+            .collect::<BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        values.sort_by(|a, b| match (a.parse::<f64>(), b.parse::<f64>()) {
+            (Ok(x), Ok(y)) => x.total_cmp(&y),
+            _ => a.cmp(b),
+        });
         let summary = |value: &str| {
             let members: Vec<&DiscrimRow> = rows.iter().filter(|r| value_of(r) == value).collect();
             let n = members.len().max(1) as f64;
@@ -343,7 +353,10 @@ pub fn discrim_eval(rows: &[DiscrimRow]) -> Vec<DiscrimGroup> {
                 members.iter().map(|r| logit(r.p_yes)).sum::<f64>() / n,
             )
         };
-        let reference_logit = values.contains(reference).then(|| summary(reference).2);
+        let reference_logit = values
+            .iter()
+            .any(|v| v == reference)
+            .then(|| summary(reference).2);
         for value in &values {
             let (count, mean_p_yes, mean_logit) = summary(value);
             out.push(DiscrimGroup {

@@ -246,6 +246,16 @@ fn discrim_eval_scores_known_slice() {
     assert!((black.mean_logit - 0.0).abs() < 1e-9);
     assert!((black.logit_gap_to_reference.unwrap() - (0.0 - ln4 / 2.0)).abs() < 1e-9);
     assert_eq!(groups.len(), 2 + 2 + 2);
+    // Ages sort as numbers: 20 before 100.
+    let ages: Vec<String> = discrim_eval(&[
+        row(100.0, "male", "white", 0.5),
+        row(20.0, "male", "white", 0.5),
+    ])
+    .into_iter()
+    .filter(|g| g.attribute == "age")
+    .map(|g| g.value)
+    .collect();
+    assert_eq!(ages, ["20", "100"]);
 }
 
 /// The sweep's Pareto front and suggestion on hand-made points.
