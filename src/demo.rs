@@ -160,7 +160,7 @@ fn dpo(options: &DemoOptions) -> Result<(TrainConfig, f64)> {
     let gguf = model_dir.join("model.gguf");
     let model = gguf.display().to_string();
     // The answer prompt is the benchmark's own (chat template + the paper's answer prefix); the
-    // completion scored is "yes". Decision questions 0–49 train the penalty, 50–69 are held out.
+    // completion scored is "yes". Decision questions 0–59 train the penalty, 60–69 are held out.
     let chat = {
         let probe = TrainConfig::new(Task::Dpo, PathBuf::new(), model.clone(), PathBuf::new());
         let source = crate::model::locate(&model)?;
@@ -180,7 +180,7 @@ fn dpo(options: &DemoOptions) -> Result<(TrainConfig, f64)> {
         };
         // Three ages (20, 60, 100) for training and the reference age 60 held out keep the
         // set small; every race and gender stays in.
-        let held_out = question >= 50;
+        let held_out = question >= 60;
         if (held_out && age != 60.0) || ![20.0, 60.0, 100.0].contains(&age) {
             continue;
         }
