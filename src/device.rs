@@ -7,13 +7,14 @@
 //! limits the graphics APIs considered, `WGPU_ADAPTER_NAME` picks an adapter by name (substring,
 //! case-insensitive).
 
-use std::collections::HashMap;
 use std::fmt;
-use std::sync::Mutex;
+#[cfg(not(target_arch = "wasm32"))]
+use std::{collections::HashMap, sync::Mutex};
 
 use burn::backend::wgpu::wgpu;
-use burn::tensor::wgpu::WgpuBackend;
-use burn::tensor::{Device, DeviceKind};
+use burn::tensor::Device;
+#[cfg(not(target_arch = "wasm32"))]
+use burn::tensor::{DeviceKind, wgpu::WgpuBackend};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -122,6 +123,23 @@ pub fn usable_adapters() -> Vec<Adapter> {
     }
 }
 
+fn adapter_of(info: wgpu::AdapterInfo) -> Adapter {
+    Adapter {
+        api: api_name(info.backend).to_string(),
+        device_type: format!("{:?}", info.device_type),
+        driver: [info.driver.as_str(), info.driver_info.as_str()]
+            .iter()
+            .filter(|s| !s.is_empty())
+            .copied()
+            .collect::<Vec<_>>()
+            .join(" "),
+        name: info.name,
+        backend: info.backend,
+        wgpu_type: info.device_type,
+    }
+}
+
+#[cfg(not(target_arch = "wasm32"))]
 fn list_adapters_on(backends: wgpu::Backends) -> Vec<Adapter> {
     let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
         backends,
@@ -131,20 +149,31 @@ fn list_adapters_on(backends: wgpu::Backends) -> Vec<Adapter> {
         .into_iter()
         .map(|adapter| adapter.get_info())
         .filter(|info| info.backend != wgpu::Backend::Noop)
-        .map(|info| Adapter {
-            api: api_name(info.backend).to_string(),
-            device_type: format!("{:?}", info.device_type),
-            driver: [info.driver.as_str(), info.driver_info.as_str()]
-                .iter()
-                .filter(|s| !s.is_empty())
-                .copied()
-                .collect::<Vec<_>>()
-                .join(" "),
-            name: info.name,
-            backend: info.backend,
-            wgpu_type: info.device_type,
-        })
+        .map(adapter_of)
         .collect()
+}
+
+/// In the browser adapters cannot be listed synchronously; [`init_browser`] asks for one.
+#[cfg(target_arch = "wasm32")]
+fn list_adapters_on(_backends: wgpu::Backends) -> Vec<Adapter> {
+    Vec::new()
+}
+
+/// The page's device: the browser's WebGPU adapter, or burn's CPU backend (with the reason) when
+/// the browser has none or it cannot start. Must be awaited before any tensor is made: in the
+/// browser wgpu can only be started asynchronously.
+#[cfg(target_arch = "wasm32")]
+pub async fn init_browser() -> (Selected, Option<String>) {
+    match Device::wgpu_options().init_with_setup_async().await {
+        Ok((device, setup)) => (
+            Selected {
+                device,
+                adapter: Some(adapter_of(setup.adapter.get_info())),
+            },
+            None,
+        ),
+        Err(e) => (Selected::cpu(), Some(format!("no WebGPU adapter ({e})"))),
+    }
 }
 
 fn rank(adapter: &Adapter) -> (u8, u8) {
@@ -181,6 +210,7 @@ pub fn preferred_adapter(adapters: &[Adapter]) -> Result<Option<Adapter>> {
 }
 
 /// How burn/cubecl names an adapter: graphics API + device type + index among that type.
+#[cfg(not(target_arch = "wasm32"))]
 fn burn_selector(adapter: &Adapter, adapters: &[Adapter]) -> (WgpuBackend, DeviceKind) {
     let api = match adapter.backend {
         wgpu::Backend::Vulkan => WgpuBackend::Vulkan,
@@ -206,8 +236,18 @@ fn burn_selector(adapter: &Adapter, adapters: &[Adapter]) -> (WgpuBackend, Devic
 }
 
 /// A wgpu runtime can be initialized once per process; later selections reuse it.
+#[cfg(not(target_arch = "wasm32"))]
 static INITIALIZED: Mutex<Option<HashMap<String, Device>>> = Mutex::new(None);
 
+/// In the browser wgpu starts only asynchronously: [`init_browser`].
+#[cfg(target_arch = "wasm32")]
+fn init_wgpu(adapter: &Adapter, _adapters: &[Adapter]) -> Result<Device> {
+    Err(Error::runtime(format!(
+        "cannot start wgpu on {adapter} synchronously in the browser; use init_browser"
+    )))
+}
+
+#[cfg(not(target_arch = "wasm32"))]
 fn init_wgpu(adapter: &Adapter, adapters: &[Adapter]) -> Result<Device> {
     let (api, kind) = burn_selector(adapter, adapters);
     let key = format!("{api:?}/{kind:?}");

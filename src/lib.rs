@@ -25,5 +25,7 @@ pub mod objective;
 pub mod plot;
 pub mod sweep;
 pub mod train;
+#[cfg(target_arch = "wasm32")]
+pub mod web;
 
 pub use error::{Error, Result};

@@ -105,7 +105,7 @@ fn kind(value: &Value) -> &'static str {
 
 /// Read every non-blank line of a JSONL file as a JSON object. An empty file is an error.
 pub fn read(path: &Path) -> Result<Vec<Row>> {
-    let text = std::fs::read(path)
+    let text = crate::data::files::read(path)
         .map_err(|e| Error::input(format!("{}: cannot read file: {e}", path.display())))?;
     let text = String::from_utf8(text).map_err(|e| {
         Error::input(format!(

@@ -4,6 +4,7 @@
 pub mod batch;
 pub mod chat;
 pub mod encode;
+pub mod files;
 pub mod jsonl;
 pub mod records;
 pub mod sampler;

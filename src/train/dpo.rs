@@ -465,7 +465,7 @@ impl DpoTask {
             eprintln!("reference log-probs: {} (checked)", path.display());
             cache
         } else {
-            let started = std::time::Instant::now();
+            let started = web_time::Instant::now();
             let cache = ReferenceLogps {
                 fingerprint,
                 model: self.config.model.clone(),

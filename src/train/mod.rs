@@ -18,7 +18,7 @@ pub mod ner;
 pub mod schedule;
 
 use std::path::Path;
-use std::time::Instant;
+use web_time::Instant;
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::{AdamWConfig, GradientsParams};
