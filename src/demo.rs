@@ -160,7 +160,8 @@ fn dpo(options: &DemoOptions) -> Result<(TrainConfig, f64)> {
     let gguf = model_dir.join("model.gguf");
     let model = gguf.display().to_string();
     // The answer prompt is the benchmark's own (chat template + the paper's answer prefix); the
-    // completion scored is "yes". Decision questions 0–59 train the penalty, 60–69 are held out.
+    // completion scored is "yes". The 42 decision questions numbered below 60 train the penalty;
+    // the 28 from 60 up are held out.
     let chat = {
         let probe = TrainConfig::new(Task::Dpo, PathBuf::new(), model.clone(), PathBuf::new());
         let source = crate::model::locate(&model)?;
