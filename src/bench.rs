@@ -111,7 +111,7 @@ fn dpo_throughput(selected: &Selected, warmup: usize, measured: usize) -> Result
     let device = selected.device.clone().autodiff();
     device.seed(config.seed);
     let mut model = task.init_model(&device)?;
-    task.prepare(&model, &scratch.0, false)?;
+    task.prepare(&model, Some(&scratch.0), false)?;
     let mut optimizer = AdamWConfig::new().init();
     let mut tokens = 0usize;
     let mut started = Instant::now();

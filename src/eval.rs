@@ -138,7 +138,7 @@ fn run_task<T: TaskRunner>(
     let mut model = task.init_model(&device)?;
     // As a resumed run would: the DPO reference is the run's reference.bpk (or, with LoRA, the
     // base model before its adapters).
-    task.prepare(&model, run, true)?;
+    task.prepare(&model, Some(run), true)?;
     if let Some(lora) = &config.lora {
         model = task.apply_lora(model, lora)?;
     }
@@ -146,16 +146,16 @@ fn run_task<T: TaskRunner>(
     let mut report = serde_json::Map::new();
     report.insert("data".into(), json!(data));
     report.insert("task".into(), json!(config.task));
-    if let Some(metrics) = task.evaluate(&model)? {
+    if let Some(metrics) = pollster::block_on(task.evaluate(&model))? {
         report.extend(metrics);
     }
-    if let Some(set) = task.fairness_eval(&model)? {
-        let summary = crate::train::summarize_fairness(
+    if let Some(set) = pollster::block_on(task.fairness_eval(&model))? {
+        let summary = pollster::block_on(crate::train::summarize_fairness(
             &set,
             task.groups(),
             task.fairness_labels(),
             &selected.device,
-        )?;
+        ))?;
         report.extend(summary);
     }
     Ok(Value::Object(report))

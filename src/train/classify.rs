@@ -10,8 +10,8 @@ use serde_json::{Map, Value, json};
 
 use super::fairness_source::{FairnessSource, check_cells};
 use super::{
-    FairnessSet, StepOutput, TaskRunner, TokenizerFiles, TrainConfig, load_tokenizer, report_load,
-    to_host,
+    FairnessSet, StepOutput, TaskRunner, TokenizerFiles, TrainConfig, load_tokenizer, read_host,
+    report_load, to_host,
 };
 use crate::data::batch::{encoder_batch, int_vector};
 use crate::data::records::{self, ClassifyExample};
@@ -300,7 +300,7 @@ impl TaskRunner for ClassifyTask {
         }
     }
 
-    fn prepare(&mut self, _: &BertClassifier, _: &Path, _: bool) -> Result<()> {
+    fn prepare(&mut self, _: &BertClassifier, _: Option<&Path>, _: bool) -> Result<()> {
         Ok(())
     }
 
@@ -366,7 +366,7 @@ impl TaskRunner for ClassifyTask {
         }
     }
 
-    fn evaluate(&mut self, model: &BertClassifier) -> Result<Option<Map<String, Value>>> {
+    async fn evaluate(&mut self, model: &BertClassifier) -> Result<Option<Map<String, Value>>> {
         if self.eval.is_empty() {
             return Ok(None);
         }
@@ -376,7 +376,7 @@ impl TaskRunner for ClassifyTask {
             let batch: Vec<&Encoded> = chunk.iter().collect();
             let (logits, _) = Self::logits(&model, &batch, self.pad, &self.device);
             let labels = Self::labels(&batch, &self.device);
-            loss_sum += to_host(cross_entropy(logits.clone(), labels.clone()))?[0] as f64
+            loss_sum += read_host(cross_entropy(logits.clone(), labels.clone())).await?[0] as f64
                 * chunk.len() as f64;
             let hits = logits
                 .argmax(1)
@@ -384,7 +384,7 @@ impl TaskRunner for ClassifyTask {
                 .equal(labels)
                 .float()
                 .sum();
-            correct += to_host(hits)?[0] as usize;
+            correct += read_host(hits).await?[0] as usize;
         }
         let n = self.eval.len() as f64;
         let mut map = Map::new();
@@ -417,7 +417,7 @@ impl TaskRunner for ClassifyTask {
         )
     }
 
-    fn fairness_eval(&mut self, model: &BertClassifier) -> Result<Option<FairnessSet>> {
+    async fn fairness_eval(&mut self, model: &BertClassifier) -> Result<Option<FairnessSet>> {
         let Some((name, examples)) = &self.fairness_eval else {
             return Ok(None);
         };
@@ -426,10 +426,7 @@ impl TaskRunner for ClassifyTask {
         for chunk in examples.chunks(self.config.batch_size) {
             let batch: Vec<&Encoded> = chunk.iter().collect();
             let (logits, _) = Self::logits(&model, &batch, self.pad, &self.device);
-            scores.extend(to_host(class_probability(
-                logits,
-                self.config.positive_class,
-            ))?);
+            scores.extend(read_host(class_probability(logits, self.config.positive_class)).await?);
         }
         Ok(Some(FairnessSet {
             name: name.clone(),

@@ -12,7 +12,7 @@ use serde_json::{Map, Value, json};
 use super::fairness_source::{FairnessSource, check_cells};
 use super::{
     FairnessSet, StepOutput, TaskRunner, TokenizerFiles, TrainConfig, checkpoint, load_tokenizer,
-    report_load, to_host,
+    read_host, report_load, to_host,
 };
 use crate::data::batch::{int_vector, lm_batch};
 use crate::data::chat::ChatTemplate;
@@ -535,7 +535,7 @@ impl DpoTask {
     }
 
     /// Scores of `examples` under `model` (no autodiff), in batches.
-    fn score_all(&self, model: &LlamaForCausalLM, examples: &[Scored]) -> Result<Vec<f32>> {
+    async fn score_all(&self, model: &LlamaForCausalLM, examples: &[Scored]) -> Result<Vec<f32>> {
         let inner = self.device.clone();
         let mut scores = Vec::with_capacity(examples.len());
         for chunk in examples.chunks(self.config.batch_size.max(1)) {
@@ -551,7 +551,7 @@ impl DpoTask {
                 .0
             });
             let batch = self.score(sums, counts, reference);
-            scores.extend(to_host(batch)?);
+            scores.extend(read_host(batch).await?);
         }
         Ok(scores)
     }
@@ -579,7 +579,12 @@ impl TaskRunner for DpoTask {
         }
     }
 
-    fn prepare(&mut self, model: &LlamaForCausalLM, out: &Path, resuming: bool) -> Result<()> {
+    fn prepare(
+        &mut self,
+        model: &LlamaForCausalLM,
+        out: Option<&Path>,
+        resuming: bool,
+    ) -> Result<()> {
         if !self.config.dpo.loss.needs_reference() {
             return Ok(());
         }
@@ -589,13 +594,17 @@ impl TaskRunner for DpoTask {
             self.reference = Some(model.valid());
             return self.load_reference_cache();
         }
-        let path = out.join("reference.bpk");
-        let reference = if resuming {
-            checkpoint::load_module(self.arch.init(&self.device), &path)?
-        } else {
-            let reference = model.valid();
-            checkpoint::save_module(&reference, &path)?;
-            reference
+        let reference = match out {
+            // No run directory (the browser): the reference lives in memory only.
+            None => model.valid(),
+            Some(out) if resuming => {
+                checkpoint::load_module(self.arch.init(&self.device), &out.join("reference.bpk"))?
+            }
+            Some(out) => {
+                let reference = model.valid();
+                checkpoint::save_module(&reference, &out.join("reference.bpk"))?;
+                reference
+            }
         };
         self.reference = Some(reference.valid());
         self.load_reference_cache()
@@ -701,7 +710,7 @@ impl TaskRunner for DpoTask {
         }
     }
 
-    fn evaluate(&mut self, model: &LlamaForCausalLM) -> Result<Option<Map<String, Value>>> {
+    async fn evaluate(&mut self, model: &LlamaForCausalLM) -> Result<Option<Map<String, Value>>> {
         if self.eval.is_empty() {
             return Ok(None);
         }
@@ -731,11 +740,11 @@ impl TaskRunner for DpoTask {
                 }),
             };
             let output = dpo_loss(&self.config.dpo, &policy, reference.as_ref());
-            loss_sum += to_host(output.loss)?[0] as f64 * chunk.len() as f64;
-            cr.extend(to_host(output.chosen_rewards)?);
-            rr.extend(to_host(output.rejected_rewards)?);
-            cl.extend(to_host(output.chosen_logps)?);
-            rl.extend(to_host(output.rejected_logps)?);
+            loss_sum += read_host(output.loss).await?[0] as f64 * chunk.len() as f64;
+            cr.extend(read_host(output.chosen_rewards).await?);
+            rr.extend(read_host(output.rejected_rewards).await?);
+            cl.extend(read_host(output.chosen_logps).await?);
+            rl.extend(read_host(output.rejected_logps).await?);
         }
         let metrics = DpoMetrics::from_pairs(&cr, &rr, &cl, &rl);
         let mut map = match serde_json::to_value(metrics).expect("metrics serialize") {
@@ -763,12 +772,12 @@ impl TaskRunner for DpoTask {
         )
     }
 
-    fn fairness_eval(&mut self, model: &LlamaForCausalLM) -> Result<Option<FairnessSet>> {
+    async fn fairness_eval(&mut self, model: &LlamaForCausalLM) -> Result<Option<FairnessSet>> {
         let Some((name, examples)) = &self.fairness_eval else {
             return Ok(None);
         };
         let model = model.valid();
-        let scores = self.score_all(&model, examples)?;
+        let scores = self.score_all(&model, examples).await?;
         Ok(Some(FairnessSet {
             name: name.clone(),
             scores,

@@ -17,11 +17,12 @@ pub mod log;
 pub mod ner;
 pub mod schedule;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use web_time::Instant;
 
 use burn::module::{Module, ModuleVisitor, Param};
-use burn::optim::{AdamWConfig, GradientsParams};
+use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Tensor};
 use serde_json::{Map, Value, json};
 
@@ -48,23 +49,28 @@ pub struct StepOutput {
 }
 
 /// A task: how a model is built, how a step computes its loss, how a model is evaluated.
+// The async methods are only awaited on one thread (the desktop's loop, the browser's event
+// loop), so their futures need no `Send` bound.
+#[allow(async_fn_in_trait)]
 pub trait TaskRunner {
     type Model: Module;
 
     /// The model: random init, or pretrained weights when `--model` has them.
     fn init_model(&self, device: &Device) -> Result<Self::Model>;
-    /// Called once before the first step (e.g. to freeze the DPO reference model).
-    fn prepare(&mut self, model: &Self::Model, out: &Path, resuming: bool) -> Result<()>;
+    /// Called once before the first step (e.g. to freeze the DPO reference model). `out` is the
+    /// run directory (`None` in the browser: nothing is written, the reference stays in memory).
+    fn prepare(&mut self, model: &Self::Model, out: Option<&Path>, resuming: bool) -> Result<()>;
     fn step(&mut self, model: &Self::Model, step: usize) -> StepOutput;
     /// Task metrics on the eval set (`None` without one), keys without the `eval/` prefix.
-    fn evaluate(&mut self, model: &Self::Model) -> Result<Option<Map<String, Value>>>;
+    /// Async: its device reads must not block in a browser (the desktop blocks on it).
+    async fn evaluate(&mut self, model: &Self::Model) -> Result<Option<Map<String, Value>>>;
     /// Attach LoRA adapters (after `prepare`, which keeps the un-adapted model as reference).
     fn apply_lora(&self, model: Self::Model, lora: &LoraSettings) -> Result<Self::Model>;
     /// Save `model` as a Hugging Face directory (weights, config, tokenizer) at `out/hf`, LoRA
     /// adapters merged; with LoRA, the adapters alone (PEFT layout) at `out/adapter`.
     fn export(&self, model: &Self::Model, out: &Path) -> Result<()>;
     /// Scores of the report's fairness set: (scores, group ids, labels), or `None` without one.
-    fn fairness_eval(&mut self, model: &Self::Model) -> Result<Option<FairnessSet>>;
+    async fn fairness_eval(&mut self, model: &Self::Model) -> Result<Option<FairnessSet>>;
     fn groups(&self) -> &GroupVocab;
     /// Label count when the penalty is equalized odds.
     fn fairness_labels(&self) -> Option<usize>;
@@ -82,18 +88,13 @@ pub struct FairnessSet {
 pub fn run(config: &TrainConfig, selected: &Selected) -> Result<Value> {
     config.validate()?;
     match config.task {
-        Task::Dpo => {
-            let mut task = dpo::DpoTask::load(config, selected)?;
-            train(config, selected, &mut task)
-        }
-        Task::Classify => {
-            let mut task = classify::ClassifyTask::load(config, selected)?;
-            train(config, selected, &mut task)
-        }
-        Task::Ner => {
-            let mut task = ner::NerTask::load(config, selected)?;
-            train(config, selected, &mut task)
-        }
+        Task::Dpo => train(config, selected, dpo::DpoTask::load(config, selected)?),
+        Task::Classify => train(
+            config,
+            selected,
+            classify::ClassifyTask::load(config, selected)?,
+        ),
+        Task::Ner => train(config, selected, ner::NerTask::load(config, selected)?),
     }
 }
 
@@ -212,7 +213,19 @@ pub(crate) fn report_load(report: &crate::model::load::LoadReport) {
     }
 }
 
-/// A vector's values on the host.
+/// A vector's values on the host, without blocking: a browser cannot block on a GPU read, so
+/// every read in training and evaluation goes through here (the desktop blocks on the future).
+pub(crate) async fn read_host(tensor: Tensor<1>) -> Result<Vec<f32>> {
+    tensor
+        .inner()
+        .into_data_async()
+        .await
+        .map_err(|e| Error::runtime(format!("reading results from the device failed: {e:?}")))?
+        .try_to_vec::<f32>()
+        .map_err(|e| Error::runtime(format!("unexpected result type: {e:?}")))
+}
+
+/// A vector's values on the host, blocking (desktop-only paths).
 pub(crate) fn to_host(tensor: Tensor<1>) -> Result<Vec<f32>> {
     tensor
         .inner()
@@ -255,63 +268,183 @@ fn step_seed(seed: u64, step: usize) -> u64 {
         .rotate_left(17)
 }
 
-fn train<T: TaskRunner>(config: &TrainConfig, selected: &Selected, task: &mut T) -> Result<Value> {
-    let out = &config.out;
-    let resume_from = config::prepare_out_dir(config, task.groups())?;
-    let device = selected.device.clone().autodiff();
+/// One optimizer step's results, read from the device in one transfer.
+pub struct StepReport {
+    /// Steps done after this one (1-based).
+    pub step: usize,
+    /// `loss`, `task_loss`, `fairness_F` (with fairness examples) and the task's metrics.
+    pub values: BTreeMap<String, f64>,
+    /// Per-cell mean scores and counts of the step's fairness batch.
+    pub group_stats: Option<GroupStats>,
+    /// The global gradient norm before clipping.
+    pub grad_norm: f64,
+    pub lr: f64,
+    pub num_tokens: usize,
+    pub seconds: f64,
+}
 
-    device.seed(config.seed);
-    let model = task.init_model(&device)?;
-    model.visit(&mut Materialize);
-    task.prepare(&model, out, resume_from.is_some())?;
-    let model = match &config.lora {
-        Some(lora) => task.apply_lora(model, lora)?,
-        None => model,
-    };
-
-    let mut optimizer = AdamWConfig::new()
-        .with_weight_decay(config.weight_decay as f32)
-        .with_epsilon(1e-8)
-        .init();
-    let (mut model, start_step, mut tokens_seen) = match &resume_from {
-        Some(dir) => {
-            let state = checkpoint::read_state(dir)?;
-            let model = checkpoint::load_module(model, &dir.join("model.bpk"))?;
-            optimizer = checkpoint::load_optimizer(dir, optimizer)?;
-            eprintln!("resuming from {} (step {})", dir.display(), state.step);
-            (model, state.step, state.tokens_seen)
+impl StepReport {
+    /// The `metrics.jsonl` record of this step (without evaluation).
+    pub fn record(&self, lambda: f64) -> Map<String, Value> {
+        let mut record = Map::new();
+        record.insert("step".into(), json!(self.step));
+        record.insert("lr".into(), json!(self.lr));
+        record.insert("lambda".into(), json!(lambda));
+        for (name, value) in &self.values {
+            record.insert(name.clone(), json!(value));
         }
-        None => (model, 0, 0),
-    };
+        record.insert("grad_norm".into(), json!(self.grad_norm));
+        record.insert("tokens".into(), json!(self.num_tokens));
+        record.insert(
+            "tokens_per_s".into(),
+            json!(self.num_tokens as f64 / self.seconds.max(1e-9)),
+        );
+        // Without fairness examples F is undefined: the keys stay, as null and {}.
+        record.entry("fairness_F").or_insert(Value::Null);
+        let (means, counts) = self.group_stats.clone().unwrap_or_default();
+        record.insert("group_means".into(), Value::Object(means));
+        record.insert("group_counts".into(), Value::Object(counts));
+        record
+    }
+}
 
-    let mut metrics_log = MetricsLog::open(&out.join("metrics.jsonl"), start_step)?;
-    let mut progress = Progress::new(config.steps, start_step);
-    let started = Instant::now();
-    let mut tokens_this_run: u64 = 0;
-    let mut last_loss = f64::NAN;
+/// A run's model, optimizer and step counter: what `fairtune train` and the browser page
+/// (`src/web.rs`) both drive, one [`step`](Session::step) at a time, so both run the same
+/// training. The desktop adds checkpoints, logs and exports around it.
+pub struct Session<T: TaskRunner> {
+    pub task: T,
+    /// Always `Some` between steps (the optimizer takes the model by value).
+    model: Option<T::Model>,
+    optimizer: ModuleOptimizer,
+    /// The autodiff device.
+    device: Device,
+    config: TrainConfig,
+    next_step: usize,
+}
 
-    for step in start_step..config.steps {
-        let step_started = Instant::now();
-        device.seed(step_seed(config.seed, step));
-        let output = task.step(&model, step);
-        let (values, group_stats) = read_step(&output, task.groups(), task.fairness_labels())?;
-        let loss = values["loss"];
-        if !loss.is_finite() {
-            return Err(Error::runtime(format!(
-                "the loss became {loss} at step {} (task loss {}, F {}); lower --lr or --fairness-lambda. \
-                 No checkpoint was written for this step.",
-                step + 1,
-                values["task_loss"],
-                values.get("fairness_F").copied().unwrap_or(0.0)
-            )));
-        }
+impl<T: TaskRunner> Session<T> {
+    /// The model as step 0 sees it: initialized under the run's seed, prepared (e.g. the DPO
+    /// reference frozen), LoRA adapters attached. `out`: see [`TaskRunner::prepare`].
+    ///
+    /// `host_init`: draw the initial weights on the CPU backend and move them to the device, so
+    /// that every backend (and the browser) starts from the same weights — device random
+    /// generators differ between backends. For random-init models (the playground); pretrained
+    /// weights are the same everywhere anyway.
+    pub fn start(
+        config: &TrainConfig,
+        selected: &Selected,
+        mut task: T,
+        out: Option<&Path>,
+        resuming: bool,
+        host_init: bool,
+    ) -> Result<Self> {
+        let device = selected.device.clone().autodiff();
+        device.seed(config.seed);
+        let model = if host_init {
+            let host = Device::flex().autodiff();
+            host.seed(config.seed);
+            let model = task.init_model(&host)?;
+            model.visit(&mut Materialize);
+            // `fork` (not `to_device`): the moved weights are leaves of the new graph.
+            model.fork(&device)
+        } else {
+            task.init_model(&device)?
+        };
+        model.visit(&mut Materialize);
+        task.prepare(&model, out, resuming)?;
+        let model = match &config.lora {
+            Some(lora) => task.apply_lora(model, lora)?,
+            None => model,
+        };
+        let optimizer = AdamWConfig::new()
+            .with_weight_decay(config.weight_decay as f32)
+            .with_epsilon(1e-8)
+            .init();
+        Ok(Self {
+            task,
+            model: Some(model),
+            optimizer,
+            device,
+            config: config.clone(),
+            next_step: 0,
+        })
+    }
 
+    /// Continue from a checkpoint directory: its weights, optimizer state and step.
+    fn resume(&mut self, dir: &Path) -> Result<TrainState> {
+        let state = checkpoint::read_state(dir)?;
+        let model = self.model.take().expect("a model between steps");
+        self.model = Some(checkpoint::load_module(model, &dir.join("model.bpk"))?);
+        let optimizer = std::mem::replace(&mut self.optimizer, AdamWConfig::new().init());
+        self.optimizer = checkpoint::load_optimizer(dir, optimizer)?;
+        self.next_step = state.step;
+        Ok(state)
+    }
+
+    pub fn model(&self) -> &T::Model {
+        self.model.as_ref().expect("a model between steps")
+    }
+
+    /// The task (mutable, for its evaluations) beside the model.
+    pub fn task_and_model(&mut self) -> (&mut T, &T::Model) {
+        (
+            &mut self.task,
+            self.model.as_ref().expect("a model between steps"),
+        )
+    }
+
+    /// Steps done so far.
+    pub fn steps_done(&self) -> usize {
+        self.next_step
+    }
+
+    pub fn config(&self) -> &TrainConfig {
+        &self.config
+    }
+
+    /// One optimizer step: the task's loss (task + λ·F), backward, global-norm clipping,
+    /// AdamW under the schedule's learning rate. Its randomness (dropout) is a function of
+    /// (seed, step) only. One device read per step, awaited (the browser's event loop runs
+    /// meanwhile); a non-finite loss or gradient is an error and leaves the model as it was.
+    pub async fn step(&mut self) -> Result<StepReport> {
+        let step = self.next_step;
+        let config = &self.config;
+        let started = Instant::now();
+        self.device.seed(step_seed(config.seed, step));
+        let model = self.model.take().expect("a model between steps");
+        let output = self.task.step(&model, step);
         let grads = output.loss.backward();
         let mut grads = GradientsParams::from_grads(grads, &model);
-        let grad_norm = schedule::grad_norm(&model, &grads);
-        if !grad_norm.is_finite() {
+        let squared_norm = schedule::squared_grad_norm(&model, &grads);
+        let read = read_step(
+            &output,
+            squared_norm,
+            self.task.groups(),
+            self.task.fairness_labels(),
+        )
+        .await;
+        let (values, group_stats, grad_norm) = match read {
+            Ok(read) => read,
+            Err(e) => {
+                self.model = Some(model);
+                return Err(e);
+            }
+        };
+        let loss = values["loss"];
+        if !loss.is_finite() || !grad_norm.is_finite() {
+            self.model = Some(model);
+            let what = if loss.is_finite() {
+                format!("the gradient norm became {grad_norm}")
+            } else {
+                format!(
+                    "the loss became {loss} (task loss {}, F {})",
+                    values["task_loss"],
+                    values.get("fairness_F").copied().unwrap_or(0.0)
+                )
+            };
             return Err(Error::runtime(format!(
-                "the gradient norm became {grad_norm} at step {}; lower --lr or --fairness-lambda",
+                "{what} at step {}; lower --lr or --fairness-lambda. \
+                 No checkpoint was written for this step.",
                 step + 1
             )));
         }
@@ -325,35 +458,62 @@ fn train<T: TaskRunner>(config: &TrainConfig, selected: &Selected, task: &mut T)
             config.steps,
             config.decay,
         );
-        model = optimizer.step(lr, model, grads);
+        self.model = Some(self.optimizer.step(lr, model, grads));
+        self.next_step += 1;
+        Ok(StepReport {
+            step: self.next_step,
+            values,
+            group_stats,
+            grad_norm,
+            lr,
+            num_tokens: output.num_tokens,
+            seconds: started.elapsed().as_secs_f64(),
+        })
+    }
+}
 
-        let step_s = step_started.elapsed().as_secs_f64();
-        tokens_seen += output.num_tokens as u64;
-        tokens_this_run += output.num_tokens as u64;
-        last_loss = loss;
-        let done = step + 1;
+fn train<T: TaskRunner>(config: &TrainConfig, selected: &Selected, task: T) -> Result<Value> {
+    let out = &config.out;
+    let resume_from = config::prepare_out_dir(config, task.groups())?;
+    let mut session = Session::start(
+        config,
+        selected,
+        task,
+        Some(out),
+        resume_from.is_some(),
+        false,
+    )?;
+    let mut tokens_seen = 0;
+    if let Some(dir) = &resume_from {
+        let state = session.resume(dir)?;
+        eprintln!("resuming from {} (step {})", dir.display(), state.step);
+        tokens_seen = state.tokens_seen;
+    }
+    let start_step = session.steps_done();
 
-        let mut record = Map::new();
-        record.insert("step".into(), json!(done));
-        record.insert("lr".into(), json!(lr));
-        record.insert("lambda".into(), json!(config.fairness_lambda));
-        for (name, value) in &values {
-            record.insert(name.clone(), json!(value));
-        }
-        record.insert("grad_norm".into(), json!(grad_norm));
-        record.insert("tokens".into(), json!(output.num_tokens));
-        record.insert(
-            "tokens_per_s".into(),
-            json!(output.num_tokens as f64 / step_s),
-        );
-        // Without fairness examples F is undefined: the keys stay, as null and {}.
-        record.entry("fairness_F").or_insert(Value::Null);
-        let (means, counts) = group_stats.unwrap_or_default();
-        record.insert("group_means".into(), Value::Object(means));
-        record.insert("group_counts".into(), Value::Object(counts));
+    let mut metrics_log = MetricsLog::open(&out.join("metrics.jsonl"), start_step)?;
+    let mut progress = Progress::new(config.steps, start_step);
+    let started = Instant::now();
+    let mut tokens_this_run: u64 = 0;
+    let mut last_loss = f64::NAN;
+
+    while session.steps_done() < config.steps {
+        let report = pollster::block_on(session.step())?;
+        let done = report.step;
+        tokens_seen += report.num_tokens as u64;
+        tokens_this_run += report.num_tokens as u64;
+        last_loss = report.values["loss"];
+
+        let mut record = report.record(config.fairness_lambda);
         let eval_now =
             config.eval_every > 0 && (done % config.eval_every == 0 || done == config.steps);
-        if eval_now && let Some(eval) = task.evaluate(&model)? {
+        if eval_now
+            && let Some(eval) = pollster::block_on(
+                session
+                    .task
+                    .evaluate(session.model.as_ref().expect("model")),
+            )?
+        {
             for (name, value) in eval {
                 record.insert(format!("eval/{name}"), value);
             }
@@ -363,9 +523,9 @@ fn train<T: TaskRunner>(config: &TrainConfig, selected: &Selected, task: &mut T)
         }
         progress.update(
             done,
-            loss,
-            values.get("fairness_F").copied(),
-            output.num_tokens as f64 / step_s,
+            last_loss,
+            report.values.get("fairness_F").copied(),
+            report.num_tokens as f64 / report.seconds.max(1e-9),
         );
 
         let checkpoint_now = config.checkpoint_every > 0 && done % config.checkpoint_every == 0;
@@ -375,7 +535,7 @@ fn train<T: TaskRunner>(config: &TrainConfig, selected: &Selected, task: &mut T)
                 fingerprint: config.fingerprint(),
                 tokens_seen,
             };
-            checkpoint::save(out, &model, &optimizer, &state)?;
+            checkpoint::save(out, session.model(), &session.optimizer, &state)?;
         }
         if config.halt_after == Some(done) && done < config.steps {
             // Test hook: stop as a killed process would, after the step's checkpoint (if any).
@@ -388,6 +548,10 @@ fn train<T: TaskRunner>(config: &TrainConfig, selected: &Selected, task: &mut T)
     progress.finish();
     let wall_s = started.elapsed().as_secs_f64();
 
+    let Session {
+        mut task, model, ..
+    } = session;
+    let model = model.expect("a model after the last step");
     checkpoint::save_module(&model, &out.join("model.bpk"))?;
     let hf_dir = out.join("hf");
     task.export(&model, out)?;
@@ -413,19 +577,19 @@ fn train<T: TaskRunner>(config: &TrainConfig, selected: &Selected, task: &mut T)
         "tokens_per_s".into(),
         json!(tokens_this_run as f64 / wall_s.max(1e-9)),
     );
-    if let Some(eval) = task.evaluate(&model)? {
+    if let Some(eval) = pollster::block_on(task.evaluate(&model))? {
         for (name, value) in eval {
             report.insert(name, value);
         }
     }
-    match task.fairness_eval(&model)? {
+    match pollster::block_on(task.fairness_eval(&model))? {
         Some(set) => {
-            let summary = summarize_fairness(
+            let summary = pollster::block_on(summarize_fairness(
                 &set,
                 task.groups(),
                 task.fairness_labels(),
                 &selected.device,
-            )?;
+            ))?;
             report.insert("fairness_set".into(), json!(set.name));
             for (name, value) in summary {
                 report.insert(name, value);
@@ -459,12 +623,16 @@ pub fn cell_names(groups: &GroupVocab, labels: Option<usize>) -> Vec<String> {
 
 type GroupStats = (Map<String, Value>, Map<String, Value>);
 
-/// Read the step's scalars (one device→host transfer) and check them.
-fn read_step(
+type StepValues = (BTreeMap<String, f64>, Option<GroupStats>, f64);
+
+/// Read the step's scalars, its fairness cells and the squared gradient norm in one
+/// device→host transfer. Returns (scalars, group stats, gradient norm).
+async fn read_step(
     output: &StepOutput,
+    squared_grad_norm: Option<Tensor<1>>,
     groups: &GroupVocab,
     labels: Option<usize>,
-) -> Result<(std::collections::BTreeMap<String, f64>, Option<GroupStats>)> {
+) -> Result<StepValues> {
     let mut names: Vec<String> = vec!["loss".into(), "task_loss".into()];
     let mut parts = vec![
         output.loss.clone().detach(),
@@ -487,19 +655,19 @@ fn read_step(
         parts.push(fairness.cell_means.clone().detach());
         parts.push(fairness.cell_counts.clone().detach());
     }
-    let data = Tensor::cat(parts, 0).inner().try_into_data().map_err(|e| {
-        Error::runtime(format!(
-            "reading step results from the device failed: {e:?}"
-        ))
-    })?;
-    let values: Vec<f32> = data
-        .try_to_vec::<f32>()
-        .map_err(|e| Error::runtime(format!("unexpected step result type: {e:?}")))?;
+    let has_norm = squared_grad_norm.is_some();
+    parts.extend(squared_grad_norm);
+    let mut values = read_host(Tensor::cat(parts, 0)).await?;
+    let grad_norm = if has_norm {
+        (values.pop().expect("the squared norm") as f64).sqrt()
+    } else {
+        0.0
+    };
     let scalars = names
         .into_iter()
         .zip(values.iter())
         .map(|(n, &v)| (n, v as f64))
-        .collect::<std::collections::BTreeMap<_, _>>();
+        .collect::<BTreeMap<_, _>>();
     let group_stats = (cells > 0).then(|| {
         let base = values.len() - 2 * cells;
         let mut means = Map::new();
@@ -513,12 +681,12 @@ fn read_step(
         }
         (means, counts)
     });
-    Ok((scalars, group_stats))
+    Ok((scalars, group_stats, grad_norm))
 }
 
 /// F, per-group means and counts, and the demographic-parity gap over a whole fairness set.
 /// F is computed by the same op as in training (on the run's device).
-pub fn summarize_fairness(
+pub async fn summarize_fairness(
     set: &FairnessSet,
     groups: &GroupVocab,
     labels: Option<usize>,
@@ -544,9 +712,9 @@ pub fn summarize_fairness(
         label_arg,
         crate::kernel::GroupStatsImpl::Auto,
     );
-    let penalty = to_host(term.penalty)?[0] as f64;
-    let means = to_host(term.cell_means)?;
-    let counts = to_host(term.cell_counts)?;
+    let penalty = read_host(term.penalty).await?[0] as f64;
+    let means = read_host(term.cell_means).await?;
+    let counts = read_host(term.cell_counts).await?;
     let mut group_means = Map::new();
     let mut group_counts = Map::new();
     for (cell, name) in cell_names(groups, labels).into_iter().enumerate() {

@@ -14,8 +14,8 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde_json::{Map, Value, json};
 
 use super::{
-    FairnessSet, StepOutput, TaskRunner, TokenizerFiles, TrainConfig, load_tokenizer, report_load,
-    to_host,
+    FairnessSet, StepOutput, TaskRunner, TokenizerFiles, TrainConfig, load_tokenizer, read_host,
+    report_load,
 };
 use crate::data::batch::encoder_batch;
 use crate::data::records::{self, TokenExample};
@@ -199,7 +199,7 @@ impl TaskRunner for NerTask {
         }
     }
 
-    fn prepare(&mut self, _: &BertClassifier, _: &Path, _: bool) -> Result<()> {
+    fn prepare(&mut self, _: &BertClassifier, _: Option<&Path>, _: bool) -> Result<()> {
         Ok(())
     }
 
@@ -228,7 +228,7 @@ impl TaskRunner for NerTask {
         }
     }
 
-    fn evaluate(&mut self, model: &BertClassifier) -> Result<Option<Map<String, Value>>> {
+    async fn evaluate(&mut self, model: &BertClassifier) -> Result<Option<Map<String, Value>>> {
         if self.eval.is_empty() {
             return Ok(None);
         }
@@ -239,13 +239,15 @@ impl TaskRunner for NerTask {
             let batch: Vec<&Sentence> = chunk.iter().collect();
             let (logits, labels, _) = Self::forward(&model, &batch, self.pad, &self.device);
             let [rows, width, _] = logits.dims();
-            loss_sum += to_host(token_cross_entropy(logits.clone(), labels).reshape([1]))?[0]
-                as f64
+            loss_sum += read_host(token_cross_entropy(logits.clone(), labels).reshape([1])).await?
+                [0] as f64
                 * rows as f64;
             let best: Vec<i64> = logits
                 .argmax(2)
                 .reshape([rows * width])
-                .into_data()
+                .into_data_async()
+                .await
+                .map_err(|e| Error::runtime(format!("reading predictions failed: {e:?}")))?
                 .convert::<i64>()
                 .try_into_vec::<i64>()
                 .map_err(|e| Error::runtime(format!("reading predictions failed: {e:?}")))?;
@@ -303,7 +305,7 @@ impl TaskRunner for NerTask {
         )
     }
 
-    fn fairness_eval(&mut self, _: &BertClassifier) -> Result<Option<FairnessSet>> {
+    async fn fairness_eval(&mut self, _: &BertClassifier) -> Result<Option<FairnessSet>> {
         Ok(None)
     }
 

@@ -69,18 +69,14 @@ impl ModuleVisitor for Scale<'_> {
     }
 }
 
-/// The global gradient norm.
-pub fn grad_norm<M: Module>(module: &M, grads: &GradientsParams) -> f64 {
+/// The squared global gradient norm, `[1]` on the device (`None`: no gradients).
+pub fn squared_grad_norm<M: Module>(module: &M, grads: &GradientsParams) -> Option<Tensor<1>> {
     let mut visitor = SquaredNorm {
         grads,
         parts: Vec::new(),
     };
     module.visit(&mut visitor);
-    if visitor.parts.is_empty() {
-        return 0.0;
-    }
-    let total: f32 = Tensor::cat(visitor.parts, 0).sum().into_scalar();
-    (total as f64).sqrt()
+    (!visitor.parts.is_empty()).then(|| Tensor::cat(visitor.parts, 0).sum())
 }
 
 /// Scale every gradient by `factor`.
