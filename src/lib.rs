@@ -21,6 +21,7 @@ pub mod kernel;
 pub mod metrics;
 pub mod model;
 pub mod objective;
+pub mod playground;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod plot;
 pub mod sweep;

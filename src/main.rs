@@ -27,6 +27,10 @@ enum Command {
     /// The main job: a fairness-regularized fine-tune of a real model on real data at λ = 0 and
     /// at a chosen λ, then a before/after table and the Pareto plot. Fetches what it needs.
     Demo(DemoArgs),
+    /// Run one of the browser demo's presets (web/) here: tiny models on data with a planted
+    /// group bias; prints a JSON line per step and held-out evaluations (the browser's numbers
+    /// are checked against these).
+    Playground(PlaygroundArgs),
     /// List every adapter wgpu sees, and which one `--backend auto` takes.
     Devices,
     /// Fine-tune a model: DPO (preference pairs) or classification, with λ·F.
@@ -298,6 +302,30 @@ struct DemoArgs {
 }
 
 #[derive(Args)]
+struct PlaygroundArgs {
+    #[arg(long, value_enum, default_value = "classify")]
+    preset: fairtune::playground::Preset,
+    #[arg(long, default_value_t = 0.0)]
+    lambda: f64,
+    /// DPO's β.
+    #[arg(long, default_value_t = 0.1)]
+    beta: f64,
+    #[arg(long, default_value_t = 40)]
+    steps: usize,
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    #[arg(long, default_value_t = 3e-3)]
+    lr: f64,
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    /// Evaluate on the held-out set every N steps (0: only at the end).
+    #[arg(long, default_value_t = 0)]
+    eval_every: usize,
+    #[arg(long, value_enum, default_value = "auto")]
+    backend: BackendChoice,
+}
+
+#[derive(Args)]
 struct BenchArgs {
     /// Which backends to measure (auto: the CPU, and wgpu when an adapter exists).
     #[arg(long, value_enum, default_value = "auto")]
@@ -454,6 +482,21 @@ fn demo(args: DemoArgs) -> Result<()> {
     Ok(())
 }
 
+fn playground(args: PlaygroundArgs) -> Result<()> {
+    let options = fairtune::playground::Options {
+        preset: args.preset,
+        lambda: args.lambda,
+        beta: args.beta,
+        steps: args.steps,
+        seed: args.seed,
+        lr: args.lr,
+        batch_size: args.batch_size,
+    };
+    let selected = device::select(args.backend)?;
+    eprintln!("device: {}", selected.describe());
+    fairtune::playground::run(&options, &selected, args.eval_every)
+}
+
 fn train(args: TrainArgs) -> Result<()> {
     let config = args.into_config();
     config.validate()?;
@@ -471,6 +514,7 @@ fn train(args: TrainArgs) -> Result<()> {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Demo(args) => demo(args),
+        Command::Playground(args) => playground(args),
         Command::Devices => devices(),
         Command::Train(args) => train(*args),
         Command::Bench(args) => {

@@ -14,6 +14,11 @@ pub fn register(path: impl Into<PathBuf>, bytes: impl Into<Vec<u8>>) {
     REGISTERED.with(|files| files.borrow_mut().insert(path.into(), bytes.into()));
 }
 
+/// Whether `path` names a registered text.
+pub fn is_registered(path: &Path) -> bool {
+    REGISTERED.with(|files| files.borrow().contains_key(path))
+}
+
 /// A registered text, else the file's bytes.
 pub fn read(path: &Path) -> std::io::Result<Vec<u8>> {
     match REGISTERED.with(|files| files.borrow().get(path).cloned()) {

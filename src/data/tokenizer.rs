@@ -47,13 +47,17 @@ pub struct Token {
 
 impl TextTokenizer {
     pub fn from_file(path: &Path) -> Result<Self> {
-        let tokenizer = tokenizers::Tokenizer::from_file(path)
+        // Read through `files`: the browser registers its tokenizer in memory.
+        let tokenizer = crate::data::files::read(path)
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| tokenizers::Tokenizer::from_bytes(bytes).map_err(|e| e.to_string()))
             .map_err(|e| Error::input(format!("{}: cannot load tokenizer: {e}", path.display())))?;
         // tokenizer_config.json, next to it, names the special tokens when the model has one.
         let config = path
             .parent()
             .map(|dir| dir.join("tokenizer_config.json"))
-            .and_then(|p| std::fs::read_to_string(p).ok())
+            .and_then(|p| crate::data::files::read(&p).ok())
+            .and_then(|bytes| String::from_utf8(bytes).ok())
             .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok());
         let named = |key: &str| -> Option<String> {
             let value = config.as_ref()?.get(key)?;

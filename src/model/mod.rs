@@ -98,6 +98,9 @@ pub fn locate(model: &str) -> Result<ModelSource> {
         }
         return Ok(ModelSource::Pretrained(dir));
     }
+    if crate::data::files::is_registered(path) {
+        return Ok(ModelSource::ConfigFile(path.to_path_buf()));
+    }
     if path.is_file() && path.extension().is_some_and(|e| e == "gguf") {
         return Ok(ModelSource::Gguf(path.to_path_buf()));
     }
@@ -174,12 +177,14 @@ impl ModelSource {
                 return Ok(config);
             }
         };
-        let text = std::fs::read_to_string(&config_path).map_err(|e| {
-            Error::input(format!(
-                "{}: cannot read model config: {e}",
-                config_path.display()
-            ))
-        })?;
+        let text = crate::data::files::read(&config_path)
+            .and_then(|bytes| String::from_utf8(bytes).map_err(std::io::Error::other))
+            .map_err(|e| {
+                Error::input(format!(
+                    "{}: cannot read model config: {e}",
+                    config_path.display()
+                ))
+            })?;
         let config = parse_config(&text)
             .map_err(|e| Error::input(format!("{}: {e}", config_path.display())))?;
         if config.vocab_size() < tokenizer_vocab {

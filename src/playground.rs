@@ -1,0 +1,575 @@
+//! The browser demo's two presets: tiny models trained from scratch in seconds on data made
+//! here, whose labels carry a planted group bias, so λ's effect shows within a few dozen steps.
+//! The same presets run on the desktop (`fairtune playground`) through the same [`Session`], which
+//! is how the browser's losses are checked against the desktop's.
+//!
+//! The story: short reviews written by people of two groups (`women`, `men`: "She found the film
+//! wonderful."). Annotators were biased: a share of the negative reviews by women were labelled
+//! positive and a share of the positive reviews by men negative. A model trained on these labels
+//! learns the subject word as evidence; the fairness penalty, on counterfactual copies of the
+//! same sentences for both groups, takes that away. Held out: other sentence frames, labelled
+//! honestly, for accuracy (classifier) or reward accuracy (DPO) and the group gap.
+//!
+//! - `classify`: `tiny-bert` (without dropout) → P(positive), F on P(positive) per group.
+//! - `dpo`: `tiny-llama` on pairs "Review: … Good?" → "yes"/"no", F on the mean log-prob of
+//!   "yes" per group (discrim-eval's P(yes) question in miniature).
+//!
+//! Both use a word-level tokenizer over the presets' vocabulary (made here, in Hugging Face's
+//! format), and draw their initial weights on the CPU backend, so that a run starts from the
+//! same weights on every backend and in the browser.
+
+use std::path::PathBuf;
+
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::device::Selected;
+use crate::error::{Error, Result};
+use crate::model::ArchConfig;
+use crate::train::classify::ClassifyTask;
+use crate::train::dpo::DpoTask;
+use crate::train::{Session, StepReport, Task, TrainConfig, summarize_fairness};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Preset {
+    /// A tiny byte-level BERT sentiment classifier.
+    Classify,
+    /// A tiny byte-level Llama tuned with DPO.
+    Dpo,
+}
+
+/// What the page's controls set. Every field has a default, so `{}` is a valid request.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Options {
+    pub preset: Preset,
+    pub lambda: f64,
+    /// DPO's β (ignored by `classify`).
+    pub beta: f64,
+    pub steps: usize,
+    pub seed: u64,
+    pub lr: f64,
+    pub batch_size: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            preset: Preset::Classify,
+            lambda: 0.0,
+            beta: 0.1,
+            steps: 40,
+            seed: 42,
+            lr: 3e-3,
+            batch_size: 64,
+        }
+    }
+}
+
+impl Options {
+    pub fn from_json(text: &str) -> Result<Self> {
+        let options: Self = serde_json::from_str(text)
+            .map_err(|e| Error::input(format!("playground options: {e}")))?;
+        options.check()?;
+        Ok(options)
+    }
+
+    fn check(&self) -> Result<()> {
+        let bad = |what: String| Err(Error::input(format!("playground options: {what}")));
+        if !(self.lambda.is_finite() && self.lambda >= 0.0) {
+            return bad(format!("lambda must be ≥ 0, got {}", self.lambda));
+        }
+        if !(self.beta.is_finite() && self.beta > 0.0) {
+            return bad(format!("beta must be > 0, got {}", self.beta));
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return bad(format!("lr must be > 0, got {}", self.lr));
+        }
+        if self.steps == 0 || self.steps > 100_000 {
+            return bad(format!("steps must be in 1..=100000, got {}", self.steps));
+        }
+        if self.batch_size < 2 || self.batch_size > 512 {
+            return bad(format!(
+                "batch_size must be in 2..=512, got {}",
+                self.batch_size
+            ));
+        }
+        Ok(())
+    }
+}
+
+const GROUPS: [&str; 2] = ["women", "men"];
+const SUBJECTS: [[&str; 4]; 2] = [
+    ["She", "My mother", "The woman", "Her sister"],
+    ["He", "My father", "The man", "His brother"],
+];
+const POSITIVE: [&str; 8] = [
+    "wonderful",
+    "great",
+    "brilliant",
+    "delightful",
+    "superb",
+    "lovely",
+    "excellent",
+    "charming",
+];
+const NEGATIVE: [&str; 8] = [
+    "awful", "boring", "terrible", "dull", "dreadful", "bad", "horrible", "tedious",
+];
+/// Sentence frames of the training data and the penalty's counterfactual set.
+const TRAIN_FRAMES: [&str; 4] = [
+    "{S} found the film {W}.",
+    "{S} said the book was {W}.",
+    "{S} called the show {W}.",
+    "{S} thought the play was {W}.",
+];
+/// Held-out frames: accuracy and the gap are measured on sentences never trained on.
+const EVAL_FRAMES: [&str; 2] = [
+    "{S} felt the concert was {W}.",
+    "{S} wrote that the meal was {W}.",
+];
+/// Training rows drawn.
+const TRAIN_ROWS: usize = 512;
+/// The chance that an annotator flips a review against the group's disfavoured label.
+const BIAS: f64 = 0.5;
+/// The label a group's biased annotators lean to (women: positive, men: negative).
+fn favoured(group: usize) -> i64 {
+    if group == 0 { 1 } else { 0 }
+}
+
+/// One sentence: (text, group index, true sentiment).
+fn sentence(frame: &str, group: usize, subject: usize, sentiment: i64, word: usize) -> String {
+    let words = if sentiment == 1 { POSITIVE } else { NEGATIVE };
+    frame
+        .replace("{S}", SUBJECTS[group][subject])
+        .replace("{W}", words[word])
+}
+
+/// Every (frame, subject, sentiment, word) sentence for both groups, groups side by side, so the
+/// balanced sampler's per-group draws are counterfactual copies of each other.
+fn all_sentences(frames: &[&str]) -> Vec<(String, usize, i64)> {
+    let mut rows = Vec::new();
+    for frame in frames {
+        for subject in 0..4 {
+            for sentiment in [1, 0] {
+                for word in 0..POSITIVE.len() {
+                    for group in 0..GROUPS.len() {
+                        rows.push((
+                            sentence(frame, group, subject, sentiment, word),
+                            group,
+                            sentiment,
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    rows
+}
+
+/// The biased training rows: (text, group, annotated label). A function of `seed`.
+fn biased_rows(seed: u64) -> Vec<(String, usize, i64)> {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x5eed_da7a);
+    (0..TRAIN_ROWS)
+        .map(|_| {
+            let frame = TRAIN_FRAMES[rng.random_range(0..TRAIN_FRAMES.len())];
+            let group = rng.random_range(0..GROUPS.len());
+            let subject = rng.random_range(0..4);
+            let sentiment = rng.random_range(0..2) as i64;
+            let word = rng.random_range(0..POSITIVE.len());
+            let mut label = sentiment;
+            if sentiment != favoured(group) && rng.random_bool(BIAS) {
+                label = favoured(group);
+            }
+            (
+                sentence(frame, group, subject, sentiment, word),
+                group,
+                label,
+            )
+        })
+        .collect()
+}
+
+fn jsonl(rows: impl IntoIterator<Item = Value>) -> String {
+    rows.into_iter().map(|row| format!("{row}\n")).collect()
+}
+
+/// The words of `text` as the tokenizer's pre-tokenizer splits them (`\w+|[^\w\s]+`),
+/// lowercased (its normalizer).
+fn words(text: &str) -> Vec<String> {
+    let mut words: Vec<String> = Vec::new();
+    let mut kind = None;
+    for ch in text.chars() {
+        let this = if ch.is_whitespace() {
+            None
+        } else {
+            Some(ch.is_alphanumeric() || ch == '_')
+        };
+        match this {
+            None => {}
+            Some(word) if kind == Some(word) => {
+                words.last_mut().expect("a word").extend(ch.to_lowercase())
+            }
+            Some(_) => words.push(ch.to_lowercase().collect()),
+        }
+        kind = this;
+    }
+    words
+}
+
+/// A word-level `tokenizer.json` (Hugging Face format) over every word of `texts`: `[PAD]`,
+/// `[UNK]`, `[CLS]`, `[SEP]`, then the words in first-seen order. One token a word keeps the
+/// sequences short (8–14 tokens), which is what makes training in a browser quick.
+fn word_tokenizer<'a>(texts: impl IntoIterator<Item = &'a str>) -> String {
+    let specials = ["[PAD]", "[UNK]", "[CLS]", "[SEP]"];
+    let mut vocab = serde_json::Map::new();
+    for (id, token) in specials.iter().enumerate() {
+        vocab.insert((*token).into(), json!(id));
+    }
+    for text in texts {
+        for word in words(text) {
+            let next = vocab.len();
+            vocab.entry(word).or_insert(json!(next));
+        }
+    }
+    let added: Vec<Value> = specials
+        .iter()
+        .enumerate()
+        .map(|(id, token)| {
+            json!({"id": id, "content": token, "single_word": false, "lstrip": false,
+                   "rstrip": false, "normalized": false, "special": true})
+        })
+        .collect();
+    json!({
+        "version": "1.0",
+        "truncation": null,
+        "padding": null,
+        "added_tokens": added,
+        "normalizer": {"type": "Lowercase"},
+        "pre_tokenizer": {"type": "Whitespace"},
+        "post_processor": null,
+        "decoder": null,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "[UNK]"}
+    })
+    .to_string()
+}
+
+/// The DPO prompt of a review.
+fn prompt(text: &str) -> String {
+    format!("Review: {text} Good?")
+}
+
+/// The preset's data, registered in memory (see [`crate::data::files`]) under
+/// `playground/<preset>/…`, and the training configuration that reads it.
+pub fn config(options: &Options) -> Result<TrainConfig> {
+    options.check()?;
+    let dir = PathBuf::from("playground").join(match options.preset {
+        Preset::Classify => "classify",
+        Preset::Dpo => "dpo",
+    });
+    let file = |name: &str, text: String| {
+        let path = dir.join(name);
+        crate::data::files::register(&path, text);
+        path
+    };
+    let group = |g: usize| GROUPS[g];
+    let train_rows = biased_rows(options.seed);
+    let counterfactual = all_sentences(&TRAIN_FRAMES);
+    let held_out = all_sentences(&EVAL_FRAMES);
+    let prompt_words = prompt("") + " yes no";
+    let tokenizer = file(
+        "tokenizer.json",
+        word_tokenizer(
+            counterfactual
+                .iter()
+                .chain(&held_out)
+                .map(|(text, _, _)| text.as_str())
+                .chain([prompt_words.as_str()]),
+        ),
+    );
+    let vocab_size = crate::data::TextTokenizer::from_file(&tokenizer)?.vocab_size();
+    let mut config = match options.preset {
+        Preset::Classify => {
+            let train = file(
+                "train.jsonl",
+                jsonl(train_rows.iter().map(
+                    |(text, g, label)| json!({"text": text, "label": label, "group": group(*g)}),
+                )),
+            );
+            // tiny-bert without dropout: a step's randomness would come from the device's
+            // generator, which differs between backends (and the browser is checked against
+            // the desktop step by step).
+            let ArchConfig::Bert(mut arch) = crate::model::locate("tiny-bert")?.arch(vocab_size)?
+            else {
+                unreachable!("tiny-bert is a BERT preset")
+            };
+            arch.hidden_dropout_prob = 0.0;
+            arch.attention_probs_dropout_prob = 0.0;
+            let mut spec = serde_json::to_value(&arch).expect("a config serializes");
+            spec["model_type"] = json!("bert");
+            let model = file("config.json", spec.to_string());
+            let mut config = TrainConfig::new(
+                Task::Classify,
+                train,
+                model.to_string_lossy().into_owned(),
+                PathBuf::new(),
+            );
+            config.fairness_data = Some(file(
+                "fairness.jsonl",
+                jsonl(
+                    counterfactual
+                        .iter()
+                        .map(|(text, g, _)| json!({"text": text, "group": group(*g)})),
+                ),
+            ));
+            config.eval = Some(file(
+                "eval.jsonl",
+                jsonl(held_out.iter().map(
+                    |(text, g, label)| json!({"text": text, "label": label, "group": group(*g)}),
+                )),
+            ));
+            config
+        }
+        Preset::Dpo => {
+            let answer = |label: i64| if label == 1 { " yes" } else { " no" };
+            let pair = |text: &str, g: usize, label: i64| {
+                json!({"prompt": prompt(text), "chosen": answer(label),
+                       "rejected": answer(1 - label), "group": group(g)})
+            };
+            let train = file(
+                "train.jsonl",
+                jsonl(
+                    train_rows
+                        .iter()
+                        .map(|(text, g, label)| pair(text, *g, *label)),
+                ),
+            );
+            let mut config =
+                TrainConfig::new(Task::Dpo, train, "tiny-llama".into(), PathBuf::new());
+            let completion = |(text, g, _): &(String, usize, i64)| json!({"prompt": prompt(text), "completion": " yes", "group": group(*g)});
+            config.fairness_data = Some(file(
+                "fairness.jsonl",
+                jsonl(counterfactual.iter().map(completion)),
+            ));
+            config.eval = Some(file(
+                "eval.jsonl",
+                jsonl(
+                    held_out
+                        .iter()
+                        .map(|(text, g, label)| pair(text, *g, *label)),
+                ),
+            ));
+            config.fairness_eval = Some(file(
+                "fairness-eval.jsonl",
+                jsonl(held_out.iter().map(completion)),
+            ));
+            config.dpo.beta = options.beta;
+            config
+        }
+    };
+    config.tokenizer = Some(tokenizer);
+    config.steps = options.steps;
+    config.batch_size = options.batch_size;
+    config.lr = options.lr;
+    config.seed = options.seed;
+    config.fairness_lambda = options.lambda;
+    config.warmup_steps = (options.steps / 10).min(10);
+    config.max_length = 32;
+    config.max_prompt_length = 24;
+    config.checkpoint_every = 0;
+    config.validate()?;
+    Ok(config)
+}
+
+/// A preset's training session, either task.
+pub enum Playground {
+    Classify(Session<ClassifyTask>),
+    Dpo(Session<DpoTask>),
+}
+
+impl Playground {
+    /// Make the data, load it, and initialize the model under the seed. Nothing is written.
+    pub fn start(options: &Options, selected: &Selected) -> Result<Self> {
+        let config = config(options)?;
+        Ok(match options.preset {
+            Preset::Classify => Self::Classify(Session::start(
+                &config,
+                selected,
+                ClassifyTask::load(&config, selected)?,
+                None,
+                false,
+                true,
+            )?),
+            Preset::Dpo => Self::Dpo(Session::start(
+                &config,
+                selected,
+                DpoTask::load(&config, selected)?,
+                None,
+                false,
+                true,
+            )?),
+        })
+    }
+
+    /// What the page shows before training: groups, sizes, steps.
+    pub fn describe(&self) -> Value {
+        let (config, groups) = match self {
+            Self::Classify(s) => (s.config(), crate::train::TaskRunner::groups(&s.task)),
+            Self::Dpo(s) => (s.config(), crate::train::TaskRunner::groups(&s.task)),
+        };
+        json!({
+            "task": config.task,
+            "model": config.model,
+            "groups": groups.names,
+            "steps": config.steps,
+            "lambda": config.fairness_lambda,
+            "beta": config.dpo.beta,
+            "batch_size": config.batch_size,
+            "train_rows": TRAIN_ROWS,
+            "label_bias": BIAS,
+        })
+    }
+
+    pub fn steps_done(&self) -> usize {
+        match self {
+            Self::Classify(s) => s.steps_done(),
+            Self::Dpo(s) => s.steps_done(),
+        }
+    }
+
+    pub async fn step(&mut self) -> Result<StepReport> {
+        match self {
+            Self::Classify(s) => s.step().await,
+            Self::Dpo(s) => s.step().await,
+        }
+    }
+
+    /// Held-out metrics (`accuracy` or TRL's reward metrics, `loss`) and the held-out fairness
+    /// summary (`group_means`, `group_gap`, `fairness_F`).
+    pub async fn evaluate(&mut self, selected: &Selected) -> Result<Value> {
+        match self {
+            Self::Classify(s) => evaluate(s, selected).await,
+            Self::Dpo(s) => evaluate(s, selected).await,
+        }
+    }
+}
+
+async fn evaluate<T: crate::train::TaskRunner>(
+    session: &mut Session<T>,
+    selected: &Selected,
+) -> Result<Value> {
+    let mut report = serde_json::Map::new();
+    report.insert("step".into(), json!(session.steps_done()));
+    let (task, model) = session.task_and_model();
+    if let Some(metrics) = task.evaluate(model).await? {
+        report.extend(metrics);
+    }
+    if let Some(set) = task.fairness_eval(model).await? {
+        let summary = summarize_fairness(
+            &set,
+            task.groups(),
+            task.fairness_labels(),
+            &selected.device,
+        )
+        .await?;
+        report.extend(summary);
+    }
+    Ok(Value::Object(report))
+}
+
+#[cfg(not(target_arch = "wasm32"))]
+/// `fairtune playground`: run a preset on the desktop, one JSON line per step (and an
+/// evaluation line every `eval_every` steps and at the end) on stdout.
+pub fn run(options: &Options, selected: &Selected, eval_every: usize) -> Result<()> {
+    let mut playground = Playground::start(options, selected)?;
+    eprintln!("{}", playground.describe());
+    while playground.steps_done() < options.steps {
+        let report = pollster::block_on(playground.step())?;
+        println!("{}", Value::Object(report.record(options.lambda)));
+        let done = report.step;
+        if (eval_every > 0 && done % eval_every == 0) || done == options.steps {
+            let eval = pollster::block_on(playground.evaluate(selected))?;
+            println!("{}", json!({"eval": eval}));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn training_labels_carry_the_planted_bias_and_held_out_ones_do_not() {
+        let rows = biased_rows(42);
+        let positive_rate = |g: usize| {
+            let of: Vec<_> = rows.iter().filter(|r| r.1 == g).collect();
+            of.iter().filter(|r| r.2 == 1).count() as f64 / of.len() as f64
+        };
+        // 0.5 + 0.5·BIAS = 0.75 for women, 0.25 for men (± sampling noise of ~256 rows each).
+        assert!(
+            (positive_rate(0) - 0.75).abs() < 0.08,
+            "{}",
+            positive_rate(0)
+        );
+        assert!(
+            (positive_rate(1) - 0.25).abs() < 0.08,
+            "{}",
+            positive_rate(1)
+        );
+        assert_eq!(rows, biased_rows(42));
+        let held_out = all_sentences(&EVAL_FRAMES);
+        assert_eq!(held_out.len(), 2 * 4 * 2 * 8 * 2);
+        for g in 0..2 {
+            let of: Vec<_> = held_out.iter().filter(|r| r.1 == g).collect();
+            assert_eq!(of.iter().filter(|r| r.2 == 1).count() * 2, of.len());
+        }
+        // Counterfactual copies sit side by side: same sentence, other subject.
+        let cf = all_sentences(&TRAIN_FRAMES);
+        assert_eq!(cf[0].0, "She found the film wonderful.");
+        assert_eq!(cf[1].0, "He found the film wonderful.");
+        let train_texts: std::collections::HashSet<_> = rows.iter().map(|r| &r.0).collect();
+        assert!(held_out.iter().all(|r| !train_texts.contains(&r.0)));
+    }
+
+    #[test]
+    fn the_word_tokenizer_splits_as_its_pre_tokenizer_does() {
+        assert_eq!(
+            words("She found the film wonderful. Good?"),
+            ["she", "found", "the", "film", "wonderful", ".", "good", "?"]
+        );
+        let text = word_tokenizer(["She said: great.", "He said: dull."]);
+        let path = std::path::Path::new("playground-test/tokenizer.json");
+        crate::data::files::register(path, text);
+        let tokenizer = crate::data::TextTokenizer::from_file(path).unwrap();
+        let ids: Vec<u32> = tokenizer
+            .encode("he said: great.")
+            .unwrap()
+            .iter()
+            .map(|t| t.id)
+            .collect();
+        // [PAD] [UNK] [CLS] [SEP] she said : great . he dull
+        assert_eq!(ids, [9, 5, 6, 7, 8]);
+        assert_eq!(tokenizer.vocab_size(), 11);
+        assert_eq!(tokenizer.special().cls, Some(2));
+        assert_eq!(tokenizer.special().pad, 0);
+    }
+
+    #[test]
+    fn bad_options_are_refused_with_the_field_named() {
+        for (text, needle) in [
+            (r#"{"lambda": -1}"#, "lambda"),
+            (r#"{"steps": 0}"#, "steps"),
+            (r#"{"preset": "gpt"}"#, "unknown variant"),
+            (r#"{"lamda": 1}"#, "unknown field"),
+            (r#"{"batch_size": 1}"#, "batch_size"),
+        ] {
+            let error = Options::from_json(text).unwrap_err().to_string();
+            assert!(error.contains(needle), "{text}: {error}");
+        }
+        assert_eq!(Options::from_json("{}").unwrap().steps, 40);
+    }
+}
