@@ -318,6 +318,9 @@ struct PlaygroundArgs {
     lr: f64,
     #[arg(long, default_value_t = 64)]
     batch_size: usize,
+    /// Counterfactual rows per step for the penalty (half per group).
+    #[arg(long, default_value_t = 16)]
+    fairness_batch_size: usize,
     /// Evaluate on the held-out set every N steps (0: only at the end).
     #[arg(long, default_value_t = 0)]
     eval_every: usize,
@@ -491,6 +494,7 @@ fn playground(args: PlaygroundArgs) -> Result<()> {
         seed: args.seed,
         lr: args.lr,
         batch_size: args.batch_size,
+        fairness_batch_size: args.fairness_batch_size,
     };
     let selected = device::select(args.backend)?;
     eprintln!("device: {}", selected.describe());

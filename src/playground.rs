@@ -53,6 +53,8 @@ pub struct Options {
     pub seed: u64,
     pub lr: f64,
     pub batch_size: usize,
+    /// Counterfactual rows per step for the penalty, split evenly over the two groups.
+    pub fairness_batch_size: usize,
 }
 
 impl Default for Options {
@@ -65,6 +67,7 @@ impl Default for Options {
             seed: 42,
             lr: 3e-3,
             batch_size: 64,
+            fairness_batch_size: 16,
         }
     }
 }
@@ -91,11 +94,13 @@ impl Options {
         if self.steps == 0 || self.steps > 100_000 {
             return bad(format!("steps must be in 1..=100000, got {}", self.steps));
         }
-        if self.batch_size < 2 || self.batch_size > 512 {
-            return bad(format!(
-                "batch_size must be in 2..=512, got {}",
-                self.batch_size
-            ));
+        for (name, size) in [
+            ("batch_size", self.batch_size),
+            ("fairness_batch_size", self.fairness_batch_size),
+        ] {
+            if !(2..=512).contains(&size) {
+                return bad(format!("{name} must be in 2..=512, got {size}"));
+            }
         }
         Ok(())
     }
@@ -373,6 +378,7 @@ pub fn config(options: &Options) -> Result<TrainConfig> {
     config.tokenizer = Some(tokenizer);
     config.steps = options.steps;
     config.batch_size = options.batch_size;
+    config.fairness_batch_size = Some(options.fairness_batch_size);
     config.lr = options.lr;
     config.seed = options.seed;
     config.fairness_lambda = options.lambda;

@@ -1,23 +1,43 @@
 //! The browser build's entry points (wasm-bindgen; compiled only for wasm32). The page calls
-//! [`init`] once — wgpu starts only asynchronously in a browser — then hands its data over with
-//! [`register_file`], so the same readers and training code run as on the desktop.
+//! [`init`] once — wgpu starts only asynchronously in a browser — then [`start`] with a preset
+//! and its settings, then [`step`] and [`evaluate`] as often as it likes. Training is the
+//! desktop's: the same [`crate::train::Session`], tasks, objectives and WGSL kernels; every device
+//! read is awaited, so the page stays responsive while the GPU works.
 //!
-//! Work in progress (issue #5): the training session and its async readbacks come next.
+//! One session at a time lives here. A call made while another is still running (the page
+//! pressed Train twice) gets an error instead of a second borrow of the same model.
 
 use std::cell::RefCell;
 
 use wasm_bindgen::prelude::*;
 
 use crate::device::{Selected, init_browser};
+use crate::error::Error;
+use crate::playground::{Options, Playground};
 
 thread_local! {
     static DEVICE: RefCell<Option<Selected>> = const { RefCell::new(None) };
+    /// The session; empty while a step or evaluation holds it (or before `start`).
+    static SESSION: RefCell<Option<Playground>> = const { RefCell::new(None) };
+    /// Whether `start` has made a session (to tell "busy" from "not started").
+    static STARTED: RefCell<bool> = const { RefCell::new(false) };
+}
+
+fn js_error(error: Error) -> JsError {
+    JsError::new(&error.to_string())
+}
+
+fn device() -> Result<Selected, JsError> {
+    DEVICE
+        .with(|device| device.borrow().clone())
+        .ok_or_else(|| JsError::new("call init() before training"))
 }
 
 /// Start the device: the browser's WebGPU adapter, else burn's CPU backend. Returns a JSON
 /// object: `{"backend", "adapter", "fallback_reason"}`.
 #[wasm_bindgen]
 pub async fn init() -> String {
+    console_error_panic_hook();
     let (selected, fallback) = init_browser().await;
     let report = serde_json::json!({
         "backend": selected.backend_name(),
@@ -26,6 +46,79 @@ pub async fn init() -> String {
     });
     DEVICE.with(|device| *device.borrow_mut() = Some(selected));
     report.to_string()
+}
+
+/// A panic (a bug) reaches the page's console with its message and the JS stack, and the page's
+/// `window.fairtunePanic(message)` when it defines one: after a panic the module is dead (the
+/// build aborts on panic), so the page must stop waiting for the call that panicked.
+fn console_error_panic_hook() {
+    std::panic::set_hook(Box::new(|info| {
+        let stack =
+            js_sys::Reflect::get(&js_sys::Error::new(""), &"stack".into()).unwrap_or_default();
+        let message = format!("fairtune panicked: {info}");
+        web_sys::console::error_2(&message.clone().into(), &stack);
+        let global = js_sys::global();
+        if let Ok(callback) = js_sys::Reflect::get(&global, &"fairtunePanic".into())
+            && let Some(callback) = callback.dyn_ref::<js_sys::Function>()
+        {
+            let _ = callback.call1(&global, &message.into());
+        }
+    }));
+}
+
+/// A new session from JSON options (see [`Options`]: `preset`, `lambda`, `beta`, `steps`,
+/// `seed`, `lr`, `batch_size`), replacing any earlier one. Returns its description as JSON.
+#[wasm_bindgen]
+pub fn start(options: &str) -> Result<String, JsError> {
+    let selected = device()?;
+    let options = Options::from_json(options).map_err(js_error)?;
+    let playground = Playground::start(&options, &selected).map_err(js_error)?;
+    let description = playground.describe().to_string();
+    SESSION.with(|slot| *slot.borrow_mut() = Some(playground));
+    STARTED.with(|started| *started.borrow_mut() = true);
+    Ok(description)
+}
+
+/// Take the session out for one async call (and put it back after).
+fn take() -> Result<Playground, JsError> {
+    SESSION
+        .with(|slot| slot.borrow_mut().take())
+        .ok_or_else(|| {
+            if STARTED.with(|started| *started.borrow()) {
+                JsError::new("the session is busy: wait for the running step to finish")
+            } else {
+                JsError::new("call start() before step()")
+            }
+        })
+}
+
+fn put_back(playground: Playground) {
+    SESSION.with(|slot| *slot.borrow_mut() = Some(playground));
+}
+
+/// One training step. Returns its record as JSON, with the keys of the desktop's
+/// `metrics.jsonl` (`step`, `loss`, `task_loss`, `fairness_F`, `group_means`, `tokens_per_s`…).
+#[wasm_bindgen]
+pub async fn step() -> Result<String, JsError> {
+    let mut playground = take()?;
+    let lambda = match &playground {
+        Playground::Classify(s) => s.config().fairness_lambda,
+        Playground::Dpo(s) => s.config().fairness_lambda,
+    };
+    let result = playground.step().await;
+    put_back(playground);
+    let report = result.map_err(js_error)?;
+    Ok(serde_json::Value::Object(report.record(lambda)).to_string())
+}
+
+/// Held-out evaluation: task metrics and the held-out group gap, as JSON.
+#[wasm_bindgen]
+pub async fn evaluate() -> Result<String, JsError> {
+    let selected = device()?;
+    let mut playground = take()?;
+    let result = playground.evaluate(&selected).await;
+    put_back(playground);
+    Ok(result.map_err(js_error)?.to_string())
 }
 
 /// Make `text` readable at `path` for the data readers (the browser has no file system).
