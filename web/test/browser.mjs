@@ -17,21 +17,53 @@ const web = join(dirname(fileURLToPath(import.meta.url)), "..");
 const results = join(web, "test-results");
 const steps = Number(process.env.FAIRTUNE_WEB_STEPS || 40);
 // Slider positions of the page's λ scale [0, 0.3, 1, 3, 10, 30, 100, 300, 1000].
-const LAMBDA_ZERO = 0, LAMBDA_FAIR = 6;
+const LAMBDA_ZERO = 0, LAMBDA_FAIR = 6, LAMBDA_DPO = 2;
 
 const port = 8000 + Math.floor(Math.random() * 1000);
 const server = spawn("python3", ["-m", "http.server", "--bind", "127.0.0.1", String(port)], {
   cwd: web,
   stdio: "ignore",
 });
-const problems = [];
+let problems = [];
 let browser;
 let page;
 
+// A fresh headless Chromium on the page; `webgpu: false` leaves out the flag that gives it a
+// (SwiftShader) WebGPU adapter, so navigator.gpu offers none.
+async function openPage(webgpu) {
+  problems = [];
+  browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
+    args: [
+      ...(webgpu ? ["--enable-unsafe-webgpu"] : []),
+      "--no-sandbox", "--disable-quic", "--no-first-run",
+      "--disable-background-networking", "--disable-component-update", "--disable-sync",
+    ], // (playwright gives each launch a fresh profile directory of its own)
+  });
+  page = await browser.newPage({ viewport: { width: 1280, height: 1000 } });
+  page.on("crash", () => problems.push("the page crashed"));
+  page.on("pageerror", (e) => problems.push(`pageerror: ${e.message}`));
+  page.on("console", (m) => {
+    const text = m.text();
+    if (process.env.FAIRTUNE_WEB_VERBOSE) console.log(`[page ${m.type()}] ${text}`);
+    // Chromium reports WebGPU validation errors (an invalid shader or pipeline) as warnings.
+    if (m.type() === "error" || /WebGPU|Invalid|validation/i.test(text)) {
+      problems.push(`console ${m.type()}: ${text}`);
+    }
+  });
+  await page.goto(`http://127.0.0.1:${port}/`);
+  await page.waitForFunction(() => document.getElementById("device").dataset.state !== "starting",
+    null, { timeout: 120_000 });
+  const device = await page.evaluate(() => window.fairtuneDevice);
+  console.log(`device (${webgpu ? "WebGPU enabled" : "no WebGPU"}):`, JSON.stringify(device));
+  assert.ok(device, "the page reported no device");
+  return device;
+}
+
 // Set the controls, press Train, and wait for the run to end; returns the page's record of it.
-async function trainRun(lambdaIndex) {
-  await page.selectOption("#preset", "classify");
-  await page.fill("#steps", String(steps));
+async function trainRun(lambdaIndex, preset = "classify", runSteps = steps) {
+  await page.selectOption("#preset", preset);
+  await page.fill("#steps", String(runSteps));
   await page.fill("#seed", "42");
   await page.locator("#lambda").fill(String(lambdaIndex));
   const before = await page.evaluate(() => window.fairtuneRuns.length);
@@ -57,10 +89,11 @@ async function trainRun(lambdaIndex) {
 }
 
 // The desktop CPU run of the same preset (`fairtune playground`): its per-step records.
-function desktopRun(lambda) {
+function desktopRun(options) {
   const binary = process.env.FAIRTUNE_BIN || join(web, "..", "target", "release", "fairtune");
-  const out = execFileSync(binary, ["playground", "--preset", "classify", "--backend", "cpu",
-    "--lambda", String(lambda), "--steps", String(steps), "--seed", "42"],
+  const out = execFileSync(binary, ["playground", "--preset", options.preset, "--backend", "cpu",
+    "--lambda", String(options.lambda), "--beta", String(options.beta),
+    "--steps", String(options.steps), "--seed", String(options.seed)],
   { encoding: "utf8", stdio: ["ignore", "pipe", "ignore"] });
   return out.trim().split("\n").map((line) => JSON.parse(line)).filter((r) => r.step !== undefined);
 }
@@ -69,15 +102,16 @@ function desktopRun(lambda) {
 // the losses may differ only by float rounding (different kernels, summation orders).
 const PARITY_STEPS = 10, PARITY_TOLERANCE = 1e-3;
 function checkParity(run) {
-  const desktop = desktopRun(run.options.lambda);
+  const desktop = desktopRun(run.options);
   const worst = [];
-  for (let i = 0; i < PARITY_STEPS; i++) {
+  for (let i = 0; i < Math.min(PARITY_STEPS, run.records.length); i++) {
     for (const key of ["loss", "task_loss", "fairness_F"]) {
       const a = run.records[i][key], b = desktop[i][key];
       const diff = Math.abs(a - b);
       worst.push({ step: i + 1, key, browser: a, desktop: b, diff });
       assert.ok(diff <= PARITY_TOLERANCE * Math.max(1, Math.abs(b)),
-        `λ=${run.options.lambda} step ${i + 1}: ${key} ${a} in the browser, ${b} on the desktop CPU`);
+        `${run.options.preset} λ=${run.options.lambda} step ${i + 1}: ${key} ${a} in the browser, ` +
+        `${b} on the desktop CPU`);
     }
   }
   return Math.max(...worst.map((w) => w.diff));
@@ -108,30 +142,20 @@ function checkRun(run) {
 
 try {
   await new Promise((r) => setTimeout(r, 500));
-  browser = await chromium.launch({
-    executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
-    args: [
-      "--enable-unsafe-webgpu", "--no-sandbox", "--disable-quic", "--no-first-run",
-      "--disable-background-networking", "--disable-component-update", "--disable-sync",
-    ], // (playwright gives each launch a fresh profile directory of its own)
-  });
-  page = await browser.newPage({ viewport: { width: 1280, height: 1000 } });
-  page.on("crash", () => problems.push("the page crashed"));
-  page.on("pageerror", (e) => problems.push(`pageerror: ${e.message}`));
-  page.on("console", (m) => {
-    const text = m.text();
-    if (process.env.FAIRTUNE_WEB_VERBOSE) console.log(`[page ${m.type()}] ${text}`);
-    // Chromium reports WebGPU validation errors (an invalid shader or pipeline) as warnings.
-    if (m.type() === "error" || /WebGPU|Invalid|validation/i.test(text)) {
-      problems.push(`console ${m.type()}: ${text}`);
-    }
-  });
-  await page.goto(`http://127.0.0.1:${port}/`);
-  await page.waitForFunction(() => document.getElementById("device").dataset.state !== "starting",
-    null, { timeout: 120_000 });
-  const device = await page.evaluate(() => window.fairtuneDevice);
-  console.log("device:", JSON.stringify(device));
-  assert.ok(device, "the page reported no device");
+  // Without WebGPU the page says so and trains on burn's CPU backend in WebAssembly — the
+  // desktop CPU's numbers exactly.
+  const fallbackDevice = await openPage(false);
+  assert.equal(fallbackDevice.backend, "cpu", `expected the CPU fallback: ${JSON.stringify(fallbackDevice)}`);
+  assert.ok(fallbackDevice.fallback_reason, "the fallback gave no reason");
+  const shown = await page.evaluate(() => document.getElementById("device").textContent);
+  assert.match(shown, /no usable WebGPU/, `the page did not say it has no WebGPU: ${shown}`);
+  const fallbackRun = await trainRun(LAMBDA_FAIR, "classify", 5);
+  const fallback = { steps: 5, parityMaxDiff: checkParity(fallbackRun),
+    tokensPerSecond: fallbackRun.tokensPerSecond };
+  assert.deepEqual(problems.filter((p) => !/WebGPU/.test(p)), [], "the fallback page reported problems");
+  await browser.close();
+
+  const device = await openPage(true);
   assert.equal(device.backend, "wgpu/WebGPU", `not on WebGPU: ${JSON.stringify(device)}`);
 
   const plainRun = await trainRun(LAMBDA_ZERO);
@@ -142,7 +166,22 @@ try {
   fair.parityMaxDiff = checkParity(fairRun);
   mkdirSync(results, { recursive: true });
   await page.screenshot({ path: join(results, "page.png"), fullPage: true });
-  const summary = { device, steps, runs: [plain, fair] };
+
+  // The DPO preset (a causal LM, its in-memory reference model, the log-prob score): a few
+  // steps and its evaluation, finite and equal to the desktop's.
+  const dpoRun = await trainRun(LAMBDA_DPO, "dpo", 3);
+  assert.equal(dpoRun.records.length, 3);
+  for (const r of dpoRun.records) {
+    for (const key of ["loss", "task_loss", "fairness_F", "rewards/margins"]) {
+      assert.ok(Number.isFinite(r[key]), `dpo step ${r.step}: ${key} = ${r[key]}`);
+    }
+  }
+  const dpoEval = dpoRun.evals[dpoRun.evals.length - 1];
+  assert.ok(Number.isFinite(dpoEval["rewards/accuracies"]) && Number.isFinite(dpoEval.group_gap),
+    `dpo: no held-out numbers: ${JSON.stringify(dpoEval)}`);
+  const dpo = { lambda: dpoRun.options.lambda, steps: 3, parityMaxDiff: checkParity(dpoRun),
+    seconds: dpoRun.seconds, tokensPerSecond: dpoRun.tokensPerSecond };
+  const summary = { device, steps, runs: [plain, fair], dpo, fallback };
   writeFileSync(join(results, "summary.json"), JSON.stringify(summary, null, 2));
   console.log(JSON.stringify(summary, null, 2));
 
