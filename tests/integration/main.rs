@@ -18,4 +18,5 @@ mod metrics;
 mod model;
 mod ner;
 mod parity;
+mod playground;
 mod train;

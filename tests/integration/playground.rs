@@ -1,0 +1,98 @@
+//! `fairtune playground`: the browser demo's presets on the desktop. The browser test
+//! (web/test/browser.mjs) checks the page against these runs; here, that the presets tell their
+//! story on the CPU, that every backend starts from the same weights and takes the same first
+//! steps, and that bad options are refused.
+
+use fairtune::playground::{Options, Playground, Preset};
+use serde_json::Value;
+
+use crate::common::{fairtune, stderr, wgpu};
+
+/// The JSON lines of a `fairtune playground` run: (step records, evaluations).
+fn run(args: &[&str]) -> (Vec<Value>, Vec<Value>) {
+    let mut all = vec!["playground", "--backend", "cpu"];
+    all.extend_from_slice(args);
+    let output = fairtune(&all);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let lines: Vec<Value> = String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|line| serde_json::from_str(line).expect("a JSON line"))
+        .collect();
+    let (evals, steps): (Vec<Value>, Vec<Value>) =
+        lines.into_iter().partition(|v| v.get("eval").is_some());
+    (
+        steps,
+        evals.into_iter().map(|v| v["eval"].clone()).collect(),
+    )
+}
+
+#[test]
+fn the_classifier_preset_learns_the_planted_bias_and_the_penalty_removes_it() {
+    let (steps, plain) = run(&["--lambda", "0"]);
+    assert_eq!(steps.len(), 40);
+    assert!(
+        steps
+            .iter()
+            .all(|s| s["loss"].as_f64().unwrap().is_finite())
+    );
+    let (_, fair) = run(&["--lambda", "100", "--eval-every", "20"]);
+    assert_eq!(fair.len(), 2, "evaluations at steps 20 and 40");
+    let (plain, fair) = (plain.last().unwrap(), fair.last().unwrap());
+    let gap = |e: &Value| e["group_gap"].as_f64().unwrap();
+    let accuracy = |e: &Value| e["accuracy"].as_f64().unwrap();
+    assert!(gap(plain) > 0.3, "λ=0 learned no group gap: {plain}");
+    assert!(
+        gap(fair) < 0.2 * gap(plain),
+        "λ=100: {fair} vs λ=0: {plain}"
+    );
+    // The bias is in the labels: without it the model also does better on honest labels.
+    assert!(accuracy(fair) > accuracy(plain), "{fair} vs {plain}");
+}
+
+#[test]
+fn the_dpo_preset_runs_and_reports_reward_metrics_and_the_gap() {
+    let (steps, evals) = run(&["--preset", "dpo", "--lambda", "1", "--steps", "3"]);
+    assert_eq!(steps.len(), 3);
+    for key in ["loss", "fairness_F", "rewards/margins"] {
+        assert!(steps[2][key].as_f64().unwrap().is_finite(), "{key}");
+    }
+    let eval = &evals[0];
+    assert!(eval["rewards/accuracies"].as_f64().unwrap() >= 0.0);
+    assert!(eval["group_gap"].as_f64().unwrap().is_finite());
+    assert_eq!(eval["group_counts"]["women"], 128);
+}
+
+#[test]
+fn every_backend_takes_the_same_first_steps() {
+    let Some(selected) = wgpu() else { return };
+    let options = Options {
+        steps: 5,
+        lambda: 100.0,
+        ..Options::default()
+    };
+    let losses = |selected: &fairtune::device::Selected| -> Vec<f64> {
+        let mut playground = Playground::start(&options, selected).unwrap();
+        (0..options.steps)
+            .map(|_| pollster::block_on(playground.step()).unwrap().values["loss"])
+            .collect()
+    };
+    let cpu = losses(&fairtune::device::Selected::cpu());
+    let gpu = losses(&selected);
+    for (step, (c, g)) in cpu.iter().zip(&gpu).enumerate() {
+        assert!(
+            (c - g).abs() < 1e-3 * c.abs().max(1.0),
+            "step {}: cpu {c}, wgpu {g}",
+            step + 1
+        );
+    }
+    assert_eq!(options.preset, Preset::Classify);
+}
+
+#[test]
+fn bad_playground_options_are_refused() {
+    let output = fairtune(&["playground", "--backend", "cpu", "--batch-size", "1"]);
+    assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+    assert!(stderr(&output).contains("batch_size must be in 2..=512"));
+    let output = fairtune(&["playground", "--preset", "gpt"]);
+    assert_eq!(output.status.code(), Some(2));
+}
