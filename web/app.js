@@ -52,7 +52,7 @@ function setStatus(state, text) {
   status.textContent = text;
 }
 
-// A line chart on a canvas: `series` = [{name, color, points: [[x, y], …]}].
+// A line chart on a canvas: `series` = [{name, color, dashed?, points: [[x, y], …]}].
 function drawChart(canvas, series, xMax) {
   const ratio = window.devicePixelRatio || 1;
   const width = canvas.clientWidth, height = canvas.clientHeight;
@@ -84,6 +84,7 @@ function drawChart(canvas, series, xMax) {
   series.forEach((s, i) => {
     ctx.strokeStyle = s.color;
     ctx.lineWidth = 1.5;
+    ctx.setLineDash(s.dashed ? [5, 4] : []);
     ctx.beginPath();
     s.points.filter((p) => Number.isFinite(p[1])).forEach(([px, py], j) => {
       j === 0 ? ctx.moveTo(x(px), y(py)) : ctx.lineTo(x(px), y(py));
@@ -94,8 +95,9 @@ function drawChart(canvas, series, xMax) {
       s.points.forEach(([px, py]) => ctx.fillRect(x(px) - 2, y(py) - 2, 4, 4));
     }
     ctx.fillStyle = s.color;
-    ctx.fillText(s.name, left + 8 + i * 110, top + 10);
+    ctx.fillText(s.name, left + 8 + (i % 2) * 150, top + 10 + Math.floor(i / 2) * 13);
   });
+  ctx.setLineDash([]);
 }
 
 function draw(run) {
@@ -107,10 +109,23 @@ function draw(run) {
     name: g, color: COLORS[i % COLORS.length],
     points: run.records.map((r) => [r.step, r.group_means[g]]),
   })), steps);
+  // The previous finished run of the same preset, dashed, to compare λs at a glance.
+  const runs = window.fairtuneRuns;
+  const previous = runs.slice(0, runs.indexOf(run)).reverse()
+    .find((r) => r.options.preset === run.options.preset && !r.error && r.evals.length > 0);
+  const evalSeries = (r, dashed) => {
+    const label = dashed ? ` (λ=${r.options.lambda})` : "";
+    return [
+      { name: run.accuracyKey + label, color: COLORS[2], dashed,
+        points: r.evals.map((e) => [e.step, e[r.accuracyKey]]) },
+      { name: "group gap" + label, color: COLORS[1], dashed,
+        points: r.evals.map((e) => [e.step, e.group_gap]) },
+    ];
+  };
   drawChart($("chart-eval"), [
-    { name: run.accuracyKey, color: COLORS[2], points: run.evals.map((e) => [e.step, e[run.accuracyKey]]) },
-    { name: "group gap", color: COLORS[1], points: run.evals.map((e) => [e.step, e.group_gap]) },
-  ], steps);
+    ...evalSeries(run, false),
+    ...(previous ? evalSeries(previous, true) : []),
+  ], Math.max(steps, previous?.options.steps ?? 0));
 }
 
 function addRunRow(run) {
