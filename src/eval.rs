@@ -146,18 +146,11 @@ fn run_task<T: TaskRunner>(
     let mut report = serde_json::Map::new();
     report.insert("data".into(), json!(data));
     report.insert("task".into(), json!(config.task));
-    if let Some(metrics) = pollster::block_on(task.evaluate(&model))? {
-        report.extend(metrics);
-    }
-    if let Some(set) = pollster::block_on(task.fairness_eval(&model))? {
-        let summary = pollster::block_on(crate::train::summarize_fairness(
-            &set,
-            task.groups(),
-            task.fairness_labels(),
-            &selected.device,
-        ))?;
-        report.extend(summary);
-    }
+    report.extend(pollster::block_on(crate::train::held_out(
+        task,
+        &model,
+        &selected.device,
+    ))?);
     Ok(Value::Object(report))
 }
 

@@ -4,8 +4,8 @@
 //! is how the browser's losses are checked against the desktop's.
 //!
 //! The story: short reviews written by people of two groups (`women`, `men`: "She found the film
-//! wonderful."). Annotators were biased: a share of the negative reviews by women were labelled
-//! positive and a share of the positive reviews by men negative. A model trained on these labels
+//! wonderful."). Annotators were biased: half of the negative reviews by women were labelled
+//! positive and half of the positive reviews by men negative ([`BIAS`]). A model trained on these labels
 //! learns the subject word as evidence; the fairness penalty, on counterfactual copies of the
 //! same sentences for both groups, takes that away. Held out: other sentence frames, labelled
 //! honestly, for accuracy (classifier) or reward accuracy (DPO) and the group gap.
@@ -30,14 +30,14 @@ use crate::error::{Error, Result};
 use crate::model::ArchConfig;
 use crate::train::classify::ClassifyTask;
 use crate::train::dpo::DpoTask;
-use crate::train::{Session, StepReport, Task, TrainConfig, summarize_fairness};
+use crate::train::{Session, StepReport, Task, TaskRunner, TrainConfig, held_out};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Preset {
-    /// A tiny byte-level BERT sentiment classifier.
+    /// A tiny BERT sentiment classifier.
     Classify,
-    /// A tiny byte-level Llama tuned with DPO.
+    /// A tiny Llama tuned with DPO.
     Dpo,
 }
 
@@ -138,7 +138,8 @@ const EVAL_FRAMES: [&str; 2] = [
 ];
 /// Training rows drawn.
 const TRAIN_ROWS: usize = 512;
-/// The chance that an annotator flips a review against the group's disfavoured label.
+/// The chance that a review whose sentiment is its group's disfavoured label gets the favoured
+/// label instead.
 const BIAS: f64 = 0.5;
 /// The label a group's biased annotators lean to (women: positive, men: negative).
 fn favoured(group: usize) -> i64 {
@@ -401,30 +402,32 @@ impl Playground {
     pub fn start(options: &Options, selected: &Selected) -> Result<Self> {
         let config = config(options)?;
         Ok(match options.preset {
-            Preset::Classify => Self::Classify(Session::start(
+            Preset::Classify => Self::Classify(session(
                 &config,
                 selected,
                 ClassifyTask::load(&config, selected)?,
-                None,
-                false,
-                true,
             )?),
-            Preset::Dpo => Self::Dpo(Session::start(
+            Preset::Dpo => Self::Dpo(session(
                 &config,
                 selected,
                 DpoTask::load(&config, selected)?,
-                None,
-                false,
-                true,
             )?),
         })
     }
 
+    pub fn config(&self) -> &TrainConfig {
+        match self {
+            Self::Classify(s) => s.config(),
+            Self::Dpo(s) => s.config(),
+        }
+    }
+
     /// What the page shows before training: groups, sizes, steps.
     pub fn describe(&self) -> Value {
-        let (config, groups) = match self {
-            Self::Classify(s) => (s.config(), crate::train::TaskRunner::groups(&s.task)),
-            Self::Dpo(s) => (s.config(), crate::train::TaskRunner::groups(&s.task)),
+        let config = self.config();
+        let groups = match self {
+            Self::Classify(s) => TaskRunner::groups(&s.task),
+            Self::Dpo(s) => TaskRunner::groups(&s.task),
         };
         json!({
             "task": config.task,
@@ -463,26 +466,20 @@ impl Playground {
     }
 }
 
-async fn evaluate<T: crate::train::TaskRunner>(
-    session: &mut Session<T>,
+/// A playground session: no run directory, not resuming, initial weights drawn on the host.
+fn session<T: TaskRunner>(
+    config: &TrainConfig,
     selected: &Selected,
-) -> Result<Value> {
+    task: T,
+) -> Result<Session<T>> {
+    Session::start(config, selected, task, None, false, true)
+}
+
+async fn evaluate<T: TaskRunner>(session: &mut Session<T>, selected: &Selected) -> Result<Value> {
     let mut report = serde_json::Map::new();
     report.insert("step".into(), json!(session.steps_done()));
     let (task, model) = session.task_and_model();
-    if let Some(metrics) = task.evaluate(model).await? {
-        report.extend(metrics);
-    }
-    if let Some(set) = task.fairness_eval(model).await? {
-        let summary = summarize_fairness(
-            &set,
-            task.groups(),
-            task.fairness_labels(),
-            &selected.device,
-        )
-        .await?;
-        report.extend(summary);
-    }
+    report.extend(held_out(task, model, &selected.device).await?);
     Ok(Value::Object(report))
 }
 

@@ -67,7 +67,7 @@ fn console_error_panic_hook() {
 }
 
 /// A new session from JSON options (see [`Options`]: `preset`, `lambda`, `beta`, `steps`,
-/// `seed`, `lr`, `batch_size`), replacing any earlier one. Returns its description as JSON.
+/// `seed`, `lr`, `batch_size`, `fairness_batch_size`), replacing any earlier one. Returns its description as JSON.
 #[wasm_bindgen]
 pub fn start(options: &str) -> Result<String, JsError> {
     let selected = device()?;
@@ -101,10 +101,7 @@ fn put_back(playground: Playground) {
 #[wasm_bindgen]
 pub async fn step() -> Result<String, JsError> {
     let mut playground = take()?;
-    let lambda = match &playground {
-        Playground::Classify(s) => s.config().fairness_lambda,
-        Playground::Dpo(s) => s.config().fairness_lambda,
-    };
+    let lambda = playground.config().fairness_lambda;
     let result = playground.step().await;
     put_back(playground);
     let report = result.map_err(js_error)?;

@@ -340,17 +340,20 @@ impl<T: TaskRunner> Session<T> {
     ) -> Result<Self> {
         let device = selected.device.clone().autodiff();
         device.seed(config.seed);
+        let init_device = if host_init {
+            Device::flex().autodiff()
+        } else {
+            device.clone()
+        };
+        init_device.seed(config.seed);
+        let model = task.init_model(&init_device)?;
+        model.visit(&mut Materialize);
+        // `fork` (not `to_device`): the moved weights are leaves of the new graph.
         let model = if host_init {
-            let host = Device::flex().autodiff();
-            host.seed(config.seed);
-            let model = task.init_model(&host)?;
-            model.visit(&mut Materialize);
-            // `fork` (not `to_device`): the moved weights are leaves of the new graph.
             model.fork(&device)
         } else {
-            task.init_model(&device)?
+            model
         };
-        model.visit(&mut Materialize);
         task.prepare(&model, out, resuming)?;
         let model = match &config.lora {
             Some(lora) => task.apply_lora(model, lora)?,
@@ -409,6 +412,13 @@ impl<T: TaskRunner> Session<T> {
     pub async fn step(&mut self) -> Result<StepReport> {
         let step = self.next_step;
         let config = &self.config;
+        if step >= config.steps {
+            // The schedule ends there; more steps would silently train at a zero learning rate.
+            return Err(Error::input(format!(
+                "all {} steps of this run are done; start a new run to train more",
+                config.steps
+            )));
+        }
         let started = Instant::now();
         self.device.seed(step_seed(config.seed, step));
         let model = self.model.take().expect("a model between steps");
@@ -577,30 +587,15 @@ fn train<T: TaskRunner>(config: &TrainConfig, selected: &Selected, task: T) -> R
         "tokens_per_s".into(),
         json!(tokens_this_run as f64 / wall_s.max(1e-9)),
     );
-    if let Some(eval) = pollster::block_on(task.evaluate(&model))? {
-        for (name, value) in eval {
-            report.insert(name, value);
-        }
-    }
-    match pollster::block_on(task.fairness_eval(&model))? {
-        Some(set) => {
-            let summary = pollster::block_on(summarize_fairness(
-                &set,
-                task.groups(),
-                task.fairness_labels(),
-                &selected.device,
-            ))?;
-            report.insert("fairness_set".into(), json!(set.name));
-            for (name, value) in summary {
-                report.insert(name, value);
-            }
-        }
-        None => {
-            report.insert("fairness_set".into(), Value::Null);
-            report.insert("fairness_F".into(), Value::Null);
-            report.insert("group_means".into(), json!({}));
-        }
-    }
+    report.extend(pollster::block_on(held_out(
+        &mut task,
+        &model,
+        &selected.device,
+    ))?);
+    // Without a fairness set the keys stay, as null and {}.
+    report.entry("fairness_set").or_insert(Value::Null);
+    report.entry("fairness_F").or_insert(Value::Null);
+    report.entry("group_means").or_insert(json!({}));
     let report = Value::Object(report);
     checkpoint::write_atomic(
         &out.join("report.json"),
@@ -608,6 +603,27 @@ fn train<T: TaskRunner>(config: &TrainConfig, selected: &Selected, task: T) -> R
             .expect("report serializes")
             .as_bytes(),
     )?;
+    Ok(report)
+}
+
+/// A model's held-out report: the task's metrics on its eval set (if any) and, with a fairness
+/// set, its name (`fairness_set`) and [`summarize_fairness`]'s F, group means, counts and gap.
+/// `device` is the plain (non-autodiff) device of the run.
+pub async fn held_out<T: TaskRunner>(
+    task: &mut T,
+    model: &T::Model,
+    device: &Device,
+) -> Result<Map<String, Value>> {
+    let mut report = Map::new();
+    if let Some(metrics) = task.evaluate(model).await? {
+        report.extend(metrics);
+    }
+    if let Some(set) = task.fairness_eval(model).await? {
+        let summary =
+            summarize_fairness(&set, task.groups(), task.fairness_labels(), device).await?;
+        report.insert("fairness_set".into(), json!(set.name));
+        report.extend(summary);
+    }
     Ok(report)
 }
 

@@ -3,7 +3,7 @@
 //! story on the CPU, that every backend starts from the same weights and takes the same first
 //! steps, and that bad options are refused.
 
-use fairtune::playground::{Options, Playground, Preset};
+use fairtune::playground::{Options, Playground};
 use serde_json::Value;
 
 use crate::common::{fairtune, stderr, wgpu};
@@ -57,7 +57,7 @@ fn the_dpo_preset_runs_and_reports_reward_metrics_and_the_gap() {
         assert!(steps[2][key].as_f64().unwrap().is_finite(), "{key}");
     }
     let eval = &evals[0];
-    assert!(eval["rewards/accuracies"].as_f64().unwrap() >= 0.0);
+    assert!((0.0..=1.0).contains(&eval["rewards/accuracies"].as_f64().unwrap()));
     assert!(eval["group_gap"].as_f64().unwrap().is_finite());
     assert_eq!(eval["group_counts"]["women"], 128);
 }
@@ -85,7 +85,23 @@ fn every_backend_takes_the_same_first_steps() {
             step + 1
         );
     }
-    assert_eq!(options.preset, Preset::Classify);
+}
+
+#[test]
+fn a_session_refuses_steps_past_its_schedule() {
+    let options = Options {
+        steps: 2,
+        ..Options::default()
+    };
+    let mut playground = Playground::start(&options, &fairtune::device::Selected::cpu()).unwrap();
+    for _ in 0..2 {
+        pollster::block_on(playground.step()).unwrap();
+    }
+    let error = pollster::block_on(playground.step())
+        .err()
+        .expect("a third step");
+    assert!(error.to_string().contains("all 2 steps"), "{error}");
+    assert_eq!(playground.steps_done(), 2);
 }
 
 #[test]
