@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use fairtune::data::Truncation;
 use fairtune::device::{self, BackendChoice};
 use fairtune::model::lora::{LoraSettings, LoraTarget};
 use fairtune::objective::{DpoConfig, DpoLossKind, FairnessKind, FairnessScore};
@@ -49,6 +50,19 @@ enum Command {
     /// TPR, FPR, demographic-parity and equalized-odds differences with bootstrap intervals);
     /// a finished run's held-out metrics; or a causal LM on a bias benchmark (--benchmark).
     Eval(EvalArgs),
+    /// Write a causal LM that --model names (a GGUF file, a Hugging Face directory, a fetched
+    /// name, a config or preset) as a Hugging Face directory: fp32 model.safetensors, config.json,
+    /// tokenizer.json and tokenizer_config.json, loadable by transformers' from_pretrained.
+    Export {
+        #[arg(long)]
+        model: String,
+        /// A tokenizer.json to use instead of the model's own.
+        #[arg(long)]
+        tokenizer: Option<PathBuf>,
+        /// The directory to create (must not exist).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Compare finished runs side by side (task metrics, F, group gap and means).
     Compare {
         /// Output directories of `fairtune train`.
@@ -156,9 +170,13 @@ struct TrainArgs {
     /// Longest sequence in tokens (prompt + completion for dpo).
     #[arg(long, default_value_t = 256)]
     max_length: usize,
-    /// Prompt tokens always kept when a dpo example must be truncated.
+    /// Prompt tokens always kept when a dpo example must be truncated (prompt-end truncation).
     #[arg(long, default_value_t = 128)]
     max_prompt_length: usize,
+    /// How a dpo sequence longer than --max-length is cut: prompt-end keeps the prompt's end and
+    /// the completion's start; keep-start is TRL's (cut the end; drop pairs whose prompt fills it).
+    #[arg(long, value_enum, default_value = "prompt-end")]
+    truncation_mode: Truncation,
     /// Evaluate every N steps (0 = only at the end).
     #[arg(long, default_value_t = 0)]
     eval_every: usize,
@@ -192,6 +210,7 @@ impl TrainArgs {
         config.seed = self.seed;
         config.max_length = self.max_length;
         config.max_prompt_length = self.max_prompt_length;
+        config.truncation = self.truncation_mode;
         config.dpo = DpoConfig {
             beta: self.beta,
             loss: self.loss,
@@ -531,6 +550,11 @@ fn run(cli: Cli) -> Result<()> {
         Command::Fetch { names } => fetch(&names),
         Command::Eval(args) => eval(args),
         Command::Sweep(args) => sweep(*args),
+        Command::Export {
+            model,
+            tokenizer,
+            out,
+        } => fairtune::train::export_model(&model, tokenizer, &out).map(|line| println!("{line}")),
         Command::Compare { runs } => {
             let runs: Vec<&std::path::Path> = runs.iter().map(PathBuf::as_path).collect();
             fairtune::compare::table(&runs).map(|table| print!("{table}"))

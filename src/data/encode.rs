@@ -1,15 +1,26 @@
-//! Examples → token sequences, with the exact prompt/completion boundary and explicit
-//! truncation rules.
+//! Examples → token sequences, with the prompt/completion boundary and explicit truncation rules.
 //!
-//! The boundary: `prompt + completion` is tokenized once, and a token belongs to the completion
-//! when its text ends past the prompt's last character. Tokenizing the prompt alone and
-//! subtracting its length (a common source of off-by-one masks) would misplace tokens that BPE
-//! merges across the seam; this way the mask covers exactly the tokens that carry completion text.
+//! Preference and completion examples follow TRL's `DPOTrainer` preprocessing token for token:
+//! the prompt alone and each prompt+completion are tokenized as whole texts — plain text with the
+//! tokenizer's own special tokens and an EOS appended to the completion, a conversation through the
+//! model's chat template (prompt with the generation prompt; prompt + the assistant's turn) with
+//! none added, since the template writes them — and the completion starts where the tokenized
+//! prompt and the tokenized prompt+completion first differ, the same point for every completion of
+//! a prompt. So BPE merges across the seam and templates that render a prompt differently alone
+//! land where TRL puts them, and the completions of a pair share their prompt tokens exactly.
 //!
-//! Truncation, when `[bos] prompt completion [eos]` is longer than `max_length`: the prompt keeps
-//! its *end* (at least `max_prompt_length` tokens, more if the completion is short), the
-//! completion keeps its *start*, and `[bos]` stays first. Every truncation is counted.
+//! Truncation, when a sequence is longer than `max_length` ([`Truncation`]): by default the prompt
+//! keeps its *end* (at least `max_prompt_length` tokens, more if the completion is short), the
+//! completion keeps its *start*, and a leading BOS stays first; `keep-start` is TRL's rule (cut the
+//! sequence's end; a pair whose prompt alone fills `max_length` is dropped). Every cut is counted.
+//!
+//! [`Encoder::completion`] is the benchmark scorers' rule (lm-evaluation-harness's): one
+//! tokenization of `prompt + completion`, a token counting as completion when its text ends past
+//! the prompt.
 
+use serde::{Deserialize, Serialize};
+
+use super::chat::{ChatTemplate, Content};
 use super::tokenizer::{SpecialTokens, TextTokenizer};
 use crate::error::{Error, Result};
 
@@ -26,24 +37,49 @@ impl LmSequence {
     }
 }
 
+/// How sequences longer than `--max-length` are cut.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Truncation {
+    /// Keep the prompt's end (at least --max-prompt-length tokens) and the completion's start.
+    #[default]
+    PromptEnd,
+    /// TRL's `keep_start`: cut each sequence's end; a pair whose prompt alone fills --max-length
+    /// is dropped.
+    KeepStart,
+}
+
 /// How many encoded examples were cut to fit.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct TruncationStats {
     pub examples: usize,
     pub truncated: usize,
-    /// Tokens whose text straddles the prompt/completion seam (scored as completion).
+    /// Examples left out because the prompt alone fills `max_length` (keep-start truncation).
+    pub dropped: usize,
+    /// Examples whose tokenized prompt is not a prefix of the tokenized prompt+completion (tokens
+    /// merged across the seam, or a template rendering the prompt differently alone): their
+    /// completion starts where the two differ.
     pub boundary_merges: usize,
 }
 
 impl TruncationStats {
-    /// A one-line warning when anything was truncated.
+    /// A one-line warning when anything was truncated or dropped.
     pub fn warning(&self, what: &str, max_length: usize) -> Option<String> {
-        (self.truncated > 0).then(|| {
-            format!(
-                "warning: {} of {} examples in {what} were truncated to --max-length {max_length}",
+        let mut parts = Vec::new();
+        if self.truncated > 0 {
+            parts.push(format!(
+                "{} of {} examples in {what} were truncated to --max-length {max_length}",
                 self.truncated, self.examples
-            )
-        })
+            ));
+        }
+        if self.dropped > 0 {
+            parts.push(format!(
+                "{} examples in {what} were left out: their prompt alone fills --max-length \
+                 {max_length} (--truncation-mode keep-start)",
+                self.dropped
+            ));
+        }
+        (!parts.is_empty()).then(|| format!("warning: {}", parts.join("; ")))
     }
 }
 
@@ -52,6 +88,7 @@ pub struct Encoder<'a> {
     pub special: SpecialTokens,
     pub max_length: usize,
     pub max_prompt_length: usize,
+    pub truncation: Truncation,
 }
 
 impl<'a> Encoder<'a> {
@@ -75,11 +112,132 @@ impl<'a> Encoder<'a> {
             special: tokenizer.special(),
             max_length,
             max_prompt_length,
+            truncation: Truncation::default(),
         })
     }
 
-    /// `[bos] prompt completion [eos]` with the completion mask. `Ok(None)` means the completion
-    /// produced no tokens (the caller reports it at the example's origin).
+    /// One sequence per completion of `prompt`, by TRL's rule (see the module docs): the
+    /// completion starts where the tokenized prompt and each tokenized prompt+completion first
+    /// differ (the same point for all), plain completions end with EOS. `Ok(None)`: left out by
+    /// keep-start truncation. Errors name the problem; the caller adds where the example is.
+    pub fn prompted(
+        &self,
+        prompt: &Content,
+        completions: &[&Content],
+        chat: Option<&ChatTemplate>,
+        stats: &mut TruncationStats,
+    ) -> Result<Option<Vec<LmSequence>>> {
+        let (prompt_ids, full): (Vec<u32>, Vec<Vec<u32>>) = match prompt {
+            Content::Messages(messages) => {
+                let chat = chat.ok_or_else(|| {
+                    Error::input(
+                        "the prompt is a list of messages, but the model has no chat template \
+                         (GGUF tokenizer.chat_template, or chat_template in tokenizer_config.json)",
+                    )
+                })?;
+                let ids = |text: String| self.tokenizer.encode_ids(&text, false);
+                let full = completions
+                    .iter()
+                    .map(|completion| {
+                        let mut conversation = messages.clone();
+                        conversation.extend(completion.as_turns());
+                        ids(chat.render(&conversation, false)?)
+                    })
+                    .collect::<Result<_>>()?;
+                (ids(chat.render(messages, true)?)?, full)
+            }
+            Content::Text(prompt) => {
+                let eos_text = self.tokenizer.eos_text();
+                let full = completions
+                    .iter()
+                    .map(|completion| {
+                        let Content::Text(completion) = completion else {
+                            return Err(Error::input(
+                                "a completion is a list of messages but the prompt is plain text",
+                            ));
+                        };
+                        let mut text = format!("{prompt}{completion}");
+                        match (&eos_text, self.special.eos) {
+                            (Some(eos), _) if !completion.ends_with(eos.as_str()) => {
+                                text.push_str(eos)
+                            }
+                            (Some(_), _) | (None, None) => {}
+                            (None, Some(eos)) => {
+                                let mut ids = self.tokenizer.encode_ids(&text, true)?;
+                                ids.push(eos);
+                                return Ok(ids);
+                            }
+                        }
+                        self.tokenizer.encode_ids(&text, true)
+                    })
+                    .collect::<Result<_>>()?;
+                (self.tokenizer.encode_ids(prompt, true)?, full)
+            }
+        };
+        let shared = full
+            .iter()
+            .map(|ids| common_prefix_length(&prompt_ids, ids))
+            .min()
+            .unwrap_or(prompt_ids.len());
+        if shared < prompt_ids.len() {
+            stats.boundary_merges += 1;
+        }
+        if full.iter().any(|ids| ids.len() == shared) {
+            return Err(Error::input("a completion produced no tokens"));
+        }
+        stats.examples += full.len();
+        if self.truncation == Truncation::KeepStart && shared >= self.max_length {
+            stats.dropped += 1;
+            return Ok(None);
+        }
+        let sequences = full
+            .into_iter()
+            .map(|ids| self.truncated(ids, shared, stats))
+            .collect();
+        Ok(Some(sequences))
+    }
+
+    /// `ids` (the first `prompt` of them the prompt's) cut to `max_length` by `self.truncation`.
+    fn truncated(
+        &self,
+        mut ids: Vec<u32>,
+        prompt: usize,
+        stats: &mut TruncationStats,
+    ) -> LmSequence {
+        let mut prompt = prompt;
+        if ids.len() > self.max_length {
+            stats.truncated += 1;
+            match self.truncation {
+                Truncation::KeepStart => ids.truncate(self.max_length),
+                Truncation::PromptEnd => {
+                    let completion = ids.len() - prompt;
+                    // A leading BOS stays first.
+                    let lead = usize::from(prompt > 0 && Some(ids[0]) == self.special.bos);
+                    let budget = self.max_length - lead;
+                    // At least one completion token survives.
+                    let keep_prompt = (prompt - lead)
+                        .min(
+                            self.max_prompt_length
+                                .max(budget.saturating_sub(completion)),
+                        )
+                        .min(budget - 1);
+                    ids.drain(lead..prompt - keep_prompt);
+                    prompt = lead + keep_prompt;
+                    ids.truncate(self.max_length);
+                }
+            }
+        }
+        let mut completion = vec![false; prompt.min(ids.len())];
+        completion.resize(ids.len(), true);
+        LmSequence {
+            tokens: ids,
+            completion,
+        }
+    }
+
+    /// `[bos] prompt completion [eos]` with the completion mask, the boundary placed by text offset
+    /// (the benchmark scorers' rule; training uses [`Self::prompted`]). `Ok(None)` means the
+    /// completion produced no tokens (the caller reports it at the example's origin).
     pub fn completion(
         &self,
         prompt: &str,
@@ -199,4 +357,9 @@ impl<'a> Encoder<'a> {
         }
         Ok((ids, word_of, kept_words))
     }
+}
+
+/// How many leading tokens `a` and `b` share.
+fn common_prefix_length(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
 }

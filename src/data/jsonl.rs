@@ -35,13 +35,14 @@ impl Row {
         }
     }
 
-    /// A prompt: plain text, or (TRL's conversational format) a list of `{"role", "content"}`
-    /// messages, rendered later with the model's chat template.
-    pub fn prompt(&self, name: &str) -> Result<(String, Option<Vec<crate::data::chat::Message>>)> {
-        match self.fields.get(name) {
+    /// A prompt or completion: plain text, or (TRL's conversational format) a non-empty list of
+    /// `{"role", "content"}` messages, rendered later with the model's chat template.
+    pub fn content(&self, name: &str) -> Result<crate::data::chat::Content> {
+        use crate::data::chat::{Content, Message};
+        let content = match self.fields.get(name) {
             Some(Value::Array(items)) => {
-                let messages: Vec<crate::data::chat::Message> =
-                    serde_json::from_value(Value::Array(items.clone())).map_err(|e| {
+                let messages: Vec<Message> = serde_json::from_value(Value::Array(items.clone()))
+                    .map_err(|e| {
                         self.error(format!(
                             "field \"{name}\" must be text or a list of {{\"role\", \"content\"}} messages: {e}"
                         ))
@@ -51,10 +52,11 @@ impl Row {
                         self.error(format!("field \"{name}\" is an empty list of messages"))
                     );
                 }
-                Ok((String::new(), Some(messages)))
+                Content::Messages(messages)
             }
-            _ => Ok((self.string(name)?, None)),
-        }
+            _ => Content::Text(self.string(name)?),
+        };
+        Ok(content)
     }
 
     /// An optional group: a string or an integer, `null`/absent meaning "no group".

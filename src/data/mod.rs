@@ -10,6 +10,6 @@ pub mod records;
 pub mod sampler;
 pub mod tokenizer;
 
-pub use encode::{Encoder, LmSequence, TruncationStats};
+pub use encode::{Encoder, LmSequence, Truncation, TruncationStats};
 pub use records::{ClassifyExample, CompletionExample, GroupVocab, Origin, PreferenceExample};
 pub use tokenizer::TextTokenizer;

@@ -1,9 +1,9 @@
 //! Typed examples read from JSONL, and the group vocabulary that turns group names into ids.
 //!
 //! Formats (TRL's field names for preferences):
-//! - preference: `{"prompt", "chosen", "rejected"}` + optional `"group"`; the prompt may be a
-//!   list of `{"role", "content"}` messages (TRL's conversational format), rendered with the
-//!   model's chat template
+//! - preference: `{"prompt", "chosen", "rejected"}` + optional `"group"`; each may be a list of
+//!   `{"role", "content"}` messages (TRL's conversational format), rendered with the model's chat
+//!   template
 //! - classification: `{"text", "label"}` + optional `"group"`
 //! - LM fairness set: `{"prompt", "completion", "group"}` + optional `"label"` (for equalized odds)
 //! - classifier fairness set: `{"text", "group"}` + optional `"label"`
@@ -13,7 +13,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::chat::Message;
+use super::chat::Content;
 use super::jsonl::{self, Row};
 use crate::error::{Error, Result};
 
@@ -39,11 +39,9 @@ impl Origin {
 
 #[derive(Debug, Clone)]
 pub struct PreferenceExample {
-    pub prompt: String,
-    /// A conversational prompt, to be rendered into `prompt` by the model's chat template.
-    pub messages: Option<Vec<Message>>,
-    pub chosen: String,
-    pub rejected: String,
+    pub prompt: Content,
+    pub chosen: Content,
+    pub rejected: Content,
     pub group: Option<String>,
     pub origin: Origin,
 }
@@ -59,10 +57,8 @@ pub struct ClassifyExample {
 /// An LM fairness example: the score is computed on `completion` given `prompt`.
 #[derive(Debug, Clone)]
 pub struct CompletionExample {
-    pub prompt: String,
-    /// A conversational prompt, to be rendered into `prompt` by the model's chat template.
-    pub messages: Option<Vec<Message>>,
-    pub completion: String,
+    pub prompt: Content,
+    pub completion: Content,
     pub group: String,
     pub label: Option<usize>,
     pub origin: Origin,
@@ -72,21 +68,44 @@ pub fn read_preferences(path: &Path) -> Result<Vec<PreferenceExample>> {
     jsonl::read(path)?
         .iter()
         .map(|row| {
-            let (prompt, messages) = row.prompt("prompt")?;
             let example = PreferenceExample {
-                prompt,
-                messages,
-                chosen: row.string("chosen")?,
-                rejected: row.string("rejected")?,
+                prompt: row.content("prompt")?,
+                chosen: row.content("chosen")?,
+                rejected: row.content("rejected")?,
                 group: row.group()?,
                 origin: Origin::of(row),
             };
-            if example.chosen.is_empty() || example.rejected.is_empty() {
+            if is_empty(&example.chosen) || is_empty(&example.rejected) {
                 return Err(row.error("\"chosen\" and \"rejected\" must not be empty"));
             }
+            check_forms(
+                row,
+                &example.prompt,
+                &[("chosen", &example.chosen), ("rejected", &example.rejected)],
+            )?;
             Ok(example)
         })
         .collect()
+}
+
+fn is_empty(content: &Content) -> bool {
+    matches!(content, Content::Text(text) if text.is_empty())
+}
+
+/// A conversational completion needs a conversational prompt (a text completion may follow a
+/// conversational prompt: it is the assistant's turn).
+fn check_forms(row: &Row, prompt: &Content, completions: &[(&str, &Content)]) -> Result<()> {
+    if let Content::Text(_) = prompt
+        && let Some((name, _)) = completions
+            .iter()
+            .find(|(_, c)| matches!(c, Content::Messages(_)))
+    {
+        return Err(row.error(format!(
+            "\"{name}\" is a list of messages but \"prompt\" is plain text: give the prompt as \
+             messages too (TRL's conversational format), or both as text"
+        )));
+    }
+    Ok(())
 }
 
 /// Classification rows; `require_label` is false only for fairness-only sets.
@@ -127,14 +146,14 @@ pub fn read_completions(path: &Path) -> Result<Vec<CompletionExample>> {
             let group = row
                 .group()?
                 .ok_or_else(|| row.error("missing field \"group\""))?;
-            let completion = row.string("completion")?;
-            if completion.is_empty() {
+            let completion = row.content("completion")?;
+            if is_empty(&completion) {
                 return Err(row.error("\"completion\" must not be empty"));
             }
-            let (prompt, messages) = row.prompt("prompt")?;
+            let prompt = row.content("prompt")?;
+            check_forms(row, &prompt, &[("completion", &completion)])?;
             Ok(CompletionExample {
                 prompt,
-                messages,
                 completion,
                 group,
                 label: row.label()?,

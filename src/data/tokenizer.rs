@@ -1,15 +1,20 @@
 //! Text → token ids: a Hugging Face `tokenizer.json` through the `tokenizers` crate, or the
 //! built-in byte-level tokenizer the tiny presets use when no tokenizer is given.
 //!
-//! Encoding returns each token's *end* in characters, which is how `encode` draws the exact
-//! prompt/completion boundary from a single tokenization of `prompt + completion`.
+//! Which special tokens encoding adds is the tokenizer's own rule, as in transformers 5: the
+//! tokenizer.json post-processor (a `TemplateProcessing` that puts `<s>` first, BERT's
+//! `[CLS] … [SEP]`, or nothing), for GGUF files the `tokenizer.ggml.add_bos_token` /
+//! `add_eos_token` flags written into that post-processor; and a BOS is never added in front of a
+//! text that already starts with one. `encode` (no special tokens) also returns each token's *end*
+//! in characters, for the scorers that place the prompt/completion boundary by text offset.
 
 use std::path::Path;
 
 use crate::error::{Error, Result};
 
-/// Ids of the special tokens we place ourselves (we never let the tokenizer add them, so the
-/// layout — `[bos] prompt completion [eos]`, `[cls] text [sep]` — is the same for every tokenizer).
+/// The special tokens a tokenizer names. `bos` is the token the model files call beginning of
+/// sequence (what chat templates and benchmarks' scoring prefix refer to), whether or not encoding
+/// adds it; `cls` / `sep` are placed by the classification encoders.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SpecialTokens {
     pub pad: u32,
@@ -80,21 +85,12 @@ impl TextTokenizer {
         let origin = format!("{} (tokenizer metadata)", gguf.path.display());
         let tokenizer = tokenizers::Tokenizer::from_bytes(json.to_string().as_bytes())
             .map_err(|e| Error::input(format!("{origin}: cannot build the tokenizer: {e}")))?;
-        let adds_bos = gguf
-            .get("tokenizer.ggml.add_bos_token")
-            .is_none_or(|v| *v == crate::model::gguf::Value::Bool(true));
         let named_tokens = NamedTokens {
-            bos: gguf.special_token("bos").filter(|_| adds_bos),
+            bos: gguf.special_token("bos"),
             eos: gguf.special_token("eos"),
             pad: gguf.special_token("padding"),
         };
-        let mut built = Self::new(tokenizer, named_tokens, &origin)?;
-        if let TextTokenizer::Hf { special, .. } = &mut built
-            && !adds_bos
-        {
-            special.bos = None;
-        }
-        Ok(built)
+        Self::new(tokenizer, named_tokens, &origin)
     }
 
     fn new(
@@ -124,7 +120,8 @@ impl TextTokenizer {
                 .or_else(|| find(&["<pad>", "[PAD]", "<|pad|>"]))
                 .or(eos)
                 .unwrap_or(0),
-            bos: id(&named_tokens.bos).or_else(|| find(&["<s>", "<|begin_of_text|>", "<bos>"])),
+            // Only a named BOS: transformers does not guess one either.
+            bos: id(&named_tokens.bos),
             eos,
             cls: find(&["[CLS]", "<cls>"]),
             sep: find(&["[SEP]", "<sep>"]),
@@ -202,6 +199,42 @@ impl TextTokenizer {
                     .filter_map(|(&id, word)| word.map(|w| (id, w as usize)))
                     .collect())
             }
+        }
+    }
+
+    /// Token ids of `text`. With `add_special_tokens`, the tokenizer's own special tokens are
+    /// added (its post-processor; the built-in tokenizer puts `<bos>` first), except a BOS in
+    /// front of a text whose first token already is that BOS.
+    pub fn encode_ids(&self, text: &str, add_special_tokens: bool) -> Result<Vec<u32>> {
+        let mut ids = match self {
+            TextTokenizer::Bytes => {
+                let bos = self.special().bos.filter(|_| add_special_tokens);
+                bos.into_iter()
+                    .chain(text.bytes().map(|b| BYTE_OFFSET + u32::from(b)))
+                    .collect()
+            }
+            TextTokenizer::Hf { tokenizer, .. } => tokenizer
+                .encode_fast(text, add_special_tokens)
+                .map_err(|e| Error::runtime(format!("tokenizer failed: {e}")))?
+                .get_ids()
+                .to_vec(),
+        };
+        if let Some(bos) = self.special().bos
+            && add_special_tokens
+            && ids.len() >= 2
+            && ids[0] == bos
+            && ids[1] == bos
+        {
+            ids.remove(0);
+        }
+        Ok(ids)
+    }
+
+    /// The end-of-sequence token as text (what TRL appends to plain completions), if it has one.
+    pub fn eos_text(&self) -> Option<String> {
+        match self {
+            TextTokenizer::Bytes => None,
+            TextTokenizer::Hf { tokenizer, special } => tokenizer.id_to_token(special.eos?),
         }
     }
 

@@ -720,8 +720,7 @@ impl Gguf {
             "added_tokens": added,
             "normalizer": null,
             "pre_tokenizer": pre,
-            "post_processor": {"type": "ByteLevel", "add_prefix_space": true,
-                               "trim_offsets": false, "use_regex": true},
+            "post_processor": self.post_processor(&tokens),
             "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true,
                         "use_regex": true},
             "model": {"type": "BPE", "dropout": null, "unk_token": null,
@@ -729,6 +728,50 @@ impl Gguf {
                       "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
                       "vocab": vocab, "merges": merges},
         }))
+    }
+
+    /// The post-processor: byte-level offsets, then the special tokens that
+    /// `tokenizer.ggml.add_bos_token` / `add_eos_token` ask for (absent: none, as transformers reads
+    /// a byte-level BPE GGUF).
+    fn post_processor(&self, tokens: &[&str]) -> serde_json::Value {
+        use serde_json::json;
+        let byte_level = json!({"type": "ByteLevel", "add_prefix_space": true,
+                                "trim_offsets": false, "use_regex": true});
+        let special = |flag: &str, key: &str| {
+            let wanted = self.get(flag) == Some(&Value::Bool(true));
+            let id = self
+                .get(&format!("tokenizer.ggml.{key}_token_id"))?
+                .as_u64()?;
+            let token = tokens.get(id as usize)?;
+            wanted.then(|| (token.to_string(), id))
+        };
+        let bos = special("tokenizer.ggml.add_bos_token", "bos");
+        let eos = special("tokenizer.ggml.add_eos_token", "eos");
+        if bos.is_none() && eos.is_none() {
+            return byte_level;
+        }
+        let token = |t: &(String, u64)| json!({"SpecialToken": {"id": t.0, "type_id": 0}});
+        let sequence = |name: &str| json!({"Sequence": {"id": name, "type_id": 0}});
+        let mut single = Vec::new();
+        single.extend(bos.iter().map(token));
+        single.push(sequence("A"));
+        single.extend(eos.iter().map(token));
+        let mut pair = single.clone();
+        pair.extend(bos.iter().map(token));
+        pair.push(sequence("B"));
+        pair.extend(eos.iter().map(token));
+        let special_tokens: serde_json::Map<String, serde_json::Value> = bos
+            .iter()
+            .chain(eos.iter())
+            .map(|(text, id)| {
+                (
+                    text.clone(),
+                    json!({"id": text, "ids": [id], "tokens": [text]}),
+                )
+            })
+            .collect();
+        json!({"type": "Sequence", "processors": [byte_level, {"type": "TemplateProcessing",
+               "single": single, "pair": pair, "special_tokens": special_tokens}]})
     }
 
     /// `tokenizer.chat_template`, if the file has one.

@@ -311,7 +311,9 @@ pub fn load_llama_from(
     }
 }
 
-/// The model's chat template: GGUF metadata, or `chat_template` in tokenizer_config.json.
+/// The model's chat template: GGUF metadata; for a directory, `chat_template.jinja` (which
+/// transformers 5 writes, and which takes priority, as there), else `chat_template` in
+/// tokenizer_config.json (a string, or a list of named templates: the one named "default").
 pub fn chat_template(source: &ModelSource) -> Result<Option<String>> {
     let dir = match source {
         ModelSource::Gguf(file) => {
@@ -323,6 +325,12 @@ pub fn chat_template(source: &ModelSource) -> Result<Option<String>> {
         ModelSource::ConfigFile(file) => file.parent().map(Path::to_path_buf).unwrap_or_default(),
         ModelSource::Preset(_) => return Ok(None),
     };
+    let jinja = dir.join("chat_template.jinja");
+    if jinja.exists() {
+        return std::fs::read_to_string(&jinja)
+            .map(Some)
+            .map_err(|e| Error::input(format!("{}: cannot read: {e}", jinja.display())));
+    }
     let Ok(text) = std::fs::read_to_string(dir.join("tokenizer_config.json")) else {
         return Ok(None);
     };
@@ -332,10 +340,16 @@ pub fn chat_template(source: &ModelSource) -> Result<Option<String>> {
             dir.join("tokenizer_config.json").display()
         ))
     })?;
-    Ok(value
-        .get("chat_template")
-        .and_then(|v| v.as_str())
-        .map(String::from))
+    let template = match value.get("chat_template") {
+        Some(serde_json::Value::String(template)) => Some(template.clone()),
+        Some(serde_json::Value::Array(named)) => named
+            .iter()
+            .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
+            .and_then(|t| t.get("template")?.as_str())
+            .map(String::from),
+        _ => None,
+    };
+    Ok(template)
 }
 
 /// Parse a Hugging Face config.json, naming the problem when it does not fit.

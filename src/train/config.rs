@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::checkpoint;
 use super::schedule::Decay;
-use crate::data::GroupVocab;
+use crate::data::{GroupVocab, Truncation};
 use crate::device::BackendChoice;
 use crate::error::{Error, Result};
 use crate::model::lora::LoraSettings;
@@ -50,6 +50,9 @@ pub struct TrainConfig {
     pub seed: u64,
     pub max_length: usize,
     pub max_prompt_length: usize,
+    /// How a dpo sequence longer than `max_length` is cut.
+    #[serde(default)]
+    pub truncation: Truncation,
 
     pub dpo: DpoConfig,
     /// Train LoRA adapters instead of every weight (`None`: full fine-tuning).
@@ -100,6 +103,7 @@ impl TrainConfig {
             seed: 42,
             max_length: 256,
             max_prompt_length: 128,
+            truncation: Truncation::default(),
             dpo: DpoConfig::default(),
             lora: None,
             reference_cache: None,

@@ -145,87 +145,58 @@ pub fn sequence_logps(
     (sums, counts, batch.num_tokens)
 }
 
-/// Render a conversational prompt with the model's chat template (plain prompts pass through).
-fn render_prompt(
-    prompt: &mut String,
-    messages: &Option<Vec<crate::data::chat::Message>>,
-    chat: Option<&ChatTemplate>,
-    origin: &Origin,
-) -> Result<()> {
-    if let Some(messages) = messages {
-        let chat = chat.ok_or_else(|| {
-            origin.error(
-                "the prompt is a list of messages, but the model has no chat template \
-                 (GGUF tokenizer.chat_template, or chat_template in tokenizer_config.json)",
-            )
-        })?;
-        *prompt = chat.render(messages, true).map_err(|e| origin.error(e))?;
-    }
-    Ok(())
-}
-
-fn read_preferences(path: &Path, chat: Option<&ChatTemplate>) -> Result<Vec<PreferenceExample>> {
-    let mut rows = records::read_preferences(path)?;
-    for row in &mut rows {
-        render_prompt(&mut row.prompt, &row.messages, chat, &row.origin)?;
-    }
-    Ok(rows)
-}
-
-fn read_completions(path: &Path, chat: Option<&ChatTemplate>) -> Result<Vec<CompletionExample>> {
-    let mut rows = records::read_completions(path)?;
-    for row in &mut rows {
-        render_prompt(&mut row.prompt, &row.messages, chat, &row.origin)?;
-    }
-    Ok(rows)
-}
-
 fn encode_pairs(
     encoder: &Encoder,
     examples: &[PreferenceExample],
+    chat: Option<&ChatTemplate>,
     groups: &GroupVocab,
     stats: &mut TruncationStats,
 ) -> Result<Vec<Pair>> {
-    examples
-        .iter()
-        .map(|ex| {
-            let encode = |completion: &str, stats: &mut TruncationStats| {
-                encoder
-                    .completion(&ex.prompt, completion, stats)?
-                    .ok_or_else(|| ex.origin.error("a completion produced no tokens"))
-            };
-            let group = match &ex.group {
-                Some(name) => groups.id_at(name, &ex.origin)? as i64,
-                None => -1,
-            };
-            Ok(Pair {
-                chosen: encode(&ex.chosen, stats)?,
-                rejected: encode(&ex.rejected, stats)?,
+    let mut pairs = Vec::with_capacity(examples.len());
+    for ex in examples {
+        let group = match &ex.group {
+            Some(name) => groups.id_at(name, &ex.origin)? as i64,
+            None => -1,
+        };
+        let encoded = encoder
+            .prompted(&ex.prompt, &[&ex.chosen, &ex.rejected], chat, stats)
+            .map_err(|e| ex.origin.error(e))?;
+        // None: left out by keep-start truncation (counted in `stats`).
+        if let Some(mut sequences) = encoded {
+            let rejected = sequences.pop().expect("two completions");
+            let chosen = sequences.pop().expect("two completions");
+            pairs.push(Pair {
+                chosen,
+                rejected,
                 group,
-            })
-        })
-        .collect()
+            });
+        }
+    }
+    Ok(pairs)
 }
 
 fn encode_completions(
     encoder: &Encoder,
     examples: &[CompletionExample],
+    chat: Option<&ChatTemplate>,
     groups: &GroupVocab,
     stats: &mut TruncationStats,
 ) -> Result<Vec<Scored>> {
-    examples
-        .iter()
-        .map(|ex| {
-            let sequence = encoder
-                .completion(&ex.prompt, &ex.completion, stats)?
-                .ok_or_else(|| ex.origin.error("the completion produced no tokens"))?;
-            Ok(Scored {
+    let mut scored = Vec::with_capacity(examples.len());
+    for ex in examples {
+        let group = groups.id_at(&ex.group, &ex.origin)? as i64;
+        let encoded = encoder
+            .prompted(&ex.prompt, &[&ex.completion], chat, stats)
+            .map_err(|e| ex.origin.error(e))?;
+        if let Some(sequence) = encoded.and_then(|mut s| s.pop()) {
+            scored.push(Scored {
                 sequence,
-                group: groups.id_at(&ex.group, &ex.origin)? as i64,
+                group,
                 label: ex.label.map(|l| l as i64),
-            })
-        })
-        .collect()
+            });
+        }
+    }
+    Ok(scored)
 }
 
 fn warn(stats: &TruncationStats, what: &Path, max_length: usize) {
@@ -264,15 +235,16 @@ impl DpoTask {
         };
         config.check_max_length(arch.max_position_embeddings)?;
         let tokenizer_files = TokenizerFiles::of(&tokenizer, &source)?;
-        let encoder = Encoder::new(&tokenizer, config.max_length, config.max_prompt_length)?;
+        let mut encoder = Encoder::new(&tokenizer, config.max_length, config.max_prompt_length)?;
+        encoder.truncation = config.truncation;
 
         let chat = tokenizer_files.chat_template()?;
         let chat = chat.as_ref();
-        let train_examples = read_preferences(&config.train, chat)?;
+        let train_examples = records::read_preferences(&config.train)?;
         let fairness_examples = config
             .fairness_data
             .as_deref()
-            .map(|path| read_completions(path, chat))
+            .map(records::read_completions)
             .transpose()?;
         let groups = match &fairness_examples {
             Some(rows) => GroupVocab::from_names(rows.iter().map(|r| r.group.as_str())),
@@ -282,7 +254,7 @@ impl DpoTask {
         };
 
         let mut stats = TruncationStats::default();
-        let train = encode_pairs(&encoder, &train_examples, &groups, &mut stats)?;
+        let train = encode_pairs(&encoder, &train_examples, chat, &groups, &mut stats)?;
         warn(&stats, &config.train, config.max_length);
 
         let eo = config.fairness == FairnessKind::Eo;
@@ -291,7 +263,7 @@ impl DpoTask {
             Some(rows) => {
                 let path = config.fairness_data.as_deref().expect("set");
                 let mut stats = TruncationStats::default();
-                let examples = encode_completions(&encoder, &rows, &groups, &mut stats)?;
+                let examples = encode_completions(&encoder, &rows, chat, &groups, &mut stats)?;
                 warn(&stats, path, config.max_length);
                 if eo {
                     let labels: Vec<_> = rows
@@ -316,9 +288,9 @@ impl DpoTask {
 
         let eval = match &config.eval {
             Some(path) => {
-                let rows = read_preferences(path, chat)?;
+                let rows = records::read_preferences(path)?;
                 let mut stats = TruncationStats::default();
-                let pairs = encode_pairs(&encoder, &rows, &groups, &mut stats)?;
+                let pairs = encode_pairs(&encoder, &rows, chat, &groups, &mut stats)?;
                 warn(&stats, path, config.max_length);
                 pairs
             }
@@ -327,9 +299,9 @@ impl DpoTask {
 
         let explicit = match &config.fairness_eval {
             Some(path) => {
-                let rows = read_completions(path, chat)?;
+                let rows = records::read_completions(path)?;
                 let mut stats = TruncationStats::default();
-                let examples = encode_completions(&encoder, &rows, &groups, &mut stats)?;
+                let examples = encode_completions(&encoder, &rows, chat, &groups, &mut stats)?;
                 warn(&stats, path, config.max_length);
                 if let Some(n) = num_labels {
                     let labels: Vec<_> = rows
@@ -381,6 +353,16 @@ impl DpoTask {
             reference: None,
             cached: None,
         })
+    }
+
+    /// The encoded training pairs (chosen, rejected), in file order.
+    pub fn train_pairs(&self) -> impl Iterator<Item = (&LmSequence, &LmSequence)> {
+        self.train.iter().map(|p| (&p.chosen, &p.rejected))
+    }
+
+    /// The padding token id batches use.
+    pub fn pad(&self) -> u32 {
+        self.pad
     }
 
     /// Summed completion log-probs and token counts of `sequences` under `model`.

@@ -18,7 +18,7 @@ pub mod ner;
 pub mod schedule;
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use web_time::Instant;
 
 use burn::module::{Module, ModuleVisitor, Param};
@@ -195,6 +195,52 @@ pub(crate) fn export_run<M: Module, N: Module>(
         )?;
     }
     crate::model::export::save_hf(merged, arch, head, tokenizer.export(), &out.join("hf"))
+}
+
+/// `fairtune export`: the causal LM that `model` names (GGUF, Hugging Face directory, config,
+/// preset, fetched name) written as a Hugging Face directory at `out` — fp32 safetensors,
+/// config.json, tokenizer.json, tokenizer_config.json — that transformers' `from_pretrained` loads.
+/// A GGUF file's weights come out dequantized. Returns a one-line summary.
+pub fn export_model(model: &str, tokenizer: Option<PathBuf>, out: &Path) -> Result<String> {
+    if out.exists() {
+        return Err(Error::input(format!(
+            "--out {}: already exists; name a new directory",
+            out.display()
+        )));
+    }
+    let mut config = TrainConfig::new(Task::Dpo, PathBuf::new(), model.to_string(), out.into());
+    config.tokenizer = tokenizer;
+    let source = crate::model::locate(model)?;
+    let tokenizer = load_tokenizer(&config, &source)?;
+    let crate::model::ArchConfig::Llama(arch) = source.arch(tokenizer.vocab_size())? else {
+        return Err(Error::input(format!(
+            "--model {model}: export writes causal LMs (llama); a BERT model is already a \
+             Hugging Face directory"
+        )));
+    };
+    let device = Device::flex();
+    let weights = match crate::model::load_llama_from(&source, &device)? {
+        Some((weights, report)) => {
+            report_load(&report);
+            weights
+        }
+        None => arch.init(&device),
+    };
+    let files = TokenizerFiles::of(&tokenizer, &source)?;
+    let arch = crate::model::ArchConfig::Llama(arch);
+    crate::model::export::save_hf(
+        &weights,
+        &arch,
+        &crate::model::export::ExportHead::CausalLm,
+        files.export(),
+        out,
+    )?;
+    Ok(format!(
+        "{}: LlamaForCausalLM, {} parameters (fp32), {}",
+        out.display(),
+        weights.num_params(),
+        tokenizer.describe()
+    ))
 }
 
 /// Say what loading pretrained weights left out or started fresh.

@@ -1,7 +1,8 @@
 //! Data: line-numbered errors, the exact prompt/completion boundary, truncation.
 
+use fairtune::data::chat::{ChatTemplate, Content, Message};
 use fairtune::data::records::{read_completions, read_preferences};
-use fairtune::data::{Encoder, TextTokenizer, TruncationStats};
+use fairtune::data::{Encoder, TextTokenizer, Truncation, TruncationStats};
 
 use crate::common::write;
 
@@ -33,7 +34,7 @@ fn errors_name_file_and_line() {
     );
     let error = read_completions(&path).unwrap_err().to_string();
     assert!(
-        error.contains(":1: field \"completion\" is a list"),
+        error.contains(":1: field \"completion\" must be text or a list of"),
         "{error}"
     );
 
@@ -44,7 +45,21 @@ fn errors_name_file_and_line() {
         "{\"prompt\":[{\"role\":\"user\",\"content\":\"Hi\"}],\"chosen\":\"a\",\"rejected\":\"b\"}\n",
     );
     let rows = read_preferences(&path).unwrap();
-    assert_eq!(rows[0].messages.as_ref().unwrap()[0].content, "Hi");
+    let Content::Messages(messages) = &rows[0].prompt else {
+        panic!("a conversational prompt")
+    };
+    assert_eq!(messages[0].content, "Hi");
+    // TRL's conversational completions are the assistant's turn; they need a conversational prompt.
+    let path = write(
+        dir.path(),
+        "mixed.jsonl",
+        "{\"prompt\":\"Hi\",\"chosen\":[{\"role\":\"assistant\",\"content\":\"a\"}],\"rejected\":\"b\"}\n",
+    );
+    let error = read_preferences(&path).unwrap_err().to_string();
+    assert!(
+        error.contains(":1: \"chosen\" is a list of messages but \"prompt\" is plain text"),
+        "{error}"
+    );
     let path = write(
         dir.path(),
         "badchat.jsonl",
@@ -111,36 +126,161 @@ fn truncation_keeps_the_prompt_end_and_the_completion_start() {
     );
 }
 
-/// A BPE tokenizer that merges across the seam: the merged token is scored as completion.
-#[test]
-fn bpe_merge_across_the_boundary_counts_as_completion() {
-    let dir = crate::common::tempdir();
-    // Vocabulary: single letters and one merge "ab".
+/// A BPE tokenizer (single letters, one merge "ab", `</s>`) with the post-processor `post`.
+fn ab_tokenizer(dir: &std::path::Path, post: serde_json::Value) -> TextTokenizer {
+    let special = |id: u32, content: &str| {
+        serde_json::json!({"id": id, "content": content, "single_word": false, "lstrip": false,
+                           "rstrip": false, "normalized": false, "special": true})
+    };
     let json = serde_json::json!({
         "version": "1.0",
         "truncation": null,
         "padding": null,
-        "added_tokens": [{"id": 0, "content": "<pad>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true},
-                          {"id": 1, "content": "<s>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true},
-                          {"id": 2, "content": "</s>", "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}],
+        "added_tokens": [special(0, "<pad>"), special(1, "<s>"), special(2, "</s>")],
         "normalizer": null,
         "pre_tokenizer": null,
-        "post_processor": null,
+        "post_processor": post,
         "decoder": null,
         "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
                   "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
                   "vocab": {"<pad>": 0, "<s>": 1, "</s>": 2, "a": 3, "b": 4, "c": 5, "ab": 6},
                   "merges": [["a", "b"]]}
     });
-    let path = write(dir.path(), "tokenizer.json", &json.to_string());
-    let tokenizer = TextTokenizer::from_file(&path).unwrap();
+    write(
+        dir,
+        "tokenizer_config.json",
+        r#"{"bos_token": "<s>", "eos_token": "</s>"}"#,
+    );
+    TextTokenizer::from_file(&write(dir, "tokenizer.json", &json.to_string())).unwrap()
+}
+
+/// `<s> $A`, as Llama-2's tokenizer.json has it.
+fn adds_bos() -> serde_json::Value {
+    serde_json::json!({"type": "TemplateProcessing",
+        "single": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+        "pair": [{"SpecialToken": {"id": "<s>", "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                 {"Sequence": {"id": "B", "type_id": 1}}],
+        "special_tokens": {"<s>": {"id": "<s>", "ids": [1], "tokens": ["<s>"]}}})
+}
+
+fn text(value: &str) -> Content {
+    Content::Text(value.to_string())
+}
+
+/// TRL's rule: a BPE merge across the seam makes the tokenized prompt no prefix of the tokenized
+/// prompt+completion, and the completion starts where they differ — the merged token is scored.
+#[test]
+fn bpe_merge_across_the_boundary_counts_as_completion() {
+    let dir = crate::common::tempdir();
+    let tokenizer = ab_tokenizer(dir.path(), serde_json::Value::Null);
     let encoder = Encoder::new(&tokenizer, 32, 8).unwrap();
     let mut stats = TruncationStats::default();
-    // "ca" + "bc" tokenizes as c, ab, c: the "ab" token straddles the seam.
-    let sequence = encoder.completion("ca", "bc", &mut stats).unwrap().unwrap();
-    assert_eq!(sequence.tokens, [1, 5, 6, 5, 2]);
-    assert_eq!(sequence.completion, [false, false, true, true, true]);
+    // "ca" alone is c, a; "cabc</s>" is c, ab, c, </s>: they agree on the first token only.
+    let sequences = encoder
+        .prompted(&text("ca"), &[&text("bc")], None, &mut stats)
+        .unwrap()
+        .unwrap();
+    assert_eq!(sequences[0].tokens, [5, 6, 5, 2]);
+    assert_eq!(sequences[0].completion, [false, true, true, true]);
     assert_eq!(stats.boundary_merges, 1);
+}
+
+/// Chosen and rejected start their completions at the same point (the shorter shared prefix),
+/// so the two share their prompt tokens exactly; a completion that already ends with the EOS
+/// text gets no second one (TRL's `add_eos`).
+#[test]
+fn completions_of_a_prompt_share_its_tokens() {
+    let dir = crate::common::tempdir();
+    let tokenizer = ab_tokenizer(dir.path(), serde_json::Value::Null);
+    let encoder = Encoder::new(&tokenizer, 32, 8).unwrap();
+    let mut stats = TruncationStats::default();
+    let sequences = encoder
+        .prompted(
+            &text("ca"),
+            &[&text("bc"), &text("c</s>")],
+            None,
+            &mut stats,
+        )
+        .unwrap()
+        .unwrap();
+    assert_eq!(sequences[0].tokens, [5, 6, 5, 2]);
+    assert_eq!(sequences[1].tokens, [5, 3, 5, 2]);
+    assert_eq!(sequences[0].completion, sequences[1].completion);
+    assert_eq!((stats.examples, stats.boundary_merges), (2, 1));
+}
+
+/// The tokenizer's post-processor decides the BOS of plain text, and a BOS is never put in front
+/// of a text that already starts with one; a chat template writes its own and gets none added.
+#[test]
+fn bos_comes_from_the_tokenizer_and_is_never_doubled() {
+    let dir = crate::common::tempdir();
+    let tokenizer = ab_tokenizer(dir.path(), adds_bos());
+    assert_eq!(tokenizer.encode_ids("ab", true).unwrap(), [1, 6]);
+    assert_eq!(tokenizer.encode_ids("<s>ab", true).unwrap(), [1, 6]);
+    assert_eq!(tokenizer.encode_ids("ab", false).unwrap(), [6]);
+    let encoder = Encoder::new(&tokenizer, 32, 8).unwrap();
+    let mut stats = TruncationStats::default();
+    let plain = encoder
+        .prompted(&text("<s>c"), &[&text("ab")], None, &mut stats)
+        .unwrap()
+        .unwrap();
+    assert_eq!(plain[0].tokens, [1, 5, 6, 2]);
+    let template = ChatTemplate::new(
+        "{{ bos_token }}{% for m in messages %}{{ m['content'] }}</s>{% endfor %}",
+        "<s>",
+        "</s>",
+    )
+    .unwrap();
+    let prompt = Content::Messages(vec![Message {
+        role: "user".into(),
+        content: "c".into(),
+    }]);
+    let chat = encoder
+        .prompted(&prompt, &[&text("ab")], Some(&template), &mut stats)
+        .unwrap()
+        .unwrap();
+    // <s> c </s> | ab </s>: one BOS, the template's; the turn's end token is the template's too.
+    assert_eq!(chat[0].tokens, [1, 5, 2, 6, 2]);
+    assert_eq!(chat[0].completion, [false, false, false, true, true]);
+}
+
+/// TRL's keep-start truncation cuts every sequence's end and leaves out pairs whose prompt alone
+/// fills max_length; the default keeps the prompt's end and the completion's start.
+#[test]
+fn keep_start_truncation_is_trls() {
+    let tokenizer = TextTokenizer::Bytes;
+    let mut encoder = Encoder::new(&tokenizer, 10, 4).unwrap();
+    encoder.truncation = Truncation::KeepStart;
+    let mut stats = TruncationStats::default();
+    // <bos> + 6 prompt bytes + 8 completion bytes + <eos> = 16 > 10: the end goes.
+    let cut = encoder
+        .prompted(&text("012345"), &[&text("abcdefgh")], None, &mut stats)
+        .unwrap()
+        .unwrap();
+    assert_eq!(cut[0].tokens.len(), 10);
+    assert_eq!(cut[0].tokens[..2], [1, 8 + u32::from(b'0')]);
+    assert_eq!(cut[0].completion_tokens(), 3);
+    let dropped = encoder
+        .prompted(&text("0123456789"), &[&text("ab")], None, &mut stats)
+        .unwrap();
+    assert!(dropped.is_none());
+    assert_eq!((stats.truncated, stats.dropped), (1, 1));
+    assert!(
+        stats
+            .warning("x.jsonl", 10)
+            .unwrap()
+            .contains("1 examples in x.jsonl were left out")
+    );
+
+    encoder.truncation = Truncation::PromptEnd;
+    let kept = encoder
+        .prompted(&text("0123456789"), &[&text("ab")], None, &mut stats)
+        .unwrap()
+        .unwrap();
+    // <bos> stays first; the prompt keeps its end, the completion (a, b, <eos>) stays whole.
+    assert_eq!(kept[0].tokens.len(), 10);
+    assert_eq!(kept[0].tokens[0], 1);
+    assert_eq!(kept[0].completion_tokens(), 3);
 }
 
 /// Fetches of one asset at the same time (tests do this) all succeed: one converts, the others

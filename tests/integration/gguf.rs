@@ -237,8 +237,14 @@ fn smollm2_gguf_tokenizer_and_chat_template_match_transformers() {
     assert_eq!(digits.len(), 4);
     let special = tokenizer.encode("<|im_start|>user").unwrap();
     assert_eq!(special[0].id, 1);
+    // The BOS transformers names (`<|im_start|>`), which encoding does not add: the file says
+    // add_bos_token = false, so the post-processor adds nothing.
     let tokens = tokenizer.special();
-    assert_eq!((tokens.bos, tokens.eos, tokens.pad), (None, Some(2), 2));
+    assert_eq!((tokens.bos, tokens.eos, tokens.pad), (Some(1), Some(2), 2));
+    assert_eq!(
+        tokenizer.encode_ids("Hi", true).unwrap(),
+        tokenizer.encode_ids("Hi", false).unwrap()
+    );
 
     let template =
         ChatTemplate::new(gguf.chat_template().unwrap(), "<|im_start|>", "<|im_end|>").unwrap();

@@ -20,3 +20,4 @@ mod ner;
 mod parity;
 mod playground;
 mod train;
+mod trl_parity;
