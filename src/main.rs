@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use fairtune::data::Truncation;
+use fairtune::data::sampler::DataOrder;
 use fairtune::device::{self, BackendChoice};
 use fairtune::model::lora::{LoraSettings, LoraTarget};
 use fairtune::objective::{DpoConfig, DpoLossKind, FairnessKind, FairnessScore};
@@ -167,6 +168,9 @@ struct TrainArgs {
     positive_class: usize,
     #[arg(long, default_value_t = 42)]
     seed: u64,
+    /// The order training walks its examples in: shuffled every epoch, or file order.
+    #[arg(long, value_enum, default_value = "shuffled")]
+    data_order: DataOrder,
     /// Longest sequence in tokens (prompt + completion for dpo).
     #[arg(long, default_value_t = 256)]
     max_length: usize,
@@ -208,6 +212,7 @@ impl TrainArgs {
         config.weight_decay = self.weight_decay;
         config.max_grad_norm = self.max_grad_norm;
         config.seed = self.seed;
+        config.data_order = self.data_order;
         config.max_length = self.max_length;
         config.max_prompt_length = self.max_prompt_length;
         config.truncation = self.truncation_mode;

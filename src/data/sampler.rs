@@ -6,6 +6,18 @@
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
+use serde::{Deserialize, Serialize};
+
+/// The order in which training walks its examples.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DataOrder {
+    /// A fresh permutation every epoch (from the seed).
+    #[default]
+    Shuffled,
+    /// File order, every epoch (transformers' `train_sampling_strategy="sequential"`).
+    Sequential,
+}
 
 /// An endless stream of epochs, each a fresh permutation of `0..len`; step `s` takes items
 /// `[s·batch, (s+1)·batch)` of that stream (batches may straddle an epoch boundary).
@@ -13,6 +25,7 @@ use rand::seq::SliceRandom;
 pub struct EpochSampler {
     len: usize,
     seed: u64,
+    order: DataOrder,
     cached_epoch: Option<(usize, Vec<usize>)>,
 }
 
@@ -22,15 +35,24 @@ impl EpochSampler {
         Self {
             len,
             seed,
+            order: DataOrder::Shuffled,
             cached_epoch: None,
         }
+    }
+
+    pub fn with_order(mut self, order: DataOrder) -> Self {
+        self.order = order;
+        self.cached_epoch = None;
+        self
     }
 
     fn permutation(&mut self, epoch: usize) -> &[usize] {
         if self.cached_epoch.as_ref().map(|(e, _)| *e) != Some(epoch) {
             let mut order: Vec<usize> = (0..self.len).collect();
             let mix = self.seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
-            order.shuffle(&mut StdRng::seed_from_u64(mix));
+            if self.order == DataOrder::Shuffled {
+                order.shuffle(&mut StdRng::seed_from_u64(mix));
+            }
             self.cached_epoch = Some((epoch, order));
         }
         &self.cached_epoch.as_ref().expect("just cached").1
@@ -118,6 +140,13 @@ mod tests {
             (0..5).flat_map(|s| c.batch(s, 2)).collect::<Vec<_>>(),
             epoch
         );
+    }
+
+    #[test]
+    fn sequential_order_walks_the_file_every_epoch() {
+        let mut sampler = EpochSampler::new(5, 7).with_order(DataOrder::Sequential);
+        let stream: Vec<usize> = (0..6).flat_map(|s| sampler.batch(s, 2)).collect();
+        assert_eq!(stream, [0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 0, 1]);
     }
 
     #[test]

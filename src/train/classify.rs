@@ -220,7 +220,7 @@ impl ClassifyTask {
             num_labels,
             pad: encoder.special.pad,
             device: selected.device.clone(),
-            sampler: EpochSampler::new(train.len(), config.seed),
+            sampler: EpochSampler::new(train.len(), config.seed).with_order(config.data_order),
             train,
             eval,
             fairness,

@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 
 use super::checkpoint;
 use super::schedule::Decay;
+use crate::data::sampler::DataOrder;
 use crate::data::{GroupVocab, Truncation};
 use crate::device::BackendChoice;
 use crate::error::{Error, Result};
@@ -48,6 +49,9 @@ pub struct TrainConfig {
     /// Global-norm clipping threshold (0 = off).
     pub max_grad_norm: f64,
     pub seed: u64,
+    /// The order training walks its examples in.
+    #[serde(default)]
+    pub data_order: DataOrder,
     pub max_length: usize,
     pub max_prompt_length: usize,
     /// How a dpo sequence longer than `max_length` is cut.
@@ -101,6 +105,7 @@ impl TrainConfig {
             weight_decay: 0.0,
             max_grad_norm: 1.0,
             seed: 42,
+            data_order: DataOrder::default(),
             max_length: 256,
             max_prompt_length: 128,
             truncation: Truncation::default(),

@@ -341,6 +341,7 @@ impl StepReport {
         }
         record.insert("grad_norm".into(), json!(self.grad_norm));
         record.insert("tokens".into(), json!(self.num_tokens));
+        record.insert("seconds".into(), json!(self.seconds));
         record.insert(
             "tokens_per_s".into(),
             json!(self.num_tokens as f64 / self.seconds.max(1e-9)),

@@ -151,7 +151,7 @@ impl NerTask {
             labels: tags,
             pad: encoder.special.pad,
             device: selected.device.clone(),
-            sampler: EpochSampler::new(train.len(), config.seed),
+            sampler: EpochSampler::new(train.len(), config.seed).with_order(config.data_order),
             train,
             eval,
             groups: GroupVocab::from_names([]),
