@@ -14,18 +14,23 @@ pub fn linear(d_input: usize, d_output: usize, bias: bool, std: f64, device: &De
         .init(device)
 }
 
-/// `linear.forward(x)`, except that with LoRA dropout `p > 0` during training (an autodiff
-/// device) and an adapter on the weight, the adapter sees dropped-out inputs, as in PEFT:
-/// `x·W₀ + dropout_p(x)·(s·A·B) + b`. Otherwise the adapter is in `W` and this is `linear(x)`.
+/// `linear.forward(x)`, with a LoRA adapter kept apart from the frozen weight, as PEFT computes
+/// it: `x·W₀ + s·(dropout_p(x)·A)·B + b` (dropout only while training, on an autodiff device).
+/// Forming `W₀ + s·A·B` first (what `Param::val` gives) would make the backward pass compute the
+/// dense `[in, out]` weight gradient `xᵀ·g` only to reduce it to A and B — the FLOPs of full
+/// fine-tuning; apart, the adapter's gradients cost `r·(in + out)` per token.
 pub fn project<const D: usize>(linear: &Linear, x: Tensor<D>, lora_dropout: f64) -> Tensor<D> {
-    let adapter = linear.weight.adapter();
-    let Some(adapter) = adapter.filter(|_| lora_dropout > 0.0 && x.device().is_autodiff()) else {
+    let Some(adapter) = linear.weight.adapter() else {
         return linear.forward(x);
     };
-    let keep = 1.0 - lora_dropout;
-    let dropped = x.clone() * x.random_like(Distribution::Bernoulli(keep)) / keep;
+    let adapter_input = if lora_dropout > 0.0 && x.device().is_autodiff() {
+        let keep = 1.0 - lora_dropout;
+        x.clone() * x.random_like(Distribution::Bernoulli(keep)) / keep
+    } else {
+        x.clone()
+    };
     let y = x.matmul(linear.weight.base().unsqueeze())
-        + dropped
+        + adapter_input
             .matmul(adapter.a.val().unsqueeze())
             .matmul(adapter.b.val().unsqueeze())
             * adapter.scale;

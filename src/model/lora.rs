@@ -1,8 +1,9 @@
 //! LoRA (Hu et al. 2021): frozen base weights plus trainable low-rank adapters `W + (α/r)·A·B`
-//! on the chosen projections, through burn's own `Module::apply_lora`. LoRA dropout (PEFT's
-//! `lora_dropout`) needs the adapter apart from the weight: the models' projections go through
-//! [`super::layers::project`], which computes `x·W₀ + dropout(x)·(s·A·B)` while training. The frozen base is the model as loaded, so the DPO reference model is the same
-//! weights with the adapters off: no second copy of the model.
+//! on the chosen projections, through burn's own `Module::apply_lora`. The models' projections go
+//! through [`super::layers::project`], which keeps each adapter apart from its weight, as PEFT
+//! does (`x·W₀ + s·(dropout(x)·A)·B`), so training never forms the dense weight gradient. The
+//! frozen base is the model as loaded, so the DPO reference model is the same weights with the
+//! adapters off: no second copy of the model.
 //!
 //! Adapters are saved in PEFT's layout (`adapter_model.safetensors` + `adapter_config.json`),
 //! which `peft.PeftModel.from_pretrained` loads and `merge_and_unload` merges; a full export

@@ -201,3 +201,71 @@ fn lora_settings_are_checked() {
     };
     assert_eq!(all.weight_paths(&bert).unwrap().len(), 2 * 6);
 }
+
+/// Training computes each adapter apart from its frozen weight (`x·W₀ + s·(x·A)·B`, as PEFT) so
+/// that backward never forms the dense weight gradient; it must give what the merged weight
+/// `x·(W₀ + s·A·B)` (burn's `Param::val`) gives: the same values and the same gradients for the
+/// input and both factors.
+#[test]
+fn lora_kept_apart_equals_the_merged_weight_in_values_and_gradients() {
+    use burn::tensor::Distribution;
+    use fairtune::model::layers::project;
+
+    let source = fixtures().join("tiny-llama");
+    let arch = model::read_config(&source).unwrap();
+    let device = common::cpu().autodiff();
+    device.seed(11);
+    let (base, _) = model::load_llama(&source, &device).unwrap();
+    let settings = LoraSettings {
+        rank: 4,
+        alpha: 8.0,
+        dropout: 0.0,
+        targets: vec![LoraTarget::Q],
+    };
+    let mut adapted = settings.apply(base, &arch, &[]).unwrap();
+    // A few steps, so that B is no longer zero.
+    let ids = Tensor::<2, Int>::from_data(
+        TensorData::new(vec![1i64, 17, 45, 99, 3, 60, 4, 88], [1, 8]),
+        &device,
+    );
+    let mut optimizer = AdamWConfig::new().init();
+    for _ in 0..3 {
+        let loss = adapted.forward(ids.clone()).powf_scalar(2.0).mean();
+        let grads = GradientsParams::from_grads(loss.backward(), &adapted);
+        adapted = optimizer.step(1e-2, adapted, grads);
+    }
+    let q = &adapted.model.layers[0].self_attn.q_proj;
+    let adapter = q.weight.adapter().expect("an adapter on q_proj");
+    let x = Tensor::<3>::random([2, 5, 32], Distribution::Normal(0.0, 1.0), &device).require_grad();
+    let weights = Tensor::<3>::random([2, 5, 32], Distribution::Normal(0.0, 1.0), &device);
+    let mut results = Vec::new();
+    for apart in [true, false] {
+        let y = if apart {
+            project(q, x.clone(), 0.0)
+        } else {
+            q.forward(x.clone())
+        };
+        let grads = (y.clone() * weights.clone()).sum().backward();
+        let grad = |t: Tensor<2>| to_vec(t.grad(&grads).expect("a gradient"));
+        results.push([
+            to_vec(y),
+            to_vec(x.grad(&grads).expect("dx")),
+            grad(adapter.a.val()),
+            grad(adapter.b.val()),
+        ]);
+    }
+    for (what, (apart, merged)) in ["y", "dx", "dA", "dB"]
+        .iter()
+        .zip(results[0].iter().zip(&results[1]))
+    {
+        let scale = merged.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+        let worst = apart
+            .iter()
+            .zip(merged)
+            .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(
+            worst <= 1e-5 * scale,
+            "{what}: max |apart − merged| {worst} (scale {scale})"
+        );
+    }
+}
