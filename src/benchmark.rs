@@ -181,7 +181,7 @@ impl Scorer {
             let (sums, _, _) = crate::train::dpo::sequence_logps(
                 &self.model,
                 &seqs,
-                special.pad,
+                &crate::train::dpo::single_groups(seqs.len()),
                 &self.device,
                 chunk,
             );

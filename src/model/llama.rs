@@ -9,10 +9,11 @@
 use burn::module::{Module, Param};
 use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear};
 use burn::tensor::activation::silu;
-use burn::tensor::{Bool, Device, Int, Tensor};
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use super::layers::{RmsNorm, attention, linear, merge_heads, project, split_heads};
+use crate::data::batch::Packing;
 
 /// Mirrors the fields of Hugging Face's `LlamaConfig` (config.json) that the model uses.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -192,6 +193,44 @@ impl LlamaAttention {
         project(&self.o_proj, merge_heads(attention(q, k, v, mask, None)), p)
     }
 
+    /// Attention over a packed row `[1, T, hidden]`: each block attends within itself, under its
+    /// own mask. Grouped-query attention without copying keys and values: the query heads that
+    /// share a key/value head are stacked along the rows (`[1, kv, rep·len, head_dim]`), which is
+    /// a reshape of the queries and one larger matmul instead of `rep` copies of K and V.
+    fn forward_packed(&self, x: Tensor<3>, rope: &Rope, blocks: &[AttentionBlock]) -> Tensor<3> {
+        let p = self.lora_dropout;
+        let q = rope.apply(split_heads(
+            project(&self.q_proj, x.clone(), p),
+            self.num_heads,
+        ));
+        let k = rope.apply(split_heads(
+            project(&self.k_proj, x.clone(), p),
+            self.num_kv_heads,
+        ));
+        let v = split_heads(project(&self.v_proj, x, p), self.num_kv_heads);
+        let (kv_heads, repeats) = (self.num_kv_heads, self.num_heads / self.num_kv_heads);
+        let head_dim = self.head_dim;
+        let mut parts: Vec<Tensor<4>> = blocks
+            .iter()
+            .map(|block| {
+                let rows = |t: &Tensor<4>| t.clone().narrow(2, block.start, block.len);
+                let q = rows(&q).reshape([1, kv_heads, repeats * block.len, head_dim]);
+                attention(q, rows(&k), rows(&v), block.mask.clone(), None).reshape([
+                    1,
+                    self.num_heads,
+                    block.len,
+                    head_dim,
+                ])
+            })
+            .collect();
+        let out = if parts.len() == 1 {
+            parts.pop().expect("one block")
+        } else {
+            Tensor::cat(parts, 2)
+        };
+        project(&self.o_proj, merge_heads(out), p)
+    }
+
     /// Grouped-query attention: each key/value head serves `num_heads / num_kv_heads` query heads.
     fn repeat_kv(&self, x: Tensor<4>) -> Tensor<4> {
         let repeats = self.num_heads / self.num_kv_heads;
@@ -258,6 +297,14 @@ impl LlamaDecoderLayer {
                 .forward(self.input_layernorm.forward(x), rope, mask);
         h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
     }
+
+    fn forward_packed(&self, x: Tensor<3>, rope: &Rope, blocks: &[AttentionBlock]) -> Tensor<3> {
+        let h = x.clone()
+            + self
+                .self_attn
+                .forward_packed(self.input_layernorm.forward(x), rope, blocks);
+        h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
+    }
 }
 
 #[derive(Module, Debug)]
@@ -302,6 +349,58 @@ impl LlamaForCausalLM {
         self.model.norm.forward(x)
     }
 
+    /// Final hidden states `[T, hidden]` of a packed row (see [`Packing`]): every token sees what
+    /// it sees in its own sequence, so these are the separate sequences' hidden states, with
+    /// shared prefixes computed once and no padding.
+    pub fn packed_hidden_states(&self, packing: &Packing, device: &Device) -> Tensor<2> {
+        let total = packing.tokens.len();
+        let ids: Vec<i64> = packing.tokens.iter().map(|&t| i64::from(t)).collect();
+        let input_ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, total]), device);
+        let Some(first) = self.model.layers.first() else {
+            let x = self.model.embed_tokens.forward(input_ids);
+            return self
+                .model
+                .norm
+                .forward(x)
+                .reshape([total, self.hidden_size()]);
+        };
+        let attention = &first.self_attn;
+        let repeats = attention.num_heads / attention.num_kv_heads;
+        let rope = Rope::at(
+            &packing.positions,
+            attention.head_dim,
+            self.rope_theta,
+            device,
+        );
+        let blocks: Vec<AttentionBlock> = packing
+            .segments
+            .iter()
+            .map(|segment| {
+                let len = segment.len();
+                // True where attention is forbidden, once per stacked query head.
+                let hidden: Vec<bool> = segment.visibility().iter().map(|v| !v).collect();
+                let mask = TensorData::new(hidden.repeat(repeats), [repeats * len, len]);
+                AttentionBlock {
+                    start: segment.start,
+                    len,
+                    mask: Tensor::<2, Bool>::from_data(mask, device).unsqueeze::<4>(),
+                }
+            })
+            .collect();
+        let mut x = self.model.embed_tokens.forward(input_ids);
+        for layer in &self.model.layers {
+            x = layer.forward_packed(x, &rope, &blocks);
+        }
+        self.model
+            .norm
+            .forward(x)
+            .reshape([total, self.hidden_size()])
+    }
+
+    fn hidden_size(&self) -> usize {
+        self.model.embed_tokens.weight.lazy_shape()[1]
+    }
+
     /// Project hidden states onto the vocabulary.
     pub fn lm_logits(&self, hidden: Tensor<3>) -> Tensor<3> {
         match &self.lm_head {
@@ -340,6 +439,14 @@ impl LlamaForCausalLM {
     }
 }
 
+/// A block of a packed row that attends within itself: rows `start..start + len`, and the
+/// `[1, 1, repeats·len, len]` mask (true = forbidden) of its stacked query heads.
+struct AttentionBlock {
+    start: usize,
+    len: usize,
+    mask: Tensor<4, Bool>,
+}
+
 /// Rotary position embeddings (Su et al. 2021) in Hugging Face's half-split layout:
 /// `x·cos + rotate_half(x)·sin`, `rotate_half([a, b]) = [−b, a]`.
 struct Rope {
@@ -349,9 +456,15 @@ struct Rope {
 
 impl Rope {
     fn new(seq: usize, head_dim: usize, theta: f64, device: &Device) -> Self {
+        Self::at(&(0..seq).collect::<Vec<_>>(), head_dim, theta, device)
+    }
+
+    /// The rotations of tokens at position ids `positions` (one row each).
+    fn at(positions: &[usize], head_dim: usize, theta: f64, device: &Device) -> Self {
         let half = head_dim / 2;
+        let seq = positions.len();
         let mut angles = Vec::with_capacity(seq * head_dim);
-        for position in 0..seq {
+        for &position in positions {
             for i in 0..head_dim {
                 let exponent = (2 * (i % half)) as f64 / head_dim as f64;
                 angles.push((position as f64 / theta.powf(exponent)) as f32);

@@ -14,7 +14,7 @@ use super::{
     FairnessSet, StepOutput, TaskRunner, TokenizerFiles, TrainConfig, checkpoint, load_tokenizer,
     read_host, report_load, to_host,
 };
-use crate::data::batch::{int_vector, lm_batch};
+use crate::data::batch::{int_vector, pack};
 use crate::data::chat::ChatTemplate;
 use crate::data::records::{self, CompletionExample, PreferenceExample};
 use crate::data::sampler::EpochSampler;
@@ -45,7 +45,6 @@ pub struct DpoTask {
     config: TrainConfig,
     arch: LlamaConfig,
     source: ModelSource,
-    pad: u32,
     device: Device,
     train: Vec<Pair>,
     eval: Vec<Pair>,
@@ -81,26 +80,29 @@ fn fnv1a(state: u64, bytes: &[u8]) -> u64 {
 const LOGIT_BUDGET: usize = 1 << 24;
 
 /// Summed log-probabilities of each sequence's completion tokens (and their counts, and the
-/// real tokens in the batch), computing logits only at completion positions, `chunk` positions
-/// at a time: `log p(token) = logit[token] − logsumexp(logits)`, so neither the log-softmax nor
-/// the logits of prompt and padding positions ever exist. Without autodiff the peak is one
-/// chunk of logits; under autodiff each chunk's logits stay alive for the backward pass, which
-/// is still only the completion tokens' share of `[batch, seq, vocab]`.
+/// tokens of the sequences), in one packed forward ([`pack`]): the sequences of each of `groups`
+/// share their common prefix (a pair's prompt is computed once), and no padding is computed.
+/// Logits exist only at completion positions, `chunk` positions at a time:
+/// `log p(token) = logit[token] − logsumexp(logits)`, so neither the log-softmax nor the logits of
+/// prompt positions ever exist. Without autodiff the peak is one chunk of logits; under autodiff
+/// each chunk's logits stay alive for the backward pass, which is still only the completion
+/// tokens' share of `[batch, seq, vocab]`.
 pub fn sequence_logps(
     model: &LlamaForCausalLM,
     sequences: &[&LmSequence],
-    pad: u32,
+    groups: &[Vec<usize>],
     device: &Device,
     chunk: usize,
 ) -> (Tensor<1>, Tensor<1>, usize) {
-    let batch = lm_batch(sequences, pad, device);
-    let [rows, width] = batch.input_ids.dims();
-    // Position p predicts token p + 1; it is scored when that token is a completion token.
+    let packing = pack(sequences, groups);
+    let rows = sequences.len();
+    // Token t is scored (when it is a completion token) from the hidden state of token t − 1.
     let (mut positions, mut targets, mut owner) = (Vec::new(), Vec::new(), Vec::new());
     for (row, sequence) in sequences.iter().enumerate() {
+        let places = &packing.places[row];
         for t in 1..sequence.tokens.len() {
             if sequence.completion[t] {
-                positions.push((row * width + t - 1) as i64);
+                positions.push(places[t - 1] as i64);
                 targets.push(i64::from(sequence.tokens[t]));
                 owner.push(row);
             }
@@ -112,11 +114,10 @@ pub fn sequence_logps(
     let counts = Tensor::from_data(TensorData::new(counts, [rows]), device);
     let n = positions.len();
     if n == 0 {
-        return (Tensor::zeros([rows], device), counts, batch.num_tokens);
+        return (Tensor::zeros([rows], device), counts, packing.num_tokens);
     }
-    let hidden = model.hidden_states(batch.input_ids);
-    let hidden_size = hidden.dims()[2];
-    let hidden = hidden.reshape([rows * width, hidden_size]);
+    let hidden = model.packed_hidden_states(&packing, device);
+    let hidden_size = hidden.dims()[1];
     let chunk = chunk.max(1);
     let mut token_logps = Vec::with_capacity(n.div_ceil(chunk));
     for start in (0..n).step_by(chunk) {
@@ -142,7 +143,33 @@ pub fn sequence_logps(
     let sums = membership
         .matmul(token_logps.reshape([n, 1]))
         .reshape([rows]);
-    (sums, counts, batch.num_tokens)
+    (sums, counts, packing.num_tokens)
+}
+
+/// How the sequences of one forward share prefixes.
+#[derive(Clone, Copy)]
+enum Layout {
+    /// `[chosen…, rejected…]` of preference pairs: pair i is sequences i and `pairs + i`.
+    Pairs,
+    /// Each on its own.
+    Singles,
+}
+
+/// Prefix-sharing groups of `[chosen…, rejected…]`: pair i is sequences i and `pairs + i`.
+pub fn pair_groups(pairs: usize) -> Vec<Vec<usize>> {
+    (0..pairs).map(|i| vec![i, pairs + i]).collect()
+}
+
+/// Every one of `count` sequences on its own.
+pub fn single_groups(count: usize) -> Vec<Vec<usize>> {
+    (0..count).map(|i| vec![i]).collect()
+}
+
+fn groups(layout: Layout, count: usize) -> Vec<Vec<usize>> {
+    match layout {
+        Layout::Pairs => pair_groups(count / 2),
+        Layout::Singles => single_groups(count),
+    }
 }
 
 fn encode_pairs(
@@ -341,9 +368,8 @@ impl DpoTask {
             arch,
             tokenizer_files,
             source,
-            pad: encoder.special.pad,
             device: selected.device.clone(),
-            sampler: EpochSampler::new(train.len(), config.seed),
+            sampler: EpochSampler::new(train.len(), config.seed).with_order(config.data_order),
             train,
             eval,
             fairness,
@@ -360,20 +386,21 @@ impl DpoTask {
         self.train.iter().map(|p| (&p.chosen, &p.rejected))
     }
 
-    /// The padding token id batches use.
-    pub fn pad(&self) -> u32 {
-        self.pad
-    }
-
     /// Summed completion log-probs and token counts of `sequences` under `model`.
     fn logps(
         model: &LlamaForCausalLM,
         sequences: &[&LmSequence],
-        pad: u32,
+        layout: Layout,
         device: &Device,
     ) -> (Tensor<1>, Tensor<1>, usize) {
         let chunk = LOGIT_BUDGET / model.vocab_size().max(1);
-        sequence_logps(model, sequences, pad, device, chunk)
+        sequence_logps(
+            model,
+            sequences,
+            &groups(layout, sequences.len()),
+            device,
+            chunk,
+        )
     }
 
     fn fingerprint(&self) -> String {
@@ -406,7 +433,7 @@ impl DpoTask {
                 .map(|p| &p.chosen)
                 .chain(chunk.iter().map(|p| &p.rejected))
                 .collect();
-            let sums = to_host(Self::logps(reference, &sequences, self.pad, &self.device).0)?;
+            let sums = to_host(Self::logps(reference, &sequences, Layout::Pairs, &self.device).0)?;
             let (chosen, rejected) = sums.split_at(chunk.len());
             out.extend(chosen.iter().zip(rejected).map(|(&c, &r)| [c, r]));
         }
@@ -522,12 +549,12 @@ impl DpoTask {
         let mut scores = Vec::with_capacity(examples.len());
         for chunk in examples.chunks(self.config.batch_size.max(1)) {
             let seqs: Vec<&LmSequence> = chunk.iter().map(|e| &e.sequence).collect();
-            let (sums, counts, _) = Self::logps(model, &seqs, self.pad, &inner);
+            let (sums, counts, _) = Self::logps(model, &seqs, Layout::Singles, &inner);
             let reference = self.needs_reference_scores().then(|| {
                 Self::logps(
                     self.reference().expect("reference"),
                     &seqs,
-                    self.pad,
+                    Layout::Singles,
                     &inner,
                 )
                 .0
@@ -601,7 +628,8 @@ impl TaskRunner for DpoTask {
             .map(|&i| &self.train[i].chosen)
             .chain(indices.iter().map(|&i| &self.train[i].rejected))
             .collect();
-        let (sums, counts, mut num_tokens) = Self::logps(model, &sequences, self.pad, &ad_device);
+        let (sums, counts, mut num_tokens) =
+            Self::logps(model, &sequences, Layout::Pairs, &ad_device);
         let policy = split_pairs(sums, counts, pairs);
         let reference = match &self.cached {
             Some(cache) => Some(Self::cached_pairs(
@@ -611,7 +639,8 @@ impl TaskRunner for DpoTask {
                 &ad_device,
             )),
             None => self.reference().map(|reference| {
-                let (sums, counts, _) = Self::logps(reference, &sequences, self.pad, &self.device);
+                let (sums, counts, _) =
+                    Self::logps(reference, &sequences, Layout::Pairs, &self.device);
                 split_pairs(sums, counts, pairs)
             }),
         };
@@ -620,13 +649,13 @@ impl TaskRunner for DpoTask {
         let fairness = match self.fairness.draw(step) {
             Some(drawn) => {
                 let seqs: Vec<&LmSequence> = drawn.iter().map(|e| &e.sequence).collect();
-                let (sums, counts, tokens) = Self::logps(model, &seqs, self.pad, &ad_device);
+                let (sums, counts, tokens) = Self::logps(model, &seqs, Layout::Singles, &ad_device);
                 num_tokens += tokens;
                 let reference = self.needs_reference_scores().then(|| {
                     Self::logps(
                         self.reference().expect("reference"),
                         &seqs,
-                        self.pad,
+                        Layout::Singles,
                         &self.device,
                     )
                     .0
@@ -706,7 +735,7 @@ impl TaskRunner for DpoTask {
                 .map(|p| &p.chosen)
                 .chain(chunk.iter().map(|p| &p.rejected))
                 .collect();
-            let (sums, counts, _) = Self::logps(&model, &sequences, self.pad, &self.device);
+            let (sums, counts, _) = Self::logps(&model, &sequences, Layout::Pairs, &self.device);
             let policy = split_pairs(sums, counts, chunk.len());
             let reference = match &self.cached {
                 Some(cache) => Some(Self::cached_pairs(
@@ -717,7 +746,7 @@ impl TaskRunner for DpoTask {
                 )),
                 None => self.reference().map(|reference| {
                     let (sums, counts, _) =
-                        Self::logps(reference, &sequences, self.pad, &self.device);
+                        Self::logps(reference, &sequences, Layout::Pairs, &self.device);
                     split_pairs(sums, counts, chunk.len())
                 }),
             };

@@ -320,3 +320,57 @@ fn concurrent_fetches_of_one_asset_agree() {
         assert!(path.join("train.jsonl").exists());
     }
 }
+
+/// Packing: a pair's common prefix once, then each branch; position ids restart nowhere (each
+/// token keeps its index in its own sequence); a token sees its trunk and its own branch only.
+#[test]
+fn packing_shares_a_pairs_prompt_and_keeps_each_sequences_view() {
+    use fairtune::data::LmSequence;
+    use fairtune::data::batch::{Segment, pack};
+    let sequence = |tokens: &[u32]| LmSequence {
+        tokens: tokens.to_vec(),
+        completion: vec![false; tokens.len()],
+    };
+    let chosen = sequence(&[1, 2, 3, 4, 5]);
+    let rejected = sequence(&[1, 2, 3, 9]);
+    let alone = sequence(&[7, 8]);
+    // A completion that is a prefix of its partner still keeps a token of its own.
+    let short = sequence(&[1, 2]);
+    let long = sequence(&[1, 2, 6]);
+    let packing = pack(
+        &[&chosen, &rejected, &alone, &short, &long],
+        &[vec![0, 1], vec![2], vec![3, 4]],
+    );
+    assert_eq!(packing.tokens, [1, 2, 3, 4, 5, 9, 7, 8, 1, 2, 2, 6]);
+    assert_eq!(packing.positions, [0, 1, 2, 3, 4, 3, 0, 1, 0, 1, 1, 2]);
+    assert_eq!(
+        packing.segments,
+        [
+            Segment {
+                start: 0,
+                trunk: 3,
+                branches: vec![2, 1]
+            },
+            Segment {
+                start: 6,
+                trunk: 2,
+                branches: vec![]
+            },
+            Segment {
+                start: 8,
+                trunk: 1,
+                branches: vec![1, 2]
+            },
+        ]
+    );
+    assert_eq!(packing.places[0], [0, 1, 2, 3, 4]);
+    assert_eq!(packing.places[1], [0, 1, 2, 5]);
+    assert_eq!(packing.places[4], [8, 10, 11]);
+    assert_eq!(packing.num_tokens, 5 + 4 + 2 + 2 + 3);
+    // The rejected branch's token (row 5) sees the trunk and itself, not the chosen branch.
+    let visible = packing.segments[0].visibility();
+    let row = |q: usize| -> Vec<bool> { visible[q * 6..q * 6 + 6].to_vec() };
+    assert_eq!(row(5), [true, true, true, false, false, true]);
+    assert_eq!(row(4), [true, true, true, true, true, false]);
+    assert_eq!(row(1), [true, true, false, false, false, false]);
+}

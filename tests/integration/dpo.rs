@@ -151,16 +151,17 @@ fn invalid_settings_are_rejected() {
     );
 }
 
-/// The chunked, completion-only log-probs equal the full-logits computation, values and
-/// gradients, whatever the chunk size.
+/// The packed, prefix-sharing, chunked, completion-only log-probs equal the plain computation
+/// (every sequence padded in its own row, full logits), values and gradients, whatever the chunk
+/// size and whether pairs share their prompt or not.
 #[test]
-fn chunked_completion_logps_match_full_logits() {
+fn packed_completion_logps_match_full_logits() {
     use burn::optim::GradientsParams;
     use fairtune::data::LmSequence;
     use fairtune::data::batch::lm_batch;
     use fairtune::model::{self, ArchConfig};
     use fairtune::objective::task::completion_logps;
-    use fairtune::train::dpo::sequence_logps;
+    use fairtune::train::dpo::{pair_groups, sequence_logps};
 
     let device = common::cpu().autodiff();
     let (ArchConfig::Llama(config), _) = model::resolve("tiny-llama", 264).unwrap() else {
@@ -168,35 +169,72 @@ fn chunked_completion_logps_match_full_logits() {
     };
     device.seed(5);
     let model = config.init(&device);
-    let sequence = |prompt: usize, completion: usize, offset: u32| LmSequence {
-        tokens: (0..(prompt + completion) as u32)
-            .map(|i| 8 + (i * 37 + offset) % 250)
+    // Two preference pairs (chosen and rejected share the pair's prompt tokens) and a pair whose
+    // completions also share their first tokens, laid out [chosen…, rejected…].
+    let sequence = |prompt: &[u32], completion: &[u32]| LmSequence {
+        tokens: prompt.iter().chain(completion).copied().collect(),
+        completion: (0..prompt.len() + completion.len())
+            .map(|i| i >= prompt.len())
             .collect(),
-        completion: (0..prompt + completion).map(|i| i >= prompt).collect(),
     };
-    let seqs = [sequence(5, 7, 1), sequence(2, 3, 9), sequence(9, 1, 4)];
+    let tokens =
+        |n: u32, offset: u32| -> Vec<u32> { (0..n).map(|i| 8 + (i * 37 + offset) % 250).collect() };
+    let (p1, p2, p3) = (tokens(5, 1), tokens(2, 9), tokens(9, 4));
+    let seqs = [
+        sequence(&p1, &tokens(7, 3)),
+        sequence(&p2, &tokens(3, 5)),
+        sequence(&p3, &[40, 41, 42]),
+        sequence(&p1, &tokens(4, 11)),
+        sequence(&p2, &tokens(6, 2)),
+        sequence(&p3, &[40, 41, 77, 78]),
+    ];
     let refs: Vec<&LmSequence> = seqs.iter().collect();
 
+    // The plain path: each sequence padded into its own row, logits everywhere.
     let batch = lm_batch(&refs, 0, &device);
     let logits = model.forward(batch.input_ids.clone());
     let (full, full_counts) = completion_logps(logits, batch.input_ids, batch.completion_mask);
     let full_grads = GradientsParams::from_grads(full.clone().sum().backward(), &model);
-    let id = model.embedding_weight().id;
-    let full_grad = to_vec(full_grads.get::<2>(id).expect("a gradient"));
-    for chunk in [1, 3, 1000] {
-        let (sums, counts, _) = sequence_logps(&model, &refs, 0, &device, chunk);
-        let (a, b) = (to_vec(sums.clone()), to_vec(full.clone()));
-        for (x, y) in a.iter().zip(&b) {
-            assert!((x - y).abs() < 1e-4, "chunk {chunk}: {a:?} vs {b:?}");
+    let ids = [
+        model.embedding_weight().id,
+        model.model.layers[0].self_attn.q_proj.weight.id,
+        model.model.layers[1].mlp.down_proj.weight.id,
+    ];
+    let gradients = |grads: &GradientsParams| -> Vec<Vec<f32>> {
+        ids.iter()
+            .map(|&id| to_vec(grads.get::<2>(id).expect("a gradient")))
+            .collect()
+    };
+    let full_grad = gradients(&full_grads);
+    let singles: Vec<Vec<usize>> = (0..seqs.len()).map(|i| vec![i]).collect();
+    for (layout, groups) in [("singles", singles), ("pairs", pair_groups(3))] {
+        for chunk in [1, 3, 1000] {
+            let (sums, counts, num_tokens) = sequence_logps(&model, &refs, &groups, &device, chunk);
+            assert_eq!(
+                num_tokens, batch.num_tokens,
+                "tokens count every sequence in full"
+            );
+            let (a, b) = (to_vec(sums.clone()), to_vec(full.clone()));
+            for (x, y) in a.iter().zip(&b) {
+                assert!(
+                    (x - y).abs() < 1e-4,
+                    "{layout}, chunk {chunk}: {a:?} vs {b:?}"
+                );
+            }
+            assert_eq!(to_vec(counts), to_vec(full_counts.clone()));
+            let grads = GradientsParams::from_grads(sums.sum().backward(), &model);
+            for (grad, want) in gradients(&grads).iter().zip(&full_grad) {
+                let scale = want.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+                let worst = grad
+                    .iter()
+                    .zip(want)
+                    .map(|(x, y)| (x - y).abs())
+                    .fold(0.0f32, f32::max);
+                assert!(
+                    worst < 1e-4 * scale.max(1.0),
+                    "{layout}, chunk {chunk}: gradients differ by {worst}"
+                );
+            }
         }
-        assert_eq!(to_vec(counts), to_vec(full_counts.clone()));
-        let grads = GradientsParams::from_grads(sums.sum().backward(), &model);
-        let grad = to_vec(grads.get::<2>(id).expect("a gradient"));
-        let worst = grad
-            .iter()
-            .zip(&full_grad)
-            .map(|(x, y)| (x - y).abs())
-            .fold(0.0f32, f32::max);
-        assert!(worst < 1e-4, "chunk {chunk}: gradients differ by {worst}");
     }
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use burn::tensor::Device;
 use fairtune::data::{LmSequence, Truncation};
 use fairtune::device::Selected;
-use fairtune::train::dpo::{DpoTask, sequence_logps};
+use fairtune::train::dpo::{DpoTask, pair_groups, sequence_logps};
 use fairtune::train::{Task, TaskRunner, TrainConfig};
 use serde_json::Value as Json;
 
@@ -77,7 +77,8 @@ fn check_logps(task: &DpoTask, case: &Json, device: &Device) {
         .map(|p| p.0)
         .chain(pairs.iter().map(|p| p.1))
         .collect();
-    let (sums, _, _) = sequence_logps(&model, &sequences, task.pad(), device, 1 << 10);
+    let groups = pair_groups(pairs.len());
+    let (sums, _, _) = sequence_logps(&model, &sequences, &groups, device, 1 << 10);
     let ours = common::to_vec(sums);
     let want: Vec<f64> = floats(&case["chosen_logps"])
         .into_iter()
