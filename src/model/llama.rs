@@ -215,12 +215,9 @@ impl LlamaAttention {
             .map(|block| {
                 let rows = |t: &Tensor<4>| t.clone().narrow(2, block.start, block.len);
                 let q = rows(&q).reshape([1, kv_heads, repeats * block.len, head_dim]);
-                attention(q, rows(&k), rows(&v), block.mask.clone(), None).reshape([
-                    1,
-                    self.num_heads,
-                    block.len,
-                    head_dim,
-                ])
+                let scale = 1.0 / (head_dim as f64).sqrt();
+                super::attention::attention(q, rows(&k), rows(&v), block.mask.clone(), scale)
+                    .reshape([1, self.num_heads, block.len, head_dim])
             })
             .collect();
         let out = if parts.len() == 1 {

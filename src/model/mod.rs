@@ -4,6 +4,7 @@
 //! demos), a Hugging Face `config.json`, a directory holding one (with weights: pretrained), a
 //! GGUF file, or the name of a fetched model (`fairtune fetch`).
 
+pub mod attention;
 pub mod bert;
 pub mod export;
 pub mod gguf;
