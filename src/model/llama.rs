@@ -8,10 +8,10 @@
 
 use burn::module::{Module, Param};
 use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear};
-use burn::tensor::activation::silu;
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
+use super::fused::swiglu;
 use super::layers::{RmsNorm, attention, linear, merge_heads, project, split_heads};
 use crate::data::batch::Packing;
 
@@ -253,7 +253,10 @@ impl LlamaMlp {
     // SwiGLU (Shazeer 2020): down(silu(gate(x)) * up(x)).
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let p = self.lora_dropout;
-        let gated = silu(project(&self.gate_proj, x.clone(), p)) * project(&self.up_proj, x, p);
+        let gated = swiglu(
+            project(&self.gate_proj, x.clone(), p),
+            project(&self.up_proj, x, p),
+        );
         project(&self.down_proj, gated, p)
     }
 }
@@ -410,6 +413,15 @@ impl LlamaForCausalLM {
                     .transpose()
                     .unsqueeze::<3>(),
             ),
+        }
+    }
+
+    /// The output projection as `[vocab, hidden]`: the embeddings when tied, else `lm_head`'s
+    /// weight (burn stores it `[hidden, vocab]`; a transposed view, not a copy).
+    pub fn output_weight(&self) -> Tensor<2> {
+        match &self.lm_head {
+            Some(head) => head.weight.val().transpose(),
+            None => self.model.embed_tokens.weight.val(),
         }
     }
 

@@ -7,6 +7,7 @@
 pub mod attention;
 pub mod bert;
 pub mod export;
+pub mod fused;
 pub mod gguf;
 pub mod layers;
 pub mod llama;

@@ -23,8 +23,7 @@ use crate::device::Selected;
 use crate::error::{Error, Result};
 use crate::kernel::GroupStatsImpl;
 use crate::model::lora::LoraSettings;
-use crate::model::{self, ArchConfig, LlamaConfig, LlamaForCausalLM, ModelSource};
-use crate::objective::task::logsumexp_last;
+use crate::model::{self, ArchConfig, LlamaConfig, LlamaForCausalLM, ModelSource, fused};
 use crate::objective::{DpoMetrics, FairnessKind, FairnessScore, PairLogps, dpo_loss, penalty};
 
 struct Pair {
@@ -82,11 +81,10 @@ const LOGIT_BUDGET: usize = 1 << 24;
 /// Summed log-probabilities of each sequence's completion tokens (and their counts, and the
 /// tokens of the sequences), in one packed forward ([`pack`]): the sequences of each of `groups`
 /// share their common prefix (a pair's prompt is computed once), and no padding is computed.
-/// Logits exist only at completion positions, `chunk` positions at a time:
-/// `log p(token) = logit[token] − logsumexp(logits)`, so neither the log-softmax nor the logits of
-/// prompt positions ever exist. Without autodiff the peak is one chunk of logits; under autodiff
-/// each chunk's logits stay alive for the backward pass, which is still only the completion
-/// tokens' share of `[batch, seq, vocab]`.
+/// Log-probs are taken only at completion positions, `chunk` positions at a time, by the fused
+/// [`fused::token_logps`]: `log p(token) = logit[token] − logsumexp(logits)` with the chunk's
+/// `[chunk, vocab]` logits alive only inside the op (again in its backward), never in the graph,
+/// so neither a log-softmax nor the logits of prompt positions ever exist.
 pub fn sequence_logps(
     model: &LlamaForCausalLM,
     sequences: &[&LmSequence],
@@ -117,20 +115,17 @@ pub fn sequence_logps(
         return (Tensor::zeros([rows], device), counts, packing.num_tokens);
     }
     let hidden = model.packed_hidden_states(&packing, device);
-    let hidden_size = hidden.dims()[1];
+    let weight = model.output_weight();
     let chunk = chunk.max(1);
     let mut token_logps = Vec::with_capacity(n.div_ceil(chunk));
     for start in (0..n).step_by(chunk) {
         let end = (start + chunk).min(n);
-        let len = end - start;
-        let at = int_vector(&positions[start..end], device);
-        let picked = hidden.clone().select(0, at);
-        let logits = model
-            .lm_logits(picked.reshape([1, len, hidden_size]))
-            .reshape([len, model.vocab_size()]);
-        let target = int_vector(&targets[start..end], device).reshape([len, 1]);
-        let chosen = logits.clone().gather(1, target).reshape([len]);
-        token_logps.push(chosen - logsumexp_last(logits).reshape([len]));
+        let picked = hidden
+            .clone()
+            .select(0, int_vector(&positions[start..end], device));
+        let target = int_vector(&targets[start..end], device);
+        // The chunk's logits live only inside the op, in its forward and again in its backward.
+        token_logps.push(fused::token_logps(picked, weight.clone(), target));
     }
     let token_logps = Tensor::cat(token_logps, 0);
     // Per-sequence sums as a product with the [rows, n] membership matrix: deterministic, and

@@ -57,15 +57,17 @@ fn fused_attention_matches_composed_attention() {
             random([2, heads, keys, dim]),
             random([2, heads, keys, dim]),
         );
-        let weights =
-            Tensor::<4>::random([2, heads, rows, dim], Distribution::Normal(0.0, 1.0), &device);
+        let weights = Tensor::<4>::random(
+            [2, heads, rows, dim],
+            Distribution::Normal(0.0, 1.0),
+            &device,
+        );
         // Row r hides keys past r % keys (causal-like, every row sees key 0).
         let hidden: Vec<bool> = (0..rows)
             .flat_map(|r| (0..keys).map(move |c| c > r % keys))
             .collect();
-        let mask =
-            Tensor::<2, Bool>::from_data(TensorData::new(hidden, [rows, keys]), &device)
-                .unsqueeze::<4>();
+        let mask = Tensor::<2, Bool>::from_data(TensorData::new(hidden, [rows, keys]), &device)
+            .unsqueeze::<4>();
         let scale = 1.0 / (dim as f64).sqrt();
         let mut results = Vec::new();
         for use_fused in [true, false] {
@@ -86,7 +88,104 @@ fn fused_attention_matches_composed_attention() {
                 .iter()
                 .zip(want)
                 .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
-            assert!(worst < 1e-4, "{name} {what}: max |fused − composed| {worst}");
+            assert!(
+                worst < 1e-4,
+                "{name} {what}: max |fused − composed| {worst}"
+            );
+        }
+    }
+}
+
+/// Largest |a − b| over two equal-length vectors.
+fn max_difference(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()))
+}
+
+/// The fused SwiGLU, RMSNorm and token log-prob ops (one autodiff node each, recomputing in
+/// backward) give what their composed forms give: values and every input's gradient, on the CPU
+/// backend and on wgpu.
+#[test]
+fn fused_ops_match_their_composed_forms() {
+    use burn::tensor::Distribution;
+    use burn::tensor::activation::{log_softmax, silu};
+    use fairtune::model::fused::{rms_norm, swiglu, token_logps};
+
+    let mut devices = vec![("cpu", common::cpu())];
+    if let Some(wgpu) = common::wgpu() {
+        devices.push(("wgpu", wgpu.device));
+    }
+    for (name, plain) in devices {
+        let device = plain.autodiff();
+        device.seed(9);
+        let normal = Distribution::Normal(0.0, 1.0);
+        let x = Tensor::<3>::random([2, 5, 12], normal, &device).require_grad();
+        let y = Tensor::<3>::random([2, 5, 12], normal, &device).require_grad();
+        let w = Tensor::<1>::random([12], normal, &device).require_grad();
+        let probe = Tensor::<3>::random([2, 5, 12], normal, &device);
+        let check3 = |what: &str, fused: Tensor<3>, composed: Tensor<3>| {
+            assert!(
+                max_difference(&to_vec(fused.clone()), &to_vec(composed.clone())) < 1e-5,
+                "{name} {what}: values"
+            );
+            let gf = (fused * probe.clone()).sum().backward();
+            let gc = (composed * probe.clone()).sum().backward();
+            for (input, g_f, g_c) in [
+                ("x", x.grad(&gf), x.grad(&gc)),
+                ("y", y.grad(&gf), y.grad(&gc)),
+            ] {
+                assert_eq!(
+                    g_f.is_some(),
+                    g_c.is_some(),
+                    "{name} {what}: d{input} present"
+                );
+                if let (Some(a), Some(b)) = (g_f, g_c) {
+                    let worst = max_difference(&to_vec(a), &to_vec(b));
+                    assert!(worst < 1e-4, "{name} {what}: d{input} off by {worst}");
+                }
+            }
+            let (dw_f, dw_c) = (w.grad(&gf), w.grad(&gc));
+            assert_eq!(dw_f.is_some(), dw_c.is_some(), "{name} {what}: dw present");
+            if let (Some(a), Some(b)) = (dw_f, dw_c) {
+                let worst = max_difference(&to_vec(a), &to_vec(b));
+                assert!(worst < 1e-4, "{name} {what}: dw off by {worst}");
+            }
+        };
+        check3(
+            "swiglu",
+            swiglu(x.clone(), y.clone()),
+            silu(x.clone()) * y.clone(),
+        );
+        let eps = 1e-5;
+        let variance = x.clone().powi_scalar(2).mean_dim(2);
+        let composed = x.clone() * (variance + eps).sqrt().recip() * w.clone().unsqueeze();
+        check3("rms_norm", rms_norm(x.clone(), w.clone(), eps), composed);
+
+        // Token log-probs of 6 rows against a 20-word output projection.
+        let hidden = Tensor::<2>::random([6, 12], normal, &device).require_grad();
+        let weight = Tensor::<2>::random([20, 12], normal, &device).require_grad();
+        let targets =
+            Tensor::<1, Int>::from_data(TensorData::new(vec![0i64, 19, 3, 3, 11, 7], [6]), &device);
+        let fused = token_logps(hidden.clone(), weight.clone(), targets.clone());
+        let logits = hidden.clone().matmul(weight.clone().transpose());
+        let composed = log_softmax(logits, 1)
+            .gather(1, targets.reshape([6, 1]))
+            .reshape([6]);
+        assert!(
+            max_difference(&to_vec(fused.clone()), &to_vec(composed.clone())) < 1e-5,
+            "{name} token_logps: values"
+        );
+        let scale = Tensor::<1>::random([6], normal, &device);
+        let gf = (fused * scale.clone()).sum().backward();
+        let gc = (composed * scale).sum().backward();
+        for (input, tensor) in [("hidden", &hidden), ("weight", &weight)] {
+            let worst = max_difference(
+                &to_vec(tensor.grad(&gf).expect("fused grad")),
+                &to_vec(tensor.grad(&gc).expect("composed grad")),
+            );
+            assert!(worst < 1e-4, "{name} token_logps: d{input} off by {worst}");
         }
     }
 }

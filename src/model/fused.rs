@@ -1,0 +1,324 @@
+//! The decoder's small ops as single autodiff nodes that keep only their inputs for the backward
+//! pass. Composed of plain tensor ops, autodiff keeps every intermediate: SwiGLU's sigmoid and
+//! SiLU, RMSNorm's squares and normalized copy, and — largest — the `[positions, vocab]` logits
+//! and exponentials of the log-softmax. Each op here recomputes those in its backward instead,
+//! with forward and backward side by side, the math above each.
+//!
+//! Composed of the backend's own ops, so they run on every backend burn dispatches to; only the
+//! autodiff nodes are ours. The tests hold each to its composed form (values and gradients).
+
+use burn::backend::autodiff::Autodiff;
+use burn::backend::autodiff::checkpoint::base::Checkpointer;
+use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
+use burn::backend::autodiff::grads::Gradients;
+use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
+use burn::backend::tensor::{FloatTensor, IntTensor};
+use burn::backend::wgpu::CubeBackend;
+use burn::backend::{AutodiffBackend, Backend, Dispatch, Flex, TensorMetadata, backend_extension};
+use burn::tensor::{IndexingUpdateOp, Int, Shape, Tensor};
+
+/// `silu(gate) · up` (Shazeer 2020's SwiGLU, `gate · σ(gate) · up`), differentiable in both.
+pub fn swiglu<const D: usize>(gate: Tensor<D>, up: Tensor<D>) -> Tensor<D> {
+    Tensor::from_dispatch(<Dispatch as FusedBackend>::swiglu(
+        gate.into_dispatch(),
+        up.into_dispatch(),
+    ))
+}
+
+/// RMSNorm over the last dimension, `x · (mean(x²) + eps)^(−½) · weight`, differentiable in `x`
+/// and `weight`.
+pub fn rms_norm<const D: usize>(x: Tensor<D>, weight: Tensor<1>, eps: f64) -> Tensor<D> {
+    // Backend ops broadcast between tensors of one rank: the weight goes in as [1, …, 1, d].
+    Tensor::from_dispatch(<Dispatch as FusedBackend>::rms_norm(
+        x.into_dispatch(),
+        weight.unsqueeze::<D>().into_dispatch(),
+        eps,
+    ))
+}
+
+/// `log p(targets[i] | hidden[i])` for rows of `hidden [n, d]` under the output projection
+/// `weight [vocab, d]`: `(h·Wᵀ)[i, tᵢ] − logsumexp_j (h·Wᵀ)[i, j]`, differentiable in both. The
+/// `[n, vocab]` logits exist only inside the op (forward and backward), never in the graph.
+pub fn token_logps(hidden: Tensor<2>, weight: Tensor<2>, targets: Tensor<1, Int>) -> Tensor<1> {
+    let [n] = targets.dims();
+    let logps = Tensor::<2>::from_dispatch(<Dispatch as FusedBackend>::token_logps(
+        hidden.into_dispatch(),
+        weight.into_dispatch(),
+        targets.reshape([n, 1]).into_dispatch(),
+    ));
+    logps.reshape([n])
+}
+
+#[backend_extension(Autodiff, Cube, Flex, Fusion)]
+pub trait FusedBackend: Backend {
+    // SwiGLU forward: out = g · σ(g) · u.
+    #[fusion(default)]
+    fn swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
+        let sigmoid = Self::sigmoid(gate.clone());
+        Self::float_mul(Self::float_mul(gate, sigmoid), up)
+    }
+
+    // SwiGLU backward: du = ḡ · g·σ(g);  dg = ḡ · u · σ(g)·(1 + g·(1 − σ(g))). Returns (dg, du).
+    #[fusion(default)]
+    fn swiglu_backward(
+        grad: FloatTensor<Self>,
+        gate: FloatTensor<Self>,
+        up: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let sigmoid = Self::sigmoid(gate.clone());
+        let silu = Self::float_mul(gate.clone(), sigmoid.clone());
+        let grad_up = Self::float_mul(grad.clone(), silu);
+        let one_minus = Self::float_add_scalar(Self::float_neg(sigmoid.clone()), 1.0.into());
+        let slope = Self::float_mul(
+            sigmoid,
+            Self::float_add_scalar(Self::float_mul(gate, one_minus), 1.0.into()),
+        );
+        let grad_gate = Self::float_mul(Self::float_mul(grad, up), slope);
+        (grad_gate, grad_up)
+    }
+
+    // RMSNorm forward: r = (mean_last(x²) + eps)^(−½), out = x · r · w  (w as [1, …, 1, d]).
+    #[fusion(default)]
+    fn rms_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
+        let rstd = rms_rstd::<Self>(x.clone(), eps);
+        Self::float_mul(Self::float_mul(x, rstd), weight)
+    }
+
+    // RMSNorm backward: n = x·r; dw = Σ_rows ḡ·n; dn = ḡ·w; dx = r · (dn − n · mean_last(dn·n)).
+    // Returns (dx, dw).
+    #[fusion(default)]
+    fn rms_norm_backward(
+        grad: FloatTensor<Self>,
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        eps: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let shape = x.shape();
+        let last = shape.num_dims() - 1;
+        let dim = shape[last];
+        let rstd = rms_rstd::<Self>(x.clone(), eps);
+        let normed = Self::float_mul(x, rstd.clone());
+        let rows = Shape::new([shape.num_elements() / dim.max(1), dim]);
+        let grad_weight = Self::float_reshape(
+            Self::float_sum_dim(
+                Self::float_reshape(Self::float_mul(grad.clone(), normed.clone()), rows),
+                0,
+            ),
+            weight.shape(),
+        );
+        let grad_normed = Self::float_mul(grad, weight);
+        let projection =
+            Self::float_mean_dim(Self::float_mul(grad_normed.clone(), normed.clone()), last);
+        let grad_x = Self::float_mul(
+            rstd,
+            Self::float_sub(grad_normed, Self::float_mul(normed, projection)),
+        );
+        (grad_x, grad_weight)
+    }
+
+    // Token log-probs forward: z = h·Wᵀ, out[i] = z[i, tᵢ] − logsumexp_j z[i, j]  ([n, 1]).
+    #[fusion(default)]
+    fn token_logps(
+        hidden: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        targets: IntTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let logits = Self::float_matmul(hidden, Self::float_swap_dims(weight, 0, 1));
+        let picked = Self::float_gather(1, logits.clone(), targets);
+        Self::float_sub(picked, logsumexp_rows::<Self>(logits))
+    }
+
+    // Token log-probs backward, as far as the logits: dz = ḡ · (onehot(t) − softmax(z)). The
+    // caller finishes with dh = dz·W and dW = dzᵀ·h (each only when needed).
+    #[fusion(default)]
+    fn token_logps_grad_logits(
+        grad: FloatTensor<Self>,
+        hidden: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        targets: IntTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let logits = Self::float_matmul(hidden, Self::float_swap_dims(weight, 0, 1));
+        let probs = Self::float_exp(Self::float_sub(
+            logits.clone(),
+            logsumexp_rows::<Self>(logits),
+        ));
+        let spread = Self::float_mul(Self::float_neg(probs), grad.clone());
+        Self::float_scatter(1, spread, targets, grad, IndexingUpdateOp::Add)
+    }
+}
+
+/// `(mean_last(x²) + eps)^(−½)`, keeping the last dimension as 1.
+fn rms_rstd<B: Backend>(x: FloatTensor<B>, eps: f64) -> FloatTensor<B> {
+    let last = x.shape().num_dims() - 1;
+    let mean_square = B::float_mean_dim(B::float_mul(x.clone(), x), last);
+    B::float_recip(B::float_sqrt(B::float_add_scalar(mean_square, eps.into())))
+}
+
+/// `logsumexp` of each row of `[n, m]`, as `[n, 1]`.
+fn logsumexp_rows<B: Backend>(logits: FloatTensor<B>) -> FloatTensor<B> {
+    let max = B::float_max_dim(logits.clone(), 1);
+    let sum = B::float_sum_dim(B::float_exp(B::float_sub(logits, max.clone())), 1);
+    B::float_add(B::float_log(sum), max)
+}
+
+impl FusedBackend for Flex {}
+
+impl FusedBackend for CubeBackend {}
+
+#[derive(Debug)]
+struct SwigluBackward;
+
+impl<B: FusedBackend> Backward<B, 2> for SwigluBackward {
+    type State = (FloatTensor<B>, FloatTensor<B>);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_gate, node_up] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let (gate, up) = ops.state;
+        let (grad_gate, grad_up) = B::swiglu_backward(grad, gate, up);
+        for (node, grad) in [(node_gate, grad_gate), (node_up, grad_up)] {
+            if let Some(node) = node {
+                grads.register::<B>(node.id, grad);
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct RmsNormBackward;
+
+impl<B: FusedBackend> Backward<B, 2> for RmsNormBackward {
+    type State = (FloatTensor<B>, FloatTensor<B>, f64);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x, node_weight] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let (x, weight, eps) = ops.state;
+        let (grad_x, grad_weight) = B::rms_norm_backward(grad, x, weight, eps);
+        for (node, grad) in [(node_x, grad_x), (node_weight, grad_weight)] {
+            if let Some(node) = node {
+                grads.register::<B>(node.id, grad);
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+struct TokenLogpsBackward;
+
+impl<B: FusedBackend> Backward<B, 2> for TokenLogpsBackward {
+    type State = (FloatTensor<B>, FloatTensor<B>, IntTensor<B>);
+
+    fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_hidden, node_weight] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let (hidden, weight, targets) = ops.state;
+        let grad_logits = B::token_logps_grad_logits(grad, hidden.clone(), weight.clone(), targets);
+        // A frozen output projection (LoRA) needs no [vocab, d] gradient: skip its matmul.
+        if let Some(node) = node_weight {
+            let grad_weight =
+                B::float_matmul(B::float_swap_dims(grad_logits.clone(), 0, 1), hidden);
+            grads.register::<B>(node.id, grad_weight);
+        }
+        if let Some(node) = node_hidden {
+            grads.register::<B>(node.id, B::float_matmul(grad_logits, weight));
+        }
+    }
+}
+
+impl<B: FusedBackend, C: CheckpointStrategy> FusedBackend for Autodiff<B, C> {
+    fn swiglu(gate: FloatTensor<Self>, up: FloatTensor<Self>) -> FloatTensor<Self> {
+        let (gate, guard_gate) = gate.into_parts();
+        let (up, guard_up) = up.into_parts();
+        match SwigluBackward
+            .prepare::<C>([guard_gate, guard_up])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let out = B::swiglu(gate.clone(), up.clone());
+                prep.finish((gate, up), out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::swiglu(gate, up)),
+        }
+    }
+
+    fn swiglu_backward(
+        grad: FloatTensor<Self>,
+        gate: FloatTensor<Self>,
+        up: FloatTensor<Self>,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        // No second-order graph: constants.
+        let (dg, du) = B::swiglu_backward(
+            grad.into_primitive(),
+            gate.into_primitive(),
+            up.into_primitive(),
+        );
+        (Self::from_inner(dg), Self::from_inner(du))
+    }
+
+    fn rms_norm(x: FloatTensor<Self>, weight: FloatTensor<Self>, eps: f64) -> FloatTensor<Self> {
+        let (x, guard_x) = x.into_parts();
+        let (weight, guard_weight) = weight.into_parts();
+        match RmsNormBackward
+            .prepare::<C>([guard_x, guard_weight])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let out = B::rms_norm(x.clone(), weight.clone(), eps);
+                prep.finish((x, weight, eps), out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::rms_norm(x, weight, eps)),
+        }
+    }
+
+    fn rms_norm_backward(
+        grad: FloatTensor<Self>,
+        x: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        eps: f64,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let (dx, dw) = B::rms_norm_backward(
+            grad.into_primitive(),
+            x.into_primitive(),
+            weight.into_primitive(),
+            eps,
+        );
+        (Self::from_inner(dx), Self::from_inner(dw))
+    }
+
+    fn token_logps(
+        hidden: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        targets: IntTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let (hidden, guard_hidden) = hidden.into_parts();
+        let (weight, guard_weight) = weight.into_parts();
+        match TokenLogpsBackward
+            .prepare::<C>([guard_hidden, guard_weight])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let out = B::token_logps(hidden.clone(), weight.clone(), targets.clone());
+                prep.finish((hidden, weight, targets), out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::token_logps(hidden, weight, targets)),
+        }
+    }
+
+    fn token_logps_grad_logits(
+        grad: FloatTensor<Self>,
+        hidden: FloatTensor<Self>,
+        weight: FloatTensor<Self>,
+        targets: IntTensor<Self>,
+    ) -> FloatTensor<Self> {
+        Self::from_inner(B::token_logps_grad_logits(
+            grad.into_primitive(),
+            hidden.into_primitive(),
+            weight.into_primitive(),
+            targets,
+        ))
+    }
+}
