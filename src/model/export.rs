@@ -4,6 +4,10 @@
 //! template). LoRA adapters are merged first (see [`Module::materialize`]); the adapters alone
 //! are saved by [`save_lora_adapters`] in PEFT's layout.
 //!
+//! The weights are written one tensor at a time ([`write_safetensors`]): the file's header from
+//! the parameters' shapes alone, then each tensor read from the device, converted and written, so
+//! an export holds one tensor's bytes on the host, not a second and third copy of the model.
+//!
 //! The directory is built beside its destination and renamed into place, so an existing export
 //! is replaced whole or not at all.
 
@@ -78,6 +82,132 @@ pub fn parameters<M: Module>(module: &M) -> Result<Vec<HostTensor>> {
         Some(e) => Err(Error::runtime(e)),
         None => Ok(collect.tensors),
     }
+}
+
+/// Every parameter's path and shape, without reading any data.
+#[derive(Default)]
+struct Shapes {
+    path: Vec<String>,
+    found: Vec<(String, Vec<usize>)>,
+}
+
+impl ModuleVisitor for Shapes {
+    fn enter_module(&mut self, name: &str, _container: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container: &str) {
+        self.path.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let shape = param.lazy_shape().iter().copied().collect();
+        self.found.push((self.path.join("."), shape));
+    }
+}
+
+/// The values of the one parameter at `wanted` (its effective value).
+struct Fetch<'a> {
+    path: Vec<String>,
+    wanted: &'a str,
+    data: Option<std::result::Result<Vec<f32>, String>>,
+}
+
+impl ModuleVisitor for Fetch<'_> {
+    fn enter_module(&mut self, name: &str, _container: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container: &str) {
+        self.path.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if self.data.is_none() && self.path.join(".") == self.wanted {
+            self.data = Some(
+                param
+                    .val()
+                    .try_into_data()
+                    .map_err(|e| format!("{e:?}"))
+                    .and_then(|d| {
+                        d.convert::<f32>()
+                            .try_into_vec::<f32>()
+                            .map_err(|e| format!("{e:?}"))
+                    }),
+            );
+        }
+    }
+}
+
+/// Read the parameter at `path` of `module` to the host.
+fn fetch<M: Module>(module: &M, path: &str) -> Result<Vec<f32>> {
+    let mut fetch = Fetch {
+        path: Vec::new(),
+        wanted: path,
+        data: None,
+    };
+    module.visit(&mut fetch);
+    match fetch.data {
+        Some(Ok(data)) => Ok(data),
+        Some(Err(e)) => Err(Error::runtime(format!("reading {path} failed: {e}"))),
+        None => Err(Error::runtime(format!("{path}: no such parameter"))),
+    }
+}
+
+/// Write a safetensors file (f32) at `path`: the header from `tensors`' names and shapes (built by
+/// the safetensors crate's own `Metadata`), then the data of tensor `i` from `data(i)`, fetched
+/// only when it is written. Names must be sorted, as the format's writers order them.
+pub fn write_safetensors(
+    path: &Path,
+    tensors: &[(String, Vec<usize>)],
+    mut data: impl FnMut(usize) -> Result<Vec<f32>>,
+) -> Result<()> {
+    use safetensors::tensor::{Metadata, TensorInfo};
+    use std::io::Write;
+    let fail = |e: &dyn std::fmt::Display| {
+        Error::runtime(format!("{}: cannot write: {e}", path.display()))
+    };
+    let mut offset = 0;
+    let infos = tensors
+        .iter()
+        .map(|(name, shape)| {
+            let bytes = shape.iter().product::<usize>() * 4;
+            let info = TensorInfo {
+                dtype: Dtype::F32,
+                shape: shape.clone(),
+                data_offsets: (offset, offset + bytes),
+            };
+            offset += bytes;
+            (name.clone(), info)
+        })
+        .collect();
+    // transformers checks the "format" metadata entry when it loads the file.
+    let format = [("format".to_string(), "pt".to_string())]
+        .into_iter()
+        .collect();
+    let metadata = Metadata::new(Some(format), infos).map_err(|e| fail(&e))?;
+    let mut header = serde_json::to_vec(&metadata).map_err(|e| fail(&e))?;
+    header.resize(header.len().next_multiple_of(8), b' ');
+    let file = std::fs::File::create(path).map_err(|e| fail(&e))?;
+    let mut out = std::io::BufWriter::with_capacity(1 << 20, file);
+    out.write_all(&(header.len() as u64).to_le_bytes())
+        .and_then(|()| out.write_all(&header))
+        .map_err(|e| fail(&e))?;
+    for (index, (name, shape)) in tensors.iter().enumerate() {
+        let values = data(index)?;
+        if values.len() != shape.iter().product::<usize>() {
+            return Err(Error::runtime(format!(
+                "{name}: {} values for shape {shape:?}",
+                values.len()
+            )));
+        }
+        for chunk in values.chunks(1 << 16) {
+            let bytes: Vec<u8> = chunk.iter().flat_map(|v| v.to_le_bytes()).collect();
+            out.write_all(&bytes).map_err(|e| fail(&e))?;
+        }
+    }
+    let file = out.into_inner().map_err(|e| fail(&e))?;
+    file.sync_all().map_err(|e| fail(&e))
 }
 
 /// A row-major 2-D tensor transposed: `([rows, cols], data)` → `([cols, rows], dataᵀ)`.
@@ -193,29 +323,34 @@ pub fn save_hf<M: Module>(
     tokenizer: Option<ExportTokenizer<'_>>,
     dir: &Path,
 ) -> Result<()> {
-    let mut tensors = BTreeMap::new();
-    for t in parameters(module)? {
-        if t.name.contains(".lora.") {
+    let mut shapes = Shapes::default();
+    module.visit(&mut shapes);
+    // (HF name, stored shape, our path, whether a burn [in, out] linear weight to transpose)
+    let mut tensors: Vec<(String, Vec<usize>, String, bool)> = Vec::new();
+    for (path, shape) in shapes.found {
+        if path.contains(".lora.") {
             return Err(Error::runtime(format!(
-                "{}: LoRA adapters must be merged before a full export",
-                t.name
+                "{path}: LoRA adapters must be merged before a full export"
             )));
         }
-        let (name, linear) = hf_name(arch, &t.name);
-        let (shape, data) = if linear && t.shape.len() == 2 {
-            transposed(&t.shape, &t.data)
+        let (name, linear) = hf_name(arch, &path);
+        let transpose = linear && shape.len() == 2;
+        let stored = if transpose {
+            vec![shape[1], shape[0]]
         } else {
-            (t.shape.clone(), t.data)
+            shape
         };
-        tensors.insert(name, (shape, data));
+        tensors.push((name, stored, path, transpose));
     }
-    let mut files: Vec<(&str, Vec<u8>)> = vec![
-        ("model.safetensors", safetensors_bytes(&tensors)?),
-        (
-            "config.json",
-            serde_json::to_vec_pretty(&config_json(arch, head)).expect("json"),
-        ),
-    ];
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    let header: Vec<(String, Vec<usize>)> = tensors
+        .iter()
+        .map(|(n, s, _, _)| (n.clone(), s.clone()))
+        .collect();
+    let mut files: Vec<(&str, Vec<u8>)> = vec![(
+        "config.json",
+        serde_json::to_vec_pretty(&config_json(arch, head)).expect("json"),
+    )];
     if let Some(tok) = tokenizer {
         let json = tok
             .tokenizer
@@ -241,11 +376,30 @@ pub fn save_hf<M: Module>(
             serde_json::to_vec_pretty(&config).expect("json"),
         ));
     }
-    write_dir_atomic(dir, &files)
+    build_dir_atomic(dir, &files, |tmp| {
+        write_safetensors(&tmp.join("model.safetensors"), &header, |index| {
+            let (_, stored, path, transpose) = &tensors[index];
+            let data = fetch(module, path)?;
+            Ok(if *transpose {
+                transposed(&[stored[1], stored[0]], &data).1
+            } else {
+                data
+            })
+        })
+    })
 }
 
 /// Create `dir` holding exactly `files`, replacing any previous `dir` only once all are written.
 pub fn write_dir_atomic(dir: &Path, files: &[(&str, Vec<u8>)]) -> Result<()> {
+    build_dir_atomic(dir, files, |_| Ok(()))
+}
+
+/// [`write_dir_atomic`], with `more` writing further files into the directory being built.
+fn build_dir_atomic(
+    dir: &Path,
+    files: &[(&str, Vec<u8>)],
+    more: impl FnOnce(&Path) -> Result<()>,
+) -> Result<()> {
     let io = |path: &Path, what: &str, e: std::io::Error| {
         Error::runtime(format!("{}: cannot {what}: {e}", path.display()))
     };
@@ -265,6 +419,7 @@ pub fn write_dir_atomic(dir: &Path, files: &[(&str, Vec<u8>)]) -> Result<()> {
             .and_then(|f| f.sync_all())
             .map_err(|e| io(&path, "sync", e))?;
     }
+    more(&tmp)?;
     if dir.exists() {
         let _ = std::fs::remove_dir_all(&old);
         std::fs::rename(dir, &old).map_err(|e| io(dir, "move aside", e))?;
