@@ -1,13 +1,14 @@
 //! Throughput benchmarks that print tables (run by `fairtune bench` and `cargo bench`):
-//! DPO training tokens/s for a fixed small config on each backend, and the group-statistics op's
-//! throughput at N = 1M, 10M for G = 2, 64 — WGSL against the tensor-op reference. Each op row
-//! is also checked against an f64 host computation, so a fast wrong kernel cannot hide.
+//! DPO training tokens/s of the real training [`Session`] (the loop `fairtune train` and the
+//! browser run) on each backend — a tiny model, and a SmolLM2-135M-sized one with LoRA and in
+//! full — and the group-statistics op's throughput at N = 1M, 10M for G = 2, 64, WGSL against
+//! the tensor-op reference. Each op row is also checked against an f64 host computation, so a
+//! fast wrong kernel cannot hide.
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
 use web_time::Instant;
 
-use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -15,8 +16,9 @@ use rand::{Rng, SeedableRng};
 use crate::device::{self, BackendChoice, Selected};
 use crate::error::{Error, Result};
 use crate::kernel::{self, GroupStatsImpl};
+use crate::model::lora::{LoraSettings, LoraTarget};
 use crate::train::dpo::DpoTask;
-use crate::train::{Task, TaskRunner, TrainConfig};
+use crate::train::{Session, Task, TrainConfig};
 
 pub struct BenchOptions {
     pub backend: BackendChoice,
@@ -63,8 +65,8 @@ impl Drop for Scratch {
     }
 }
 
-/// Synthetic preference pairs: 32-byte prompts, 32-byte completions, two groups.
-fn synthetic_pairs(count: usize) -> String {
+/// Synthetic preference pairs of random letters (one byte-level token each), two groups.
+fn synthetic_pairs(count: usize, prompt: usize, completion: usize) -> String {
     let mut rng = StdRng::seed_from_u64(7);
     let mut text = String::new();
     let word = |rng: &mut StdRng, len: usize| -> String {
@@ -74,15 +76,121 @@ fn synthetic_pairs(count: usize) -> String {
     };
     for i in 0..count {
         let line = serde_json::json!({
-            "prompt": word(&mut rng, 32),
-            "chosen": word(&mut rng, 32),
-            "rejected": word(&mut rng, 32),
+            "prompt": word(&mut rng, prompt),
+            "chosen": word(&mut rng, completion),
+            "rejected": word(&mut rng, completion),
             "group": if i % 2 == 0 { "a" } else { "b" },
         });
         text.push_str(&line.to_string());
         text.push('\n');
     }
     text
+}
+
+/// One DPO throughput configuration.
+struct DpoWork {
+    name: &'static str,
+    /// A preset name, or a config.json to write into the scratch directory (random init).
+    model: Result<&'static str, serde_json::Value>,
+    lora: bool,
+    pairs_per_step: usize,
+    prompt: usize,
+    completion: usize,
+    /// Whether it runs on a software rasterizer (llvmpipe) in reasonable time.
+    small: bool,
+}
+
+/// SmolLM2-135M-Instruct's architecture (its config.json), random weights.
+fn smollm2_sized() -> serde_json::Value {
+    serde_json::json!({
+        "model_type": "llama", "vocab_size": 49152, "hidden_size": 576, "intermediate_size": 1536,
+        "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3,
+        "max_position_embeddings": 8192, "rms_norm_eps": 1e-5, "rope_theta": 100000.0,
+        "tie_word_embeddings": true, "hidden_act": "silu"
+    })
+}
+
+fn dpo_workloads() -> Vec<DpoWork> {
+    let smol = |name, lora| DpoWork {
+        name,
+        model: Err(smollm2_sized()),
+        lora,
+        pairs_per_step: 2,
+        prompt: 128,
+        completion: 128,
+        small: false,
+    };
+    vec![
+        DpoWork {
+            name: "tiny-llama (2 layers, hidden 64), 8 pairs × ~66 tokens, λ = 1",
+            model: Ok("tiny-llama"),
+            lora: false,
+            pairs_per_step: 8,
+            prompt: 32,
+            completion: 32,
+            small: true,
+        },
+        smol(
+            "SmolLM2-135M-sized (30 layers, hidden 576, vocab 49152), LoRA r 8 q/k/v/o, 2 pairs × 258 tokens",
+            true,
+        ),
+        smol(
+            "SmolLM2-135M-sized, full fine-tuning (frozen reference copy), 2 pairs × 258 tokens",
+            false,
+        ),
+    ]
+}
+
+/// DPO training steps per second and tokens per second of the real training session on
+/// `selected` (after warmup).
+fn dpo_throughput(
+    selected: &Selected,
+    work: &DpoWork,
+    warmup: usize,
+    measured: usize,
+) -> Result<(f64, f64)> {
+    let scratch = Scratch::new("dpo")?;
+    let train = scratch.0.join("pairs.jsonl");
+    let pairs = synthetic_pairs(64, work.prompt, work.completion);
+    std::fs::write(&train, pairs).map_err(|e| Error::runtime(e.to_string()))?;
+    let model = match &work.model {
+        Ok(preset) => preset.to_string(),
+        Err(config) => {
+            let path = scratch.0.join("config.json");
+            std::fs::write(&path, config.to_string()).map_err(|e| Error::runtime(e.to_string()))?;
+            path.display().to_string()
+        }
+    };
+    let mut config = TrainConfig::new(Task::Dpo, train, model, scratch.0.join("run"));
+    config.batch_size = work.pairs_per_step;
+    config.fairness_lambda = 1.0;
+    config.steps = warmup + measured;
+    config.lr = 1e-4;
+    config.max_length = work.prompt + work.completion + 2;
+    config.max_prompt_length = work.prompt;
+    if work.lora {
+        config.lora = Some(LoraSettings {
+            rank: 8,
+            alpha: 16.0,
+            dropout: 0.0,
+            targets: vec![LoraTarget::Q, LoraTarget::K, LoraTarget::V, LoraTarget::O],
+        });
+    }
+    let task = DpoTask::load(&config, selected)?;
+    let mut session = Session::start(&config, selected, task, None, false, false)?;
+    let mut tokens = 0usize;
+    let mut started = Instant::now();
+    for step in 0..warmup + measured {
+        if step == warmup {
+            sync(&selected.device)?;
+            started = Instant::now();
+            tokens = 0;
+        }
+        tokens += pollster::block_on(session.step())?.num_tokens;
+    }
+    sync(&selected.device)?;
+    let seconds = started.elapsed().as_secs_f64();
+    Ok((measured as f64 / seconds, tokens as f64 / seconds))
 }
 
 /// Reset the process's peak resident set size (Linux: `5` into /proc/self/clear_refs).
@@ -96,39 +204,6 @@ fn peak_rss_mib() -> Option<f64> {
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
     let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024.0)
-}
-
-/// DPO training steps per second and tokens per second on `selected` (after warmup).
-fn dpo_throughput(selected: &Selected, warmup: usize, measured: usize) -> Result<(f64, f64)> {
-    let scratch = Scratch::new("dpo")?;
-    let train = scratch.0.join("pairs.jsonl");
-    std::fs::write(&train, synthetic_pairs(64)).map_err(|e| Error::runtime(e.to_string()))?;
-    let mut config = TrainConfig::new(Task::Dpo, train, "tiny-llama".into(), scratch.0.join("run"));
-    config.batch_size = 8;
-    config.fairness_lambda = 1.0;
-    config.steps = warmup + measured;
-    let mut task = DpoTask::load(&config, selected)?;
-    let device = selected.device.clone().autodiff();
-    device.seed(config.seed);
-    let mut model = task.init_model(&device)?;
-    task.prepare(&model, Some(&scratch.0), false)?;
-    let mut optimizer = AdamWConfig::new().init();
-    let mut tokens = 0usize;
-    let mut started = Instant::now();
-    for step in 0..warmup + measured {
-        if step == warmup {
-            sync(&selected.device)?;
-            started = Instant::now();
-            tokens = 0;
-        }
-        let output = task.step(&model, step);
-        tokens += output.num_tokens;
-        let grads = GradientsParams::from_grads(output.loss.backward(), &model);
-        model = optimizer.step(1e-4, model, grads);
-    }
-    sync(&selected.device)?;
-    let seconds = started.elapsed().as_secs_f64();
-    Ok((measured as f64 / seconds, tokens as f64 / seconds))
 }
 
 /// Mean seconds of one group_stats forward, and its worst relative error against f64.
@@ -187,26 +262,46 @@ pub fn run(options: &BenchOptions) -> Result<String> {
 
     writeln!(
         out,
-        "DPO training throughput — tiny-llama (2 layers, hidden 64), 8 pairs × ~66 tokens, λ = 1"
+        "DPO training throughput — the training session of `fairtune train`, λ = 1"
     )
     .ok();
     writeln!(
         out,
-        "| backend | device | steps/s | tokens/s | peak RSS MiB |"
+        "| work | backend | device | steps/s | tokens/s | peak RSS MiB |"
     )
     .ok();
-    writeln!(out, "|---|---|---:|---:|---:|").ok();
-    for backend in &selected {
-        reset_peak_rss();
-        let (steps_per_s, tokens_per_s) = dpo_throughput(backend, warmup, measured)?;
-        let peak = peak_rss_mib().map_or("n/a".into(), |m| format!("{m:.0}"));
-        writeln!(
-            out,
-            "| {} | {} | {steps_per_s:.2} | {tokens_per_s:.0} | {peak} |",
-            backend.backend_name(),
-            backend.describe()
-        )
-        .ok();
+    writeln!(out, "|---|---|---|---:|---:|---:|").ok();
+    for work in dpo_workloads() {
+        for backend in &selected {
+            let software = backend
+                .adapter
+                .as_ref()
+                .is_some_and(|a| a.device_type == "Cpu");
+            if software && !work.small {
+                eprintln!(
+                    "notice: {} skipped on {} (a software rasterizer: hours, not minutes)",
+                    work.name,
+                    backend.describe()
+                );
+                continue;
+            }
+            let (warmup, measured) = match (options.quick, work.small) {
+                (true, _) => (1, 2),
+                (false, true) => (warmup, measured),
+                (false, false) => (2, 8),
+            };
+            reset_peak_rss();
+            let (steps_per_s, tokens_per_s) = dpo_throughput(backend, &work, warmup, measured)?;
+            let peak = peak_rss_mib().map_or("n/a".into(), |m| format!("{m:.0}"));
+            writeln!(
+                out,
+                "| {} | {} | {} | {steps_per_s:.2} | {tokens_per_s:.0} | {peak} |",
+                work.name,
+                backend.backend_name(),
+                backend.describe()
+            )
+            .ok();
+        }
     }
     writeln!(
         out,
