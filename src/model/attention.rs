@@ -136,11 +136,13 @@ impl<B: FusedAttentionBackend> Backward<B, 3> for FusedAttentionBackward {
         let s = ops.state;
         let (grad_q, grad_k, grad_v) =
             B::fused_attention_backward(grad, s.q, s.k, s.v, s.mask, s.out, s.scale);
-        for (node, grad) in [(node_q, grad_q), (node_k, grad_k), (node_v, grad_v)] {
-            if let Some(node) = node {
-                grads.register::<B>(node.id, grad);
-            }
-        }
+        super::fused::register!(
+            grads,
+            B,
+            (node_q, grad_q),
+            (node_k, grad_k),
+            (node_v, grad_v)
+        );
     }
 }
 

@@ -49,14 +49,7 @@ impl ModuleVisitor for Collect {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         let tensor = param.val();
         let shape = tensor.dims().to_vec();
-        match tensor
-            .try_into_data()
-            .map_err(|e| format!("{e:?}"))
-            .and_then(|d| {
-                d.convert::<f32>()
-                    .try_into_vec::<f32>()
-                    .map_err(|e| format!("{e:?}"))
-            }) {
+        match host_values(tensor) {
             Ok(data) => self.tensors.push(HostTensor {
                 name: self.path.join("."),
                 shape,
@@ -68,6 +61,18 @@ impl ModuleVisitor for Collect {
             }
         }
     }
+}
+
+/// A tensor's values on the host, as f32.
+fn host_values<const D: usize>(tensor: Tensor<D>) -> std::result::Result<Vec<f32>, String> {
+    tensor
+        .try_into_data()
+        .map_err(|e| format!("{e:?}"))
+        .and_then(|d| {
+            d.convert::<f32>()
+                .try_into_vec::<f32>()
+                .map_err(|e| format!("{e:?}"))
+        })
 }
 
 /// Every parameter of `module` on the host, by module path.
@@ -124,17 +129,7 @@ impl ModuleVisitor for Fetch<'_> {
 
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         if self.data.is_none() && self.path.join(".") == self.wanted {
-            self.data = Some(
-                param
-                    .val()
-                    .try_into_data()
-                    .map_err(|e| format!("{e:?}"))
-                    .and_then(|d| {
-                        d.convert::<f32>()
-                            .try_into_vec::<f32>()
-                            .map_err(|e| format!("{e:?}"))
-                    }),
-            );
+            self.data = Some(host_values(param.val()));
         }
     }
 }

@@ -165,6 +165,16 @@ impl FusedBackend for Flex {}
 
 impl FusedBackend for CubeBackend {}
 
+/// Hand each tracked input (a parent node: `Some`) its gradient, in a backward step of backend `B`.
+macro_rules! register {
+    ($grads:expr, $B:ty, $( ($node:expr, $grad:expr) ),+ $(,)?) => {
+        $( if let Some(node) = $node {
+            $grads.register::<$B>(node.id, $grad);
+        } )+
+    };
+}
+pub(crate) use register;
+
 #[derive(Debug)]
 struct SwigluBackward;
 
@@ -176,11 +186,7 @@ impl<B: FusedBackend> Backward<B, 2> for SwigluBackward {
         let grad = grads.consume::<B>(&ops.node);
         let (gate, up) = ops.state;
         let (grad_gate, grad_up) = B::swiglu_backward(grad, gate, up);
-        for (node, grad) in [(node_gate, grad_gate), (node_up, grad_up)] {
-            if let Some(node) = node {
-                grads.register::<B>(node.id, grad);
-            }
-        }
+        register!(grads, B, (node_gate, grad_gate), (node_up, grad_up));
     }
 }
 
@@ -195,11 +201,7 @@ impl<B: FusedBackend> Backward<B, 2> for RmsNormBackward {
         let grad = grads.consume::<B>(&ops.node);
         let (x, weight, eps) = ops.state;
         let (grad_x, grad_weight) = B::rms_norm_backward(grad, x, weight, eps);
-        for (node, grad) in [(node_x, grad_x), (node_weight, grad_weight)] {
-            if let Some(node) = node {
-                grads.register::<B>(node.id, grad);
-            }
-        }
+        register!(grads, B, (node_x, grad_x), (node_weight, grad_weight));
     }
 }
 

@@ -178,54 +178,51 @@ impl LlamaAttention {
         }
     }
 
-    fn forward(&self, x: Tensor<3>, rope: &Rope, mask: Tensor<4, Bool>) -> Tensor<3> {
+    /// Queries, keys and values `[batch, heads, seq, head_dim]`, rotated where they apply; each
+    /// projection's `[rows, seq, features]` output passes through `layout` before heads split.
+    fn qkv(
+        &self,
+        x: Tensor<3>,
+        rope: &Rope,
+        layout: impl Fn(Tensor<3>) -> Tensor<3>,
+    ) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
         let p = self.lora_dropout;
-        let q = rope.apply(split_heads(
-            project(&self.q_proj, x.clone(), p),
-            self.num_heads,
-        ));
-        let k = rope.apply(split_heads(
-            project(&self.k_proj, x.clone(), p),
-            self.num_kv_heads,
-        ));
-        let v = split_heads(project(&self.v_proj, x, p), self.num_kv_heads);
-        let (k, v) = (self.repeat_kv(k), self.repeat_kv(v));
-        project(&self.o_proj, merge_heads(attention(q, k, v, mask, None)), p)
+        let heads = |linear: &Linear, x: Tensor<3>, count: usize| {
+            split_heads(layout(project(linear, x, p)), count)
+        };
+        let q = rope.apply(heads(&self.q_proj, x.clone(), self.num_heads));
+        let k = rope.apply(heads(&self.k_proj, x.clone(), self.num_kv_heads));
+        let v = heads(&self.v_proj, x, self.num_kv_heads);
+        (q, k, v)
     }
 
-    /// Attention over a packed row `[1, T, hidden]`: each block attends within itself, under its
-    /// own mask. Grouped-query attention without copying keys and values: the query heads that
-    /// share a key/value head are stacked along the rows (`[1, kv, rep·len, head_dim]`), which is
-    /// a reshape of the queries and one larger matmul instead of `rep` copies of K and V.
-    fn forward_packed(&self, x: Tensor<3>, rope: &Rope, blocks: &[AttentionBlock]) -> Tensor<3> {
-        let p = self.lora_dropout;
-        let q = rope.apply(split_heads(
-            project(&self.q_proj, x.clone(), p),
-            self.num_heads,
-        ));
-        let k = rope.apply(split_heads(
-            project(&self.k_proj, x.clone(), p),
-            self.num_kv_heads,
-        ));
-        let v = split_heads(project(&self.v_proj, x, p), self.num_kv_heads);
+    fn forward(&self, x: Tensor<3>, rope: &Rope, mask: Tensor<4, Bool>) -> Tensor<3> {
+        let (q, k, v) = self.qkv(x, rope, |t| t);
+        let (k, v) = (self.repeat_kv(k), self.repeat_kv(v));
+        let out = merge_heads(attention(q, k, v, mask, None));
+        project(&self.o_proj, out, self.lora_dropout)
+    }
+
+    /// Attention over a packed row `[1, T, hidden]`: the queries, keys and values are laid out as
+    /// a batch of its segments (each padded to the longest, see [`SegmentBatch`]), one attention
+    /// call serves them all under their masks, and the outputs go back to the packed row. Grouped-
+    /// query attention without copying keys and values: the query heads that share a key/value
+    /// head are stacked along the rows (`[segments, kv, rep·width, head_dim]`).
+    fn forward_packed(&self, x: Tensor<3>, batch: &SegmentBatch) -> Tensor<3> {
+        let [_, total, _] = x.dims();
+        let (q, k, v) = self.qkv(x, &batch.rope, |t| batch.to_segments(t));
         let (kv_heads, repeats) = (self.num_kv_heads, self.num_heads / self.num_kv_heads);
-        let head_dim = self.head_dim;
-        let mut parts: Vec<Tensor<4>> = blocks
-            .iter()
-            .map(|block| {
-                let rows = |t: &Tensor<4>| t.clone().narrow(2, block.start, block.len);
-                let q = rows(&q).reshape([1, kv_heads, repeats * block.len, head_dim]);
-                let scale = 1.0 / (head_dim as f64).sqrt();
-                super::attention::attention(q, rows(&k), rows(&v), block.mask.clone(), scale)
-                    .reshape([1, self.num_heads, block.len, head_dim])
-            })
-            .collect();
-        let out = if parts.len() == 1 {
-            parts.pop().expect("one block")
-        } else {
-            Tensor::cat(parts, 2)
-        };
-        project(&self.o_proj, merge_heads(out), p)
+        let (segments, width, head_dim) = (batch.segments, batch.width, self.head_dim);
+        let q = q.reshape([segments, kv_heads, repeats * width, head_dim]);
+        let scale = 1.0 / (head_dim as f64).sqrt();
+        let out = super::attention::attention(q, k, v, batch.mask.clone(), scale).reshape([
+            segments,
+            self.num_heads,
+            width,
+            head_dim,
+        ]);
+        let out = batch.to_row(merge_heads(out), total);
+        project(&self.o_proj, out, self.lora_dropout)
     }
 
     /// Grouped-query attention: each key/value head serves `num_heads / num_kv_heads` query heads.
@@ -298,11 +295,11 @@ impl LlamaDecoderLayer {
         h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
     }
 
-    fn forward_packed(&self, x: Tensor<3>, rope: &Rope, blocks: &[AttentionBlock]) -> Tensor<3> {
+    fn forward_packed(&self, x: Tensor<3>, batch: &SegmentBatch) -> Tensor<3> {
         let h = x.clone()
             + self
                 .self_attn
-                .forward_packed(self.input_layernorm.forward(x), rope, blocks);
+                .forward_packed(self.input_layernorm.forward(x), batch);
         h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
     }
 }
@@ -365,31 +362,16 @@ impl LlamaForCausalLM {
                 .reshape([total, self.hidden_size()]);
         };
         let attention = &first.self_attn;
-        let repeats = attention.num_heads / attention.num_kv_heads;
-        let rope = Rope::at(
-            &packing.positions,
+        let batch = SegmentBatch::new(
+            packing,
+            attention.num_heads / attention.num_kv_heads,
             attention.head_dim,
             self.rope_theta,
             device,
         );
-        let blocks: Vec<AttentionBlock> = packing
-            .segments
-            .iter()
-            .map(|segment| {
-                let len = segment.len();
-                // True where attention is forbidden, once per stacked query head.
-                let hidden: Vec<bool> = segment.visibility().iter().map(|v| !v).collect();
-                let mask = TensorData::new(hidden.repeat(repeats), [repeats * len, len]);
-                AttentionBlock {
-                    start: segment.start,
-                    len,
-                    mask: Tensor::<2, Bool>::from_data(mask, device).unsqueeze::<4>(),
-                }
-            })
-            .collect();
         let mut x = self.model.embed_tokens.forward(input_ids);
         for layer in &self.model.layers {
-            x = layer.forward_packed(x, &rope, &blocks);
+            x = layer.forward_packed(x, &batch);
         }
         self.model
             .norm
@@ -448,12 +430,102 @@ impl LlamaForCausalLM {
     }
 }
 
-/// A block of a packed row that attends within itself: rows `start..start + len`, and the
-/// `[1, 1, repeats·len, len]` mask (true = forbidden) of its stacked query heads.
-struct AttentionBlock {
-    start: usize,
-    len: usize,
+/// A packed row's segments as a batch for attention: `segments` rows of `width` slots (the
+/// longest segment), slot j of segment i holding packed token `start_i + j` (padding slots repeat
+/// the segment's first token and are never read back). Linear layers run on the packed row, with
+/// no padding; only attention sees the segments padded, so one call serves all of them.
+struct SegmentBatch {
+    segments: usize,
+    width: usize,
+    /// Packed row of each slot, `[segments · width]`; `None` when one segment is the whole row.
+    gather: Option<Tensor<1, Int>>,
+    /// Slot of each packed token, `[T]`; `None` likewise.
+    scatter: Option<Tensor<1, Int>>,
+    /// `[segments, 1, repeats · width, width]`, true = hidden, for the stacked query heads.
     mask: Tensor<4, Bool>,
+    /// Rotations of every slot, `[segments, 1, width, head_dim]` (padding at position 0).
+    rope: Rope,
+}
+
+impl SegmentBatch {
+    fn new(
+        packing: &Packing,
+        repeats: usize,
+        head_dim: usize,
+        theta: f64,
+        device: &Device,
+    ) -> Self {
+        let segments = packing.segments.len().max(1);
+        let width = packing.segments.iter().map(|s| s.len()).max().unwrap_or(1);
+        let single = packing.segments.len() == 1;
+        let (mut rows, mut positions) = (Vec::new(), Vec::new());
+        let mut scatter = vec![0i64; packing.tokens.len()];
+        let mut hidden = Vec::with_capacity(segments * repeats * width * width);
+        for (index, segment) in packing.segments.iter().enumerate() {
+            let len = segment.len();
+            for slot in 0..width {
+                let row = segment.start + if slot < len { slot } else { 0 };
+                rows.push(row as i64);
+                positions.push(packing.positions[row]);
+                if slot < len {
+                    scatter[row] = (index * width + slot) as i64;
+                }
+            }
+            // Real queries see their segment's visible keys, padding keys never; padding
+            // queries (never read) see the first key only, so no row is empty.
+            let visible = segment.visibility();
+            let mut block = vec![true; width * width];
+            for q in 0..width {
+                for k in 0..width {
+                    block[q * width + k] = if q < len && k < len {
+                        !visible[q * len + k]
+                    } else {
+                        !(q >= len && k == 0)
+                    };
+                }
+            }
+            for _ in 0..repeats {
+                hidden.extend_from_slice(&block);
+            }
+        }
+        let mask = TensorData::new(hidden, [segments, 1, repeats * width, width]);
+        let ints = |values: Vec<i64>| {
+            let n = values.len();
+            Tensor::<1, Int>::from_data(TensorData::new(values, [n]), device)
+        };
+        Self {
+            segments,
+            width,
+            gather: (!single).then(|| ints(rows)),
+            scatter: (!single).then(|| ints(scatter)),
+            mask: Tensor::from_data(mask, device),
+            rope: Rope::at(&positions, segments, head_dim, theta, device),
+        }
+    }
+
+    /// `[1, T, features]` of the packed row → `[segments, width, features]`.
+    fn to_segments(&self, x: Tensor<3>) -> Tensor<3> {
+        let [_, total, features] = x.dims();
+        match &self.gather {
+            None => x.reshape([1, total, features]),
+            Some(rows) => x
+                .reshape([total, features])
+                .select(0, rows.clone())
+                .reshape([self.segments, self.width, features]),
+        }
+    }
+
+    /// `[segments, width, features]` → `[1, total, features]` of the packed row.
+    fn to_row(&self, x: Tensor<3>, total: usize) -> Tensor<3> {
+        let [_, _, features] = x.dims();
+        match &self.scatter {
+            None => x.reshape([1, total, features]),
+            Some(slots) => x
+                .reshape([self.segments * self.width, features])
+                .select(0, slots.clone())
+                .reshape([1, total, features]),
+        }
+    }
 }
 
 /// Rotary position embeddings (Su et al. 2021) in Hugging Face's half-split layout:
@@ -465,13 +537,14 @@ struct Rope {
 
 impl Rope {
     fn new(seq: usize, head_dim: usize, theta: f64, device: &Device) -> Self {
-        Self::at(&(0..seq).collect::<Vec<_>>(), head_dim, theta, device)
+        Self::at(&(0..seq).collect::<Vec<_>>(), 1, head_dim, theta, device)
     }
 
-    /// The rotations of tokens at position ids `positions` (one row each).
-    fn at(positions: &[usize], head_dim: usize, theta: f64, device: &Device) -> Self {
+    /// The rotations of tokens at position ids `positions`, `[batch, 1, seq, head_dim]` for
+    /// `batch` rows of `positions.len() / batch`.
+    fn at(positions: &[usize], batch: usize, head_dim: usize, theta: f64, device: &Device) -> Self {
         let half = head_dim / 2;
-        let seq = positions.len();
+        let seq = positions.len() / batch.max(1);
         let mut angles = Vec::with_capacity(seq * head_dim);
         for &position in positions {
             for i in 0..head_dim {
@@ -479,8 +552,12 @@ impl Rope {
                 angles.push((position as f64 / theta.powf(exponent)) as f32);
             }
         }
-        let angles =
-            Tensor::<1>::from_floats(angles.as_slice(), device).reshape([1, 1, seq, head_dim]);
+        let angles = Tensor::<1>::from_floats(angles.as_slice(), device).reshape([
+            batch.max(1),
+            1,
+            seq,
+            head_dim,
+        ]);
         Self {
             cos: angles.clone().cos(),
             sin: angles.sin(),
