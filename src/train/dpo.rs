@@ -278,6 +278,15 @@ impl DpoTask {
         let mut stats = TruncationStats::default();
         let train = encode_pairs(&encoder, &train_examples, chat, &groups, &mut stats)?;
         warn(&stats, &config.train, config.max_length);
+        if train.is_empty() {
+            return Err(Error::input(format!(
+                "{}: all {} pairs were left out: each prompt alone fills --max-length {} \
+                 (--truncation-mode keep-start); raise --max-length",
+                config.train.display(),
+                train_examples.len(),
+                config.max_length
+            )));
+        }
 
         let eo = config.fairness == FairnessKind::Eo;
         let mut num_labels = None;

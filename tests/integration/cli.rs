@@ -312,3 +312,27 @@ fn too_many_groups() {
         "fairness cells",
     );
 }
+
+#[test]
+fn keep_start_truncation_that_leaves_no_pairs_is_one_clear_error() {
+    let dir = crate::common::tempdir();
+    let long = "a long prompt ".repeat(8);
+    let rows: Vec<_> = (0..3)
+        .map(|_| json!({"prompt": long, "chosen": "y", "rejected": "n"}))
+        .collect();
+    let train = write(dir.path(), "long.jsonl", &jsonl(&rows));
+    expect_error(
+        dir.path(),
+        train.to_str().unwrap(),
+        &[
+            "--truncation-mode",
+            "keep-start",
+            "--max-length",
+            "16",
+            "--max-prompt-length",
+            "8",
+        ],
+        2,
+        "all 3 pairs were left out",
+    );
+}
