@@ -142,6 +142,8 @@ def main():
     parser.add_argument("--lr-lora", type=float, default=5e-5)
     parser.add_argument("--lr-full", type=float, default=5e-6)
     args = parser.parse_args()
+    if args.steps < 2:
+        parser.error("--steps must be at least 2: the first step is warm-up")
     model, data = prepare(args)
 
     idle = cpu_pressure_total()

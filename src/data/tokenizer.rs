@@ -104,6 +104,17 @@ impl TextTokenizer {
         tokenizer
             .with_truncation(None)
             .map_err(|e| Error::input(format!("{origin}: {e}")))?;
+        // As transformers does, every named special token in the vocabulary becomes a special
+        // added token, so its text encodes to its id whatever the model would split it into
+        // (TRL appends the EOS to plain completions as text).
+        let named: Vec<tokenizers::AddedToken> =
+            [&named_tokens.bos, &named_tokens.eos, &named_tokens.pad]
+                .into_iter()
+                .flatten()
+                .filter(|name| tokenizer.token_to_id(name).is_some())
+                .map(|name| tokenizers::AddedToken::from(name.clone(), true))
+                .collect();
+        tokenizer.add_special_tokens(&named);
         let id = |name: &Option<String>| name.as_deref().and_then(|n| tokenizer.token_to_id(n));
         let find = |names: &[&str]| names.iter().find_map(|name| tokenizer.token_to_id(name));
         let eos = id(&named_tokens.eos).or_else(|| {

@@ -8,7 +8,9 @@ pub fn logsumexp_last<const D: usize>(logits: Tensor<D>) -> Tensor<D> {
     (logits - max.clone()).exp().sum_dim(D - 1).log() + max
 }
 
-/// Summed log-probability of the completion tokens of each sequence, and their count.
+/// Summed log-probability of the completion tokens of each sequence, and their count: the plain
+/// full-logits computation that training's packed, fused `train::dpo::sequence_logps` is tested
+/// against.
 ///
 /// `logits [B, T, V]` are next-token logits for `input_ids [B, T]`; position t predicts token
 /// t + 1, so token t is scored by `logits[t − 1]` where `completion_mask[t] = 1`. The full-vocab

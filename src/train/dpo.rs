@@ -221,6 +221,18 @@ fn encode_completions(
     Ok(scored)
 }
 
+/// Keep-start truncation may leave a file with nothing to train or score on: one clear error.
+fn require_some<T>(encoded: &[T], path: &Path, rows: usize, max_length: usize) -> Result<()> {
+    if encoded.is_empty() {
+        return Err(Error::input(format!(
+            "{}: all {rows} examples were left out: each prompt alone fills --max-length \
+             {max_length} (--truncation-mode keep-start); raise --max-length",
+            path.display()
+        )));
+    }
+    Ok(())
+}
+
 fn warn(stats: &TruncationStats, what: &Path, max_length: usize) {
     if let Some(warning) = stats.warning(&what.display().to_string(), max_length) {
         eprintln!("{warning}");
@@ -278,15 +290,12 @@ impl DpoTask {
         let mut stats = TruncationStats::default();
         let train = encode_pairs(&encoder, &train_examples, chat, &groups, &mut stats)?;
         warn(&stats, &config.train, config.max_length);
-        if train.is_empty() {
-            return Err(Error::input(format!(
-                "{}: all {} pairs were left out: each prompt alone fills --max-length {} \
-                 (--truncation-mode keep-start); raise --max-length",
-                config.train.display(),
-                train_examples.len(),
-                config.max_length
-            )));
-        }
+        require_some(
+            &train,
+            &config.train,
+            train_examples.len(),
+            config.max_length,
+        )?;
 
         let eo = config.fairness == FairnessKind::Eo;
         let mut num_labels = None;
@@ -296,6 +305,7 @@ impl DpoTask {
                 let mut stats = TruncationStats::default();
                 let examples = encode_completions(&encoder, &rows, chat, &groups, &mut stats)?;
                 warn(&stats, path, config.max_length);
+                require_some(&examples, path, rows.len(), config.max_length)?;
                 if eo {
                     let labels: Vec<_> = rows
                         .iter()
@@ -323,6 +333,7 @@ impl DpoTask {
                 let mut stats = TruncationStats::default();
                 let pairs = encode_pairs(&encoder, &rows, chat, &groups, &mut stats)?;
                 warn(&stats, path, config.max_length);
+                require_some(&pairs, path, rows.len(), config.max_length)?;
                 pairs
             }
             None => Vec::new(),
@@ -334,6 +345,7 @@ impl DpoTask {
                 let mut stats = TruncationStats::default();
                 let examples = encode_completions(&encoder, &rows, chat, &groups, &mut stats)?;
                 warn(&stats, path, config.max_length);
+                require_some(&examples, path, rows.len(), config.max_length)?;
                 if let Some(n) = num_labels {
                     let labels: Vec<_> = rows
                         .iter()

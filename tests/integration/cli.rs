@@ -333,6 +333,6 @@ fn keep_start_truncation_that_leaves_no_pairs_is_one_clear_error() {
             "8",
         ],
         2,
-        "all 3 pairs were left out",
+        "all 3 examples were left out",
     );
 }

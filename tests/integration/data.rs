@@ -128,15 +128,25 @@ fn truncation_keeps_the_prompt_end_and_the_completion_start() {
 
 /// A BPE tokenizer (single letters, one merge "ab", `</s>`) with the post-processor `post`.
 fn ab_tokenizer(dir: &std::path::Path, post: serde_json::Value) -> TextTokenizer {
+    ab_tokenizer_with(dir, post, true)
+}
+
+/// [`ab_tokenizer`]; without `added`, the special tokens are only in the model's vocabulary.
+fn ab_tokenizer_with(dir: &std::path::Path, post: serde_json::Value, added: bool) -> TextTokenizer {
     let special = |id: u32, content: &str| {
         serde_json::json!({"id": id, "content": content, "single_word": false, "lstrip": false,
                            "rstrip": false, "normalized": false, "special": true})
+    };
+    let added_tokens = if added {
+        vec![special(0, "<pad>"), special(1, "<s>"), special(2, "</s>")]
+    } else {
+        Vec::new()
     };
     let json = serde_json::json!({
         "version": "1.0",
         "truncation": null,
         "padding": null,
-        "added_tokens": [special(0, "<pad>"), special(1, "<s>"), special(2, "</s>")],
+        "added_tokens": added_tokens,
         "normalizer": null,
         "pre_tokenizer": null,
         "post_processor": post,
@@ -165,6 +175,22 @@ fn adds_bos() -> serde_json::Value {
 
 fn text(value: &str) -> Content {
     Content::Text(value.to_string())
+}
+
+/// A named EOS that the tokenizer.json lists only in its vocabulary still ends every plain
+/// completion as one token (transformers registers named special tokens; TRL appends EOS text).
+#[test]
+fn named_special_tokens_encode_whole_even_when_not_added() {
+    let dir = crate::common::tempdir();
+    let tokenizer = ab_tokenizer_with(dir.path(), serde_json::Value::Null, false);
+    assert_eq!(tokenizer.encode_ids("c</s>", false).unwrap(), [5, 2]);
+    let encoder = Encoder::new(&tokenizer, 32, 8).unwrap();
+    let mut stats = TruncationStats::default();
+    let sequences = encoder
+        .prompted(&text("ca"), &[&text("c")], None, &mut stats)
+        .unwrap()
+        .unwrap();
+    assert_eq!(sequences[0].tokens, [5, 3, 5, 2]);
 }
 
 /// TRL's rule: a BPE merge across the seam makes the tokenized prompt no prefix of the tokenized
