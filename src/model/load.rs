@@ -9,11 +9,13 @@
 //! as in `from_pretrained`, and is reported.
 
 use std::collections::{BTreeMap, HashMap};
+use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 
 use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::{Tensor, TensorData};
-use safetensors::{Dtype, SafeTensors};
+use safetensors::Dtype;
+use safetensors::tensor::TensorInfo;
 
 use crate::error::{Error, Result};
 
@@ -81,21 +83,7 @@ impl Checkpoint {
         let mut tensors = HashMap::new();
         let mut skipped = Vec::new();
         for file in &files {
-            let bytes = std::fs::read(file)
-                .map_err(|e| Error::input(format!("{}: cannot read: {e}", file.display())))?;
-            let parsed = SafeTensors::deserialize(&bytes).map_err(|e| {
-                Error::input(format!("{}: not a safetensors file: {e}", file.display()))
-            })?;
-            for (name, view) in parsed.tensors() {
-                match to_f32(view.dtype(), view.data()) {
-                    Some(data) => {
-                        tensors.insert(name, (view.shape().to_vec(), data));
-                    }
-                    // Integer and bool tensors are buffers (e.g. BERT's position_ids), never
-                    // parameters: set aside, reported as unused.
-                    None => skipped.push(name),
-                }
-            }
+            read_safetensors(file, &mut tensors, &mut skipped)?;
         }
         Ok(Self {
             tensors,
@@ -103,6 +91,73 @@ impl Checkpoint {
             source: dir.to_path_buf(),
         })
     }
+}
+
+/// Read the tensors of one safetensors file into `tensors` as f32, one tensor at a time (the
+/// file is never in memory whole: a checkpoint costs its f32 weights and one tensor's bytes).
+/// Integer and bool tensors are buffers (e.g. BERT's position_ids), never parameters: their names
+/// go to `skipped`, reported as unused.
+fn read_safetensors(
+    file: &Path,
+    tensors: &mut HashMap<String, (Vec<usize>, Vec<f32>)>,
+    skipped: &mut Vec<String>,
+) -> Result<()> {
+    let unreadable =
+        |e: std::io::Error| Error::input(format!("{}: cannot read: {e}", file.display()));
+    let invalid =
+        |why: String| Error::input(format!("{}: not a safetensors file: {why}", file.display()));
+    let mut reader = std::fs::File::open(file).map_err(unreadable)?;
+    let size = reader.metadata().map_err(unreadable)?.len();
+    // Layout: u64 header length n, n bytes of JSON, then the data the header's offsets index.
+    let mut prefix = [0u8; 8];
+    reader
+        .read_exact(&mut prefix)
+        .map_err(|e| invalid(e.to_string()))?;
+    let header_len = u64::from_le_bytes(prefix);
+    if header_len > (100 << 20) || 8 + header_len > size {
+        return Err(invalid(format!("header length {header_len}")));
+    }
+    let mut header = vec![0u8; header_len as usize];
+    reader
+        .read_exact(&mut header)
+        .map_err(|e| invalid(e.to_string()))?;
+    let mut entries: BTreeMap<String, serde_json::Value> =
+        serde_json::from_slice(&header).map_err(|e| invalid(e.to_string()))?;
+    entries.remove("__metadata__");
+    let data_start = 8 + header_len;
+    // In file order, so the reads go forward.
+    let mut infos = Vec::with_capacity(entries.len());
+    for (name, entry) in entries {
+        let info: TensorInfo =
+            serde_json::from_value(entry).map_err(|e| invalid(format!("{name}: {e}")))?;
+        infos.push((name, info));
+    }
+    infos.sort_by_key(|(_, info)| info.data_offsets.0);
+    for (name, info) in infos {
+        let (begin, end) = info.data_offsets;
+        let elements: usize = info.shape.iter().product();
+        let bytes = elements
+            .checked_mul(info.dtype.bitsize())
+            .map(|bits| bits.div_ceil(8));
+        if end < begin || Some(end - begin) != bytes || data_start + end as u64 > size {
+            return Err(invalid(format!(
+                "{name}: offsets {begin}..{end} do not fit its shape {:?} or the file",
+                info.shape
+            )));
+        }
+        reader
+            .seek(SeekFrom::Start(data_start + begin as u64))
+            .map_err(unreadable)?;
+        let mut raw = vec![0u8; end - begin];
+        reader.read_exact(&mut raw).map_err(unreadable)?;
+        match to_f32(info.dtype, &raw) {
+            Some(data) => {
+                tensors.insert(name, (info.shape, data));
+            }
+            None => skipped.push(name),
+        }
+    }
+    Ok(())
 }
 
 /// How our parameter paths are spelled in a checkpoint.
@@ -117,10 +172,10 @@ pub trait KeyMap {
 
 /// Walks a module, replacing each parameter by its checkpoint tensor.
 struct Loader<'a, K: KeyMap> {
-    checkpoint: &'a Checkpoint,
+    /// What is left of the checkpoint: each tensor moves into the model as it is placed.
+    tensors: HashMap<String, (Vec<usize>, Vec<f32>)>,
     keys: &'a K,
     path: Vec<String>,
-    used: BTreeMap<String, ()>,
     missing: Vec<String>,
     new: Vec<String>,
     mismatched: Vec<String>,
@@ -141,7 +196,7 @@ impl<K: KeyMap> ModuleMapper for Loader<'_, K> {
             .keys
             .candidates(&path)
             .into_iter()
-            .find_map(|k| self.checkpoint.tensors.get(&k).map(|t| (k, t)))
+            .find_map(|k| self.tensors.remove(&k).map(|t| (k, t)))
         else {
             if self.keys.may_be_new(&path) {
                 self.new.push(path);
@@ -150,7 +205,6 @@ impl<K: KeyMap> ModuleMapper for Loader<'_, K> {
             }
             return param;
         };
-        self.used.insert(name.clone(), ());
         let expected: Vec<usize> = param.lazy_shape().iter().copied().collect();
         let transpose = D == 2 && self.keys.is_linear(&path);
         let stored: Vec<usize> = if transpose {
@@ -165,7 +219,7 @@ impl<K: KeyMap> ModuleMapper for Loader<'_, K> {
             return param;
         }
         let device = param.lazy_device();
-        let tensor = Tensor::<D>::from_data(TensorData::new(data.clone(), shape.clone()), &device);
+        let tensor = Tensor::<D>::from_data(TensorData::new(data, shape), &device);
         let tensor = if transpose {
             tensor.transpose()
         } else {
@@ -188,20 +242,24 @@ pub struct LoadReport {
 /// Load `checkpoint` into `module`. Missing or misshapen tensors are one error naming them.
 pub fn load<M: Module, K: KeyMap>(
     module: M,
-    checkpoint: &Checkpoint,
+    checkpoint: Checkpoint,
     keys: &K,
 ) -> Result<(M, LoadReport)> {
+    let Checkpoint {
+        tensors,
+        skipped,
+        source,
+    } = checkpoint;
     let mut loader = Loader {
-        checkpoint,
+        tensors,
         keys,
         path: Vec::new(),
-        used: BTreeMap::new(),
         missing: Vec::new(),
         new: Vec::new(),
         mismatched: Vec::new(),
     };
     let module = module.map(&mut loader);
-    let source = checkpoint.source.display();
+    let source = source.display();
     if !loader.mismatched.is_empty() {
         return Err(Error::input(format!(
             "{source}: tensor shapes do not fit the config: {}",
@@ -221,13 +279,7 @@ pub fn load<M: Module, K: KeyMap>(
             }
         )));
     }
-    let mut unused: Vec<String> = checkpoint
-        .tensors
-        .keys()
-        .filter(|k| !loader.used.contains_key(*k))
-        .chain(&checkpoint.skipped)
-        .cloned()
-        .collect();
+    let mut unused: Vec<String> = loader.tensors.into_keys().chain(skipped).collect();
     unused.sort();
     Ok((
         module,

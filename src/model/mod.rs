@@ -13,6 +13,7 @@ pub mod layers;
 pub mod llama;
 pub mod load;
 pub mod lora;
+pub mod recompute;
 
 use std::path::{Path, PathBuf};
 
@@ -269,7 +270,7 @@ pub fn load_bert(
     let checkpoint = load::Checkpoint::from_dir(dir)?;
     load::load(
         config.init(num_labels, head, device),
-        &checkpoint,
+        checkpoint,
         &load::BertKeys,
     )
 }
@@ -286,7 +287,7 @@ pub fn load_llama(
         )));
     };
     let checkpoint = load::Checkpoint::from_dir(dir)?;
-    load::load(config.init(device), &checkpoint, &load::LlamaKeys)
+    load::load(config.init(device), checkpoint, &load::LlamaKeys)
 }
 
 /// A pretrained Llama from a GGUF file (dequantized to f32).
@@ -298,7 +299,7 @@ pub fn load_llama_gguf(
     let config = gguf.llama_config()?;
     let checkpoint = gguf.llama_checkpoint(&config)?;
     drop(gguf);
-    load::load(config.init(device), &checkpoint, &load::LlamaKeys)
+    load::load(config.init(device), checkpoint, &load::LlamaKeys)
 }
 
 /// A pretrained Llama from whichever pretrained source `--model` named.
