@@ -15,7 +15,7 @@ use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::tensor::{FloatTensor, IntTensor};
 use burn::backend::wgpu::CubeBackend;
 use burn::backend::{AutodiffBackend, Backend, Dispatch, Flex, TensorMetadata, backend_extension};
-use burn::tensor::{IndexingUpdateOp, Int, Shape, Tensor};
+use burn::tensor::{IndexingUpdateOp, Int, Shape, Slice, Tensor};
 
 /// `silu(gate) · up` (Shazeer 2020's SwiGLU, `gate · σ(gate) · up`), differentiable in both.
 pub fn swiglu<const D: usize>(gate: Tensor<D>, up: Tensor<D>) -> Tensor<D> {
@@ -36,15 +36,41 @@ pub fn rms_norm<const D: usize>(x: Tensor<D>, weight: Tensor<1>, eps: f64) -> Te
     ))
 }
 
+/// Logits alive at once inside [`token_logps`]: 2^24 floats (64 MiB), whatever the vocabulary.
+pub const LOGIT_BUDGET: usize = 1 << 24;
+
+/// Widest vocabulary block: reductions stay well under the ~65,536-long axes that llvmpipe
+/// gets wrong (DESIGN.md §4), whatever the vocabulary.
+const MAX_BLOCK: usize = 32_768;
+
 /// `log p(targets[i] | hidden[i])` for rows of `hidden [n, d]` under the output projection
 /// `weight [vocab, d]`: `(h·Wᵀ)[i, tᵢ] − logsumexp_j (h·Wᵀ)[i, j]`, differentiable in both. The
-/// `[n, vocab]` logits exist only inside the op (forward and backward), never in the graph.
+/// logits exist only inside the op, `[n, block]` at a time over blocks of the vocabulary
+/// (`n · block ≤` [`LOGIT_BUDGET`]), in the forward and again in the backward; never in the graph.
+/// The backward writes the `[vocab, d]` weight gradient block by block into one buffer, so it
+/// costs that gradient and one block, however many positions are scored.
 pub fn token_logps(hidden: Tensor<2>, weight: Tensor<2>, targets: Tensor<1, Int>) -> Tensor<1> {
+    let [n] = targets.dims();
+    let [vocab, _] = weight.dims();
+    let block = (LOGIT_BUDGET / n.max(1))
+        .clamp(1, MAX_BLOCK)
+        .min(vocab.max(1));
+    token_logps_in_blocks(hidden, weight, targets, block)
+}
+
+/// [`token_logps`] over vocabulary blocks of `block` rows of `weight` (the last may be shorter).
+pub fn token_logps_in_blocks(
+    hidden: Tensor<2>,
+    weight: Tensor<2>,
+    targets: Tensor<1, Int>,
+    block: usize,
+) -> Tensor<1> {
     let [n] = targets.dims();
     let logps = Tensor::<2>::from_dispatch(<Dispatch as FusedBackend>::token_logps(
         hidden.into_dispatch(),
         weight.into_dispatch(),
         targets.reshape([n, 1]).into_dispatch(),
+        block,
     ));
     logps.reshape([n])
 }
@@ -117,34 +143,119 @@ pub trait FusedBackend: Backend {
     }
 
     // Token log-probs forward: z = h·Wᵀ, out[i] = z[i, tᵢ] − logsumexp_j z[i, j]  ([n, 1]).
+    // z[i, tᵢ] = h_i · W[tᵢ] (gathered rows); the logsumexp over vocabulary blocks b of z's
+    // columns: with m_b = max z_b and s_b = Σ exp(z_b − m_b) per row, M = max_b m_b and
+    // logsumexp = M + log Σ_b s_b · exp(m_b − M).
     #[fusion(default)]
     fn token_logps(
         hidden: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         targets: IntTensor<Self>,
+        block: usize,
     ) -> FloatTensor<Self> {
-        let logits = Self::float_matmul(hidden, Self::float_swap_dims(weight, 0, 1));
-        let picked = Self::float_gather(1, logits.clone(), targets);
-        Self::float_sub(picked, logsumexp_rows::<Self>(logits))
+        let picked = picked_logits::<Self>(hidden.clone(), weight.clone(), targets);
+        Self::float_sub(picked, blocked_logsumexp::<Self>(hidden, weight, block))
     }
 
-    // Token log-probs backward, as far as the logits: dz = ḡ · (onehot(t) − softmax(z)). The
-    // caller finishes with dh = dz·W and dW = dzᵀ·h (each only when needed).
+    // Token log-probs backward. With p = softmax(z) and dz = ḡ · (onehot(t) − p):
+    // dh = ḡ · W[t] − Σ_b (ḡ·p_b)·W_b and dW_b = −(ḡ·p_b)ᵀ·h, then dW[tᵢ] += ḡᵢ · hᵢ.
+    // p_b = exp(z_b − logsumexp) block by block; dW (when `with_weight`; else a [1, 1] zero) is
+    // assembled in one buffer. Returns (dh, dW).
     #[fusion(default)]
-    fn token_logps_grad_logits(
+    fn token_logps_backward(
         grad: FloatTensor<Self>,
         hidden: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         targets: IntTensor<Self>,
-    ) -> FloatTensor<Self> {
-        let logits = Self::float_matmul(hidden, Self::float_swap_dims(weight, 0, 1));
-        let probs = Self::float_exp(Self::float_sub(
-            logits.clone(),
-            logsumexp_rows::<Self>(logits),
-        ));
-        let spread = Self::float_mul(Self::float_neg(probs), grad.clone());
-        Self::float_scatter(1, spread, targets, grad, IndexingUpdateOp::Add)
+        block: usize,
+        with_weight: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let (vocab, width) = (weight.shape()[0], weight.shape()[1]);
+        let n = hidden.shape()[0];
+        let rows = Self::int_reshape(targets, Shape::new([n]));
+        let lse = blocked_logsumexp::<Self>(hidden.clone(), weight.clone(), block);
+        let device = weight.device();
+        let dtype = weight.dtype().into();
+        let mut grad_hidden = Self::float_mul(
+            Self::float_select(weight.clone(), 0, rows.clone()),
+            grad.clone(),
+        );
+        let mut grad_weight = Self::float_zeros(
+            if with_weight {
+                Shape::new([vocab, width])
+            } else {
+                Shape::new([1, 1])
+            },
+            &device,
+            dtype,
+        );
+        for start in (0..vocab).step_by(block.max(1)) {
+            let range = [
+                Slice::from(start..(start + block).min(vocab)),
+                Slice::from(..),
+            ];
+            let w = Self::float_slice(weight.clone(), &range);
+            let logits = Self::float_matmul(hidden.clone(), Self::float_swap_dims(w.clone(), 0, 1));
+            let probs = Self::float_exp(Self::float_sub(logits, lse.clone()));
+            // −ḡ·p_b: the softmax part of dz for this block.
+            let spread = Self::float_mul(probs, Self::float_neg(grad.clone()));
+            if with_weight {
+                let part =
+                    Self::float_matmul(Self::float_swap_dims(spread.clone(), 0, 1), hidden.clone());
+                grad_weight = Self::float_slice_assign(grad_weight, &range, part);
+            }
+            grad_hidden = Self::float_add(grad_hidden, Self::float_matmul(spread, w));
+        }
+        if with_weight {
+            let onehot = Self::float_mul(hidden, grad);
+            grad_weight =
+                Self::float_select_assign(grad_weight, 0, rows, onehot, IndexingUpdateOp::Add);
+        }
+        (grad_hidden, grad_weight)
     }
+}
+
+/// `z[i, tᵢ] = hᵢ · W[tᵢ]`, as `[n, 1]`.
+fn picked_logits<B: Backend>(
+    hidden: FloatTensor<B>,
+    weight: FloatTensor<B>,
+    targets: IntTensor<B>,
+) -> FloatTensor<B> {
+    let n = hidden.shape()[0];
+    let rows = B::float_select(weight, 0, B::int_reshape(targets, Shape::new([n])));
+    B::float_sum_dim(B::float_mul(hidden, rows), 1)
+}
+
+/// `logsumexp_j (h·Wᵀ)[i, j]` as `[n, 1]`, over blocks of `block` rows of `weight`.
+fn blocked_logsumexp<B: Backend>(
+    hidden: FloatTensor<B>,
+    weight: FloatTensor<B>,
+    block: usize,
+) -> FloatTensor<B> {
+    let vocab = weight.shape()[0];
+    let (mut maxes, mut sums) = (Vec::new(), Vec::new());
+    for start in (0..vocab).step_by(block.max(1)) {
+        let range = [
+            Slice::from(start..(start + block).min(vocab)),
+            Slice::from(..),
+        ];
+        let w = B::float_slice(weight.clone(), &range);
+        let logits = B::float_matmul(hidden.clone(), B::float_swap_dims(w, 0, 1));
+        let max = B::float_max_dim(logits.clone(), 1);
+        sums.push(B::float_sum_dim(
+            B::float_exp(B::float_sub(logits, max.clone())),
+            1,
+        ));
+        maxes.push(max);
+    }
+    if maxes.len() == 1 {
+        let (max, sum) = (maxes.pop().expect("one"), sums.pop().expect("one"));
+        return B::float_add(B::float_log(sum), max);
+    }
+    let (maxes, sums) = (B::float_cat(maxes, 1), B::float_cat(sums, 1));
+    let max = B::float_max_dim(maxes.clone(), 1);
+    let scaled = B::float_mul(sums, B::float_exp(B::float_sub(maxes, max.clone())));
+    B::float_add(B::float_log(B::float_sum_dim(scaled, 1)), max)
 }
 
 /// `(mean_last(x²) + eps)^(−½)`, keeping the last dimension as 1.
@@ -152,13 +263,6 @@ fn rms_rstd<B: Backend>(x: FloatTensor<B>, eps: f64) -> FloatTensor<B> {
     let last = x.shape().num_dims() - 1;
     let mean_square = B::float_mean_dim(B::float_mul(x.clone(), x), last);
     B::float_recip(B::float_sqrt(B::float_add_scalar(mean_square, eps.into())))
-}
-
-/// `logsumexp` of each row of `[n, m]`, as `[n, 1]`.
-fn logsumexp_rows<B: Backend>(logits: FloatTensor<B>) -> FloatTensor<B> {
-    let max = B::float_max_dim(logits.clone(), 1);
-    let sum = B::float_sum_dim(B::float_exp(B::float_sub(logits, max.clone())), 1);
-    B::float_add(B::float_log(sum), max)
 }
 
 impl FusedBackend for Flex {}
@@ -209,22 +313,21 @@ impl<B: FusedBackend> Backward<B, 2> for RmsNormBackward {
 struct TokenLogpsBackward;
 
 impl<B: FusedBackend> Backward<B, 2> for TokenLogpsBackward {
-    type State = (FloatTensor<B>, FloatTensor<B>, IntTensor<B>);
+    type State = (FloatTensor<B>, FloatTensor<B>, IntTensor<B>, usize);
 
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [node_hidden, node_weight] = ops.parents;
         let grad = grads.consume::<B>(&ops.node);
-        let (hidden, weight, targets) = ops.state;
-        let grad_logits = B::token_logps_grad_logits(grad, hidden.clone(), weight.clone(), targets);
-        // A frozen output projection (LoRA) needs no [vocab, d] gradient: skip its matmul.
-        if let Some(node) = node_weight {
-            let grad_weight =
-                B::float_matmul(B::float_swap_dims(grad_logits.clone(), 0, 1), hidden);
-            grads.register::<B>(node.id, grad_weight);
-        }
-        if let Some(node) = node_hidden {
-            grads.register::<B>(node.id, B::float_matmul(grad_logits, weight));
-        }
+        let (hidden, weight, targets, block) = ops.state;
+        // A frozen output projection (LoRA) needs no [vocab, d] gradient: skip its matmuls.
+        let (grad_hidden, grad_weight) =
+            B::token_logps_backward(grad, hidden, weight, targets, block, node_weight.is_some());
+        register!(
+            grads,
+            B,
+            (node_hidden, grad_hidden),
+            (node_weight, grad_weight)
+        );
     }
 }
 
@@ -294,6 +397,7 @@ impl<B: FusedBackend, C: CheckpointStrategy> FusedBackend for Autodiff<B, C> {
         hidden: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         targets: IntTensor<Self>,
+        block: usize,
     ) -> FloatTensor<Self> {
         let (hidden, guard_hidden) = hidden.into_parts();
         let (weight, guard_weight) = weight.into_parts();
@@ -303,24 +407,29 @@ impl<B: FusedBackend, C: CheckpointStrategy> FusedBackend for Autodiff<B, C> {
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let out = B::token_logps(hidden.clone(), weight.clone(), targets.clone());
-                prep.finish((hidden, weight, targets), out)
+                let out = B::token_logps(hidden.clone(), weight.clone(), targets.clone(), block);
+                prep.finish((hidden, weight, targets, block), out)
             }
-            OpsKind::UnTracked(prep) => prep.finish(B::token_logps(hidden, weight, targets)),
+            OpsKind::UnTracked(prep) => prep.finish(B::token_logps(hidden, weight, targets, block)),
         }
     }
 
-    fn token_logps_grad_logits(
+    fn token_logps_backward(
         grad: FloatTensor<Self>,
         hidden: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         targets: IntTensor<Self>,
-    ) -> FloatTensor<Self> {
-        Self::from_inner(B::token_logps_grad_logits(
+        block: usize,
+        with_weight: bool,
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
+        let (dh, dw) = B::token_logps_backward(
             grad.into_primitive(),
             hidden.into_primitive(),
             weight.into_primitive(),
             targets,
-        ))
+            block,
+            with_weight,
+        );
+        (Self::from_inner(dh), Self::from_inner(dw))
     }
 }

@@ -48,10 +48,26 @@ struct SquaredNorm<'a> {
     parts: Vec<Tensor<1>>,
 }
 
+/// Elements squared at once by [`SquaredNorm`]: a large gradient (the `[vocab, d]` embeddings')
+/// is squared a slice of rows at a time, not copied whole.
+const SQUARE_CHUNK: usize = 1 << 20;
+
 impl ModuleVisitor for SquaredNorm<'_> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        if let Some(grad) = self.grads.get::<D>(param.id) {
+        let Some(grad) = self.grads.get::<D>(param.id) else {
+            return;
+        };
+        let dims = grad.dims();
+        let rows = dims.first().copied().unwrap_or(1);
+        let per_row = dims.iter().skip(1).product::<usize>().max(1);
+        let step = (SQUARE_CHUNK / per_row).max(1);
+        if D == 0 || rows <= step {
             self.parts.push(grad.powi_scalar(2).sum().reshape([1]));
+            return;
+        }
+        for start in (0..rows).step_by(step) {
+            let part = grad.clone().narrow(0, start, step.min(rows - start));
+            self.parts.push(part.powi_scalar(2).sum().reshape([1]));
         }
     }
 }

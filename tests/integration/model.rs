@@ -111,7 +111,7 @@ fn max_difference(a: &[f32], b: &[f32]) -> f32 {
 fn fused_ops_match_their_composed_forms() {
     use burn::tensor::Distribution;
     use burn::tensor::activation::{log_softmax, silu};
-    use fairtune::model::fused::{rms_norm, swiglu, token_logps};
+    use fairtune::model::fused::{rms_norm, swiglu, token_logps, token_logps_in_blocks};
 
     let mut devices = vec![("cpu", common::cpu())];
     if let Some(wgpu) = common::wgpu() {
@@ -168,24 +168,53 @@ fn fused_ops_match_their_composed_forms() {
         let weight = Tensor::<2>::random([20, 12], normal, &device).require_grad();
         let targets =
             Tensor::<1, Int>::from_data(TensorData::new(vec![0i64, 19, 3, 3, 11, 7], [6]), &device);
-        let fused = token_logps(hidden.clone(), weight.clone(), targets.clone());
-        let logits = hidden.clone().matmul(weight.clone().transpose());
-        let composed = log_softmax(logits, 1)
-            .gather(1, targets.reshape([6, 1]))
-            .reshape([6]);
-        assert!(
-            max_difference(&to_vec(fused.clone()), &to_vec(composed.clone())) < 1e-5,
-            "{name} token_logps: values"
-        );
+        // In one block, and in blocks of the vocabulary that do and do not divide it.
         let scale = Tensor::<1>::random([6], normal, &device);
-        let gf = (fused * scale.clone()).sum().backward();
-        let gc = (composed * scale).sum().backward();
-        for (input, tensor) in [("hidden", &hidden), ("weight", &weight)] {
-            let worst = max_difference(
-                &to_vec(tensor.grad(&gf).expect("fused grad")),
-                &to_vec(tensor.grad(&gc).expect("composed grad")),
+        let composed = |weight: &Tensor<2>| {
+            let logits = hidden.clone().matmul(weight.clone().transpose());
+            log_softmax(logits, 1)
+                .gather(1, targets.clone().reshape([6, 1]))
+                .reshape([6])
+        };
+        for block in [None, Some(1), Some(4), Some(7), Some(19)] {
+            let what = format!("{name} token_logps, block {block:?}");
+            let fused = match block {
+                None => token_logps(hidden.clone(), weight.clone(), targets.clone()),
+                Some(b) => {
+                    token_logps_in_blocks(hidden.clone(), weight.clone(), targets.clone(), b)
+                }
+            };
+            let composed = composed(&weight);
+            assert!(
+                max_difference(&to_vec(fused.clone()), &to_vec(composed.clone())) < 1e-5,
+                "{what}: values"
             );
-            assert!(worst < 1e-4, "{name} token_logps: d{input} off by {worst}");
+            let gf = (fused * scale.clone()).sum().backward();
+            let gc = (composed * scale.clone()).sum().backward();
+            for (input, tensor) in [("hidden", &hidden), ("weight", &weight)] {
+                let worst = max_difference(
+                    &to_vec(tensor.grad(&gf).expect("fused grad")),
+                    &to_vec(tensor.grad(&gc).expect("composed grad")),
+                );
+                assert!(worst < 1e-4, "{what}: d{input} off by {worst}");
+            }
         }
+        // A frozen projection (LoRA's): the gradient reaches the hidden states only.
+        let frozen = weight.clone().detach().set_require_grad(false);
+        let fused = token_logps_in_blocks(hidden.clone(), frozen.clone(), targets.clone(), 7);
+        let gf = (fused * scale.clone()).sum().backward();
+        let gc = (composed(&frozen) * scale.clone()).sum().backward();
+        assert!(
+            frozen.grad(&gf).is_none(),
+            "{name}: no gradient for a frozen weight"
+        );
+        let worst = max_difference(
+            &to_vec(hidden.grad(&gf).expect("fused grad")),
+            &to_vec(hidden.grad(&gc).expect("composed grad")),
+        );
+        assert!(
+            worst < 1e-4,
+            "{name} token_logps, frozen weight: dhidden off by {worst}"
+        );
     }
 }
