@@ -173,7 +173,6 @@ impl Scorer {
         let mut order: Vec<usize> = (0..sequences.len()).collect();
         order.sort_by_key(|&i| std::cmp::Reverse(sequences[i].tokens.len()));
         let progress = progress_bar(sequences.len(), what);
-        let chunk = (1usize << 24) / self.model.vocab_size().max(1);
         let mut out = vec![0.0; sequences.len()];
         let (total, mut done) = (sequences.len().max(1), 0);
         for batch in order.chunks(self.batch_size) {
@@ -183,7 +182,7 @@ impl Scorer {
                 &seqs,
                 &crate::train::dpo::single_groups(seqs.len()),
                 &self.device,
-                chunk,
+                crate::train::dpo::ALL_POSITIONS,
             );
             for (&i, value) in batch.iter().zip(to_host(sums)?) {
                 out[i] = f64::from(value);

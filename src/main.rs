@@ -142,6 +142,10 @@ struct TrainArgs {
     /// reused (checked against the model and data they were computed for).
     #[arg(long)]
     reference_cache: Option<PathBuf>,
+    /// Keep each decoder layer's input only and recompute the layer in backward: activation
+    /// memory of one layer instead of all, for one more policy forward per step (dpo).
+    #[arg(long)]
+    gradient_checkpointing: bool,
     /// Train LoRA adapters of this rank instead of every weight (0 = full fine-tuning).
     #[arg(long, default_value_t = 0)]
     lora_rank: usize,
@@ -230,6 +234,7 @@ impl TrainArgs {
             targets: self.lora_targets.clone(),
         });
         config.reference_cache = self.reference_cache;
+        config.gradient_checkpointing = self.gradient_checkpointing;
         config.fairness = self.fairness;
         config.fairness_lambda = self.fairness_lambda;
         config.fairness_score = self.fairness_score;

@@ -6,7 +6,8 @@ the fetched GGUF; the same directory for both), the LLaMA-Factory `dpo_en_demo.j
 chat-templated prompt is shorter than --max-length tokens, in file order, conversational (TRL's
 format), max length 256, 2 pairs a step, β 0.1, sigmoid loss, --steps steps of which the first is
 warm-up; LoRA r 8, α 16 on q/k/v/o (the reference: adapters off), or full fine-tuning (a frozen
-reference copy). Tokens are the non-pad tokens fed to the policy, chosen and rejected rows (a prompt
+reference copy). A mode with `-gc` (`lora-gc`, `full-gc`) runs both with activation checkpointing
+per decoder layer (TRL: `gradient_checkpointing=True`; fairtune: `--gradient-checkpointing`). Tokens are the non-pad tokens fed to the policy, chosen and rejected rows (a prompt
 counts twice), as TRL counts them; tokens/s is their sum over the measured steps divided by those
 steps' wall time. Peak RSS is each process's own (the kernel's accounting of the finished child).
 CPU pressure is Linux PSI's `some` share of the run's wall time: near 0 on an idle machine, high when
@@ -87,11 +88,22 @@ def measured(tokens, seconds):
     return sum(tokens[1:]) / sum(seconds[1:])
 
 
+def split_mode(mode):
+    """`full-gc` → ("full", True): the training mode, and whether layers are recomputed."""
+    base, _, suffix = mode.partition("-")
+    if base not in ("lora", "full") or suffix not in ("", "gc"):
+        sys.exit(f"unknown mode {mode!r}: use lora, full, lora-gc or full-gc")
+    return base, suffix == "gc"
+
+
 def race_trl(args, mode, model, data, lr):
     out = args.work / f"trl-{mode}"
+    base, checkpointing = split_mode(mode)
     command = [args.python, str(HERE / "trl_dpo.py"), "--model", str(model), "--data", str(data),
-               "--out", str(out), "--mode", mode, "--steps", str(args.steps), "--lr", str(lr),
+               "--out", str(out), "--mode", base, "--steps", str(args.steps), "--lr", str(lr),
                "--max-length", str(args.max_length), "--threads", str(args.threads)]
+    if checkpointing:
+        command.append("--gradient-checkpointing")
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
                TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1", TRANSFORMERS_VERBOSITY="error")
     code, stdout, rss, wall, pressure = run(command, env, args.work / f"trl-{mode}.log")
@@ -111,8 +123,11 @@ def race_fairtune(args, mode, model, data, lr):
                "--beta", "0.1", "--loss", "sigmoid", "--max-length", str(args.max_length),
                "--truncation-mode", "keep-start", "--data-order", "sequential", "--lr", str(lr),
                "--warmup-steps", "0", "--max-grad-norm", "1"]
-    if mode == "lora":
+    base, checkpointing = split_mode(mode)
+    if base == "lora":
         command += ["--lora-rank", "8", "--lora-alpha", "16", "--lora-targets", "q,k,v,o"]
+    if checkpointing:
+        command.append("--gradient-checkpointing")
     env = dict(os.environ, RAYON_NUM_THREADS=str(args.threads))
     code, _, rss, wall, pressure = run(command, env, args.work / f"fairtune-{mode}.log")
     if code != 0:
@@ -153,7 +168,7 @@ def main():
 
     rows, results = [], {}
     for mode in args.modes.split(","):
-        lr = args.lr_lora if mode == "lora" else args.lr_full
+        lr = args.lr_lora if split_mode(mode)[0] == "lora" else args.lr_full
         print(f"{mode}: TRL ...", file=sys.stderr)
         trl = race_trl(args, mode, model, data, lr)
         print(f"{mode}: fairtune ...", file=sys.stderr)

@@ -40,6 +40,8 @@ def main():
     parser.add_argument("--beta", type=float, default=0.1)
     parser.add_argument("--lr", type=float, required=True)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--gradient-checkpointing", action="store_true",
+                        help="transformers' activation checkpointing per decoder layer")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -55,7 +57,8 @@ def main():
         loss_type=["sigmoid"], lr_scheduler_type="linear", warmup_steps=0, weight_decay=0.0,
         max_grad_norm=1.0, train_sampling_strategy="sequential", dataloader_num_workers=0, seed=42,
         logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, bf16=False, fp16=False,
-        gradient_checkpointing=False, dataset_num_proc=None)
+        gradient_checkpointing=args.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False}, dataset_num_proc=None)
     clock = StepClock()
     trainer = DPOTrainer(model=model, args=config, processing_class=tokenizer, peft_config=peft_config,
                          train_dataset=load_dataset("json", data_files=args.data)["train"],

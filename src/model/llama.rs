@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use super::fused::swiglu;
 use super::layers::{RmsNorm, attention, linear, merge_heads, project, split_heads};
+use super::recompute::LayerTape;
 use crate::data::batch::Packing;
 
 /// Mirrors the fields of Hugging Face's `LlamaConfig` (config.json) that the model uses.
@@ -295,7 +296,7 @@ impl LlamaDecoderLayer {
         h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
     }
 
-    fn forward_packed(&self, x: Tensor<3>, batch: &SegmentBatch) -> Tensor<3> {
+    pub(super) fn forward_packed(&self, x: Tensor<3>, batch: &SegmentBatch) -> Tensor<3> {
         let h = x.clone()
             + self
                 .self_attn
@@ -350,29 +351,53 @@ impl LlamaForCausalLM {
     /// it sees in its own sequence, so these are the separate sequences' hidden states, with
     /// shared prefixes computed once and no padding.
     pub fn packed_hidden_states(&self, packing: &Packing, device: &Device) -> Tensor<2> {
+        self.packed(packing, device, None)
+    }
+
+    /// [`Self::packed_hidden_states`] with activation checkpointing: the layers run untracked and
+    /// `tape` keeps their inputs, to recompute them one at a time in [`LayerTape::backward`],
+    /// which must then stand in for `loss.backward()`.
+    pub fn packed_hidden_states_recomputed(
+        &self,
+        packing: &Packing,
+        device: &Device,
+        tape: &mut LayerTape,
+    ) -> Tensor<2> {
+        self.packed(packing, device, Some(tape))
+    }
+
+    fn packed(
+        &self,
+        packing: &Packing,
+        device: &Device,
+        tape: Option<&mut LayerTape>,
+    ) -> Tensor<2> {
         let total = packing.tokens.len();
         let ids: Vec<i64> = packing.tokens.iter().map(|&t| i64::from(t)).collect();
         let input_ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, total]), device);
-        let Some(first) = self.model.layers.first() else {
-            let x = self.model.embed_tokens.forward(input_ids);
-            return self
-                .model
-                .norm
-                .forward(x)
-                .reshape([total, self.hidden_size()]);
+        let x = match self.model.layers.first() {
+            None => self.model.embed_tokens.forward(input_ids),
+            Some(first) => {
+                let attention = &first.self_attn;
+                let batch = SegmentBatch::new(
+                    packing,
+                    attention.num_heads / attention.num_kv_heads,
+                    attention.head_dim,
+                    self.rope_theta,
+                    device,
+                );
+                match tape {
+                    Some(tape) => tape.record(self, input_ids, batch, device),
+                    None => {
+                        let mut x = self.model.embed_tokens.forward(input_ids);
+                        for layer in &self.model.layers {
+                            x = layer.forward_packed(x, &batch);
+                        }
+                        x
+                    }
+                }
+            }
         };
-        let attention = &first.self_attn;
-        let batch = SegmentBatch::new(
-            packing,
-            attention.num_heads / attention.num_kv_heads,
-            attention.head_dim,
-            self.rope_theta,
-            device,
-        );
-        let mut x = self.model.embed_tokens.forward(input_ids);
-        for layer in &self.model.layers {
-            x = layer.forward_packed(x, &batch);
-        }
         self.model
             .norm
             .forward(x)
@@ -434,7 +459,7 @@ impl LlamaForCausalLM {
 /// longest segment), slot j of segment i holding packed token `start_i + j` (padding slots repeat
 /// the segment's first token and are never read back). Linear layers run on the packed row, with
 /// no padding; only attention sees the segments padded, so one call serves all of them.
-struct SegmentBatch {
+pub(super) struct SegmentBatch {
     segments: usize,
     width: usize,
     /// Packed row of each slot, `[segments · width]`; `None` when one segment is the whole row.
@@ -448,7 +473,7 @@ struct SegmentBatch {
 }
 
 impl SegmentBatch {
-    fn new(
+    pub(super) fn new(
         packing: &Packing,
         repeats: usize,
         head_dim: usize,

@@ -66,6 +66,11 @@ pub struct TrainConfig {
     /// once (and reused by later runs on the same model and data) instead of every step.
     #[serde(default)]
     pub reference_cache: Option<PathBuf>,
+    /// Keep only each decoder layer's input and recompute the layer in backward (dpo): far less
+    /// memory for activations, one more forward of the policy per step. Not written when off,
+    /// so runs from before it existed keep their fingerprint.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub gradient_checkpointing: bool,
 
     pub fairness: FairnessKind,
     pub fairness_lambda: f64,
@@ -112,6 +117,7 @@ impl TrainConfig {
             dpo: DpoConfig::default(),
             lora: None,
             reference_cache: None,
+            gradient_checkpointing: false,
             fairness: FairnessKind::Dp,
             fairness_lambda: 0.0,
             fairness_score: None,
@@ -165,6 +171,9 @@ impl TrainConfig {
         self.dpo.validate()?;
         if let Some(lora) = &self.lora {
             lora.validate()?;
+        }
+        if self.gradient_checkpointing && self.task != Task::Dpo {
+            return bad("--gradient-checkpointing is for --task dpo (the decoder models)".into());
         }
         match (self.task, self.fairness_score()) {
             (Task::Classify | Task::Ner, FairnessScore::Reward | FairnessScore::Logp) => {

@@ -6,6 +6,7 @@
 use std::path::Path;
 
 use burn::module::Module;
+use burn::optim::GradientsParams;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde_json::{Map, Value, json};
 
@@ -23,6 +24,7 @@ use crate::device::Selected;
 use crate::error::{Error, Result};
 use crate::kernel::GroupStatsImpl;
 use crate::model::lora::LoraSettings;
+use crate::model::recompute::LayerTape;
 use crate::model::{self, ArchConfig, LlamaConfig, LlamaForCausalLM, ModelSource, fused};
 use crate::objective::{DpoMetrics, FairnessKind, FairnessScore, PairLogps, dpo_loss, penalty};
 
@@ -56,6 +58,9 @@ pub struct DpoTask {
     /// Reference log-prob sums `[chosen, rejected]` of every train and eval pair (`--reference-cache`).
     cached: Option<ReferenceLogps>,
     tokenizer_files: TokenizerFiles,
+    /// The layer inputs of this step's policy forwards, under `--gradient-checkpointing`, from
+    /// `step` to `backward`.
+    tape: Option<LayerTape>,
 }
 
 /// The reference model's log-prob sums of each pair, and what they were computed for.
@@ -75,22 +80,36 @@ fn fnv1a(state: u64, bytes: &[u8]) -> u64 {
     })
 }
 
-/// Logits per chunk of scored positions: 2^24 floats (64 MiB), whatever the vocabulary.
-const LOGIT_BUDGET: usize = 1 << 24;
+/// Scored positions per [`fused::token_logps`] call in training and eval: every one of a batch
+/// (the op bounds its logits itself, and one call forms one `[vocab, d]` weight gradient).
+pub const ALL_POSITIONS: usize = usize::MAX;
 
 /// Summed log-probabilities of each sequence's completion tokens (and their counts, and the
 /// tokens of the sequences), in one packed forward ([`pack`]): the sequences of each of `groups`
 /// share their common prefix (a pair's prompt is computed once), and no padding is computed.
-/// Log-probs are taken only at completion positions, `chunk` positions at a time, by the fused
-/// [`fused::token_logps`]: `log p(token) = logit[token] − logsumexp(logits)` with the chunk's
-/// `[chunk, vocab]` logits alive only inside the op (again in its backward), never in the graph,
-/// so neither a log-softmax nor the logits of prompt positions ever exist.
+/// Log-probs are taken only at completion positions, `chunk` positions per call of the fused
+/// [`fused::token_logps`]: `log p(token) = logit[token] − logsumexp(logits)` with the logits
+/// alive only inside the op, a block of the vocabulary at a time (again in its backward), never
+/// in the graph, so neither a log-softmax nor the logits of prompt positions ever exist.
 pub fn sequence_logps(
     model: &LlamaForCausalLM,
     sequences: &[&LmSequence],
     groups: &[Vec<usize>],
     device: &Device,
     chunk: usize,
+) -> (Tensor<1>, Tensor<1>, usize) {
+    sequence_logps_with(model, sequences, groups, device, chunk, None)
+}
+
+/// [`sequence_logps`], its decoder layers recomputed in backward when `tape` is given (see
+/// [`LayerTape`]; the step's backward is then `tape.backward(model, loss)`).
+pub fn sequence_logps_with(
+    model: &LlamaForCausalLM,
+    sequences: &[&LmSequence],
+    groups: &[Vec<usize>],
+    device: &Device,
+    chunk: usize,
+    tape: Option<&mut LayerTape>,
 ) -> (Tensor<1>, Tensor<1>, usize) {
     let packing = pack(sequences, groups);
     let rows = sequences.len();
@@ -114,7 +133,10 @@ pub fn sequence_logps(
     if n == 0 {
         return (Tensor::zeros([rows], device), counts, packing.num_tokens);
     }
-    let hidden = model.packed_hidden_states(&packing, device);
+    let hidden = match tape {
+        Some(tape) => model.packed_hidden_states_recomputed(&packing, device, tape),
+        None => model.packed_hidden_states(&packing, device),
+    };
     let weight = model.output_weight();
     let chunk = chunk.max(1);
     let mut token_logps = Vec::with_capacity(n.div_ceil(chunk));
@@ -124,7 +146,6 @@ pub fn sequence_logps(
             .clone()
             .select(0, int_vector(&positions[start..end], device));
         let target = int_vector(&targets[start..end], device);
-        // The chunk's logits live only inside the op, in its forward and again in its backward.
         token_logps.push(fused::token_logps(picked, weight.clone(), target));
     }
     let token_logps = Tensor::cat(token_logps, 0);
@@ -394,6 +415,7 @@ impl DpoTask {
             num_labels,
             reference: None,
             cached: None,
+            tape: None,
         })
     }
 
@@ -409,13 +431,25 @@ impl DpoTask {
         layout: Layout,
         device: &Device,
     ) -> (Tensor<1>, Tensor<1>, usize) {
-        let chunk = LOGIT_BUDGET / model.vocab_size().max(1);
-        sequence_logps(
+        Self::policy_logps(model, sequences, layout, device, None)
+    }
+
+    /// [`Self::logps`] of the policy in a training step, its layers kept on `tape` when the
+    /// run recomputes them.
+    fn policy_logps(
+        model: &LlamaForCausalLM,
+        sequences: &[&LmSequence],
+        layout: Layout,
+        device: &Device,
+        tape: Option<&mut LayerTape>,
+    ) -> (Tensor<1>, Tensor<1>, usize) {
+        sequence_logps_with(
             model,
             sequences,
             &groups(layout, sequences.len()),
             device,
-            chunk,
+            ALL_POSITIONS,
+            tape,
         )
     }
 
@@ -644,8 +678,12 @@ impl TaskRunner for DpoTask {
             .map(|&i| &self.train[i].chosen)
             .chain(indices.iter().map(|&i| &self.train[i].rejected))
             .collect();
+        let mut tape = self
+            .config
+            .gradient_checkpointing
+            .then(|| LayerTape::new(super::step_seed(self.config.seed, step)));
         let (sums, counts, mut num_tokens) =
-            Self::logps(model, &sequences, Layout::Pairs, &ad_device);
+            Self::policy_logps(model, &sequences, Layout::Pairs, &ad_device, tape.as_mut());
         let policy = split_pairs(sums, counts, pairs);
         let reference = match &self.cached {
             Some(cache) => Some(Self::cached_pairs(
@@ -665,7 +703,8 @@ impl TaskRunner for DpoTask {
         let fairness = match self.fairness.draw(step) {
             Some(drawn) => {
                 let seqs: Vec<&LmSequence> = drawn.iter().map(|e| &e.sequence).collect();
-                let (sums, counts, tokens) = Self::logps(model, &seqs, Layout::Singles, &ad_device);
+                let (sums, counts, tokens) =
+                    Self::policy_logps(model, &seqs, Layout::Singles, &ad_device, tape.as_mut());
                 num_tokens += tokens;
                 let reference = self.needs_reference_scores().then(|| {
                     Self::logps(
@@ -728,12 +767,20 @@ impl TaskRunner for DpoTask {
             ("logps/chosen", output.chosen_logps.mean()),
             ("logps/rejected", output.rejected_logps.mean()),
         ];
+        self.tape = tape;
         StepOutput {
             loss,
             task_loss,
             fairness,
             metrics,
             num_tokens,
+        }
+    }
+
+    fn backward(&mut self, model: &LlamaForCausalLM, loss: &Tensor<1>) -> GradientsParams {
+        match self.tape.take() {
+            Some(tape) => tape.backward(model, loss),
+            None => GradientsParams::from_grads(loss.backward(), model),
         }
     }
 

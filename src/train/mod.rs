@@ -61,6 +61,11 @@ pub trait TaskRunner {
     /// run directory (`None` in the browser: nothing is written, the reference stays in memory).
     fn prepare(&mut self, model: &Self::Model, out: Option<&Path>, resuming: bool) -> Result<()>;
     fn step(&mut self, model: &Self::Model, step: usize) -> StepOutput;
+    /// The gradients of the step's `loss` (from [`Self::step`]) for `model`'s trainable
+    /// parameters. A task that recomputes activations in backward does its backward here.
+    fn backward(&mut self, model: &Self::Model, loss: &Tensor<1>) -> GradientsParams {
+        GradientsParams::from_grads(loss.backward(), model)
+    }
     /// Task metrics on the eval set (`None` without one), keys without the `eval/` prefix.
     /// Async: its device reads must not block in a browser (the desktop blocks on it).
     async fn evaluate(&mut self, model: &Self::Model) -> Result<Option<Map<String, Value>>>;
@@ -308,7 +313,7 @@ impl ModuleVisitor for Materialize {
 }
 
 /// The seed for step `step`'s randomness (dropout): a function of (seed, step) only.
-fn step_seed(seed: u64, step: usize) -> u64 {
+pub(crate) fn step_seed(seed: u64, step: usize) -> u64 {
     seed.wrapping_mul(0x2545_F491_4F6C_DD1D)
         .wrapping_add(step as u64)
         .rotate_left(17)
@@ -470,8 +475,7 @@ impl<T: TaskRunner> Session<T> {
         self.device.seed(step_seed(config.seed, step));
         let model = self.model.take().expect("a model between steps");
         let output = self.task.step(&model, step);
-        let grads = output.loss.backward();
-        let mut grads = GradientsParams::from_grads(grads, &model);
+        let mut grads = self.task.backward(&model, &output.loss);
         let squared_norm = schedule::squared_grad_norm(&model, &grads);
         let read = read_step(
             &output,
@@ -585,8 +589,9 @@ fn train<T: TaskRunner>(config: &TrainConfig, selected: &Selected, task: T) -> R
             report.num_tokens as f64 / report.seconds.max(1e-9),
         );
 
+        // The last step's checkpoint is written after the held-out report, below.
         let checkpoint_now = config.checkpoint_every > 0 && done % config.checkpoint_every == 0;
-        if checkpoint_now || done == config.steps {
+        if checkpoint_now && done < config.steps {
             let state = TrainState {
                 step: done,
                 fingerprint: config.fingerprint(),
@@ -605,8 +610,12 @@ fn train<T: TaskRunner>(config: &TrainConfig, selected: &Selected, task: T) -> R
     progress.finish();
     let wall_s = started.elapsed().as_secs_f64();
 
+    let trained = start_step < config.steps;
     let Session {
-        mut task, model, ..
+        mut task,
+        model,
+        optimizer,
+        ..
     } = session;
     let model = model.expect("a model after the last step");
     checkpoint::save_module(&model, &out.join("model.bpk"))?;
@@ -644,6 +653,17 @@ fn train<T: TaskRunner>(config: &TrainConfig, selected: &Selected, task: T) -> R
     report.entry("fairness_F").or_insert(Value::Null);
     report.entry("group_means").or_insert(json!({}));
     let report = Value::Object(report);
+    if trained {
+        // The last checkpoint once the task is gone (with it a full fine-tune's frozen reference
+        // copy): serializing the optimizer state then needs no more memory than a step did.
+        drop(task);
+        let state = TrainState {
+            step: config.steps,
+            fingerprint: config.fingerprint(),
+            tokens_seen,
+        };
+        checkpoint::save(out, &model, &optimizer, &state)?;
+    }
     checkpoint::write_atomic(
         &out.join("report.json"),
         serde_json::to_string_pretty(&report)

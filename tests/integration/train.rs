@@ -783,3 +783,55 @@ fn sweep_charts_the_trade_off_and_resumes() {
     let resumed = read_json(&out.join("sweep.json"));
     assert_eq!(resumed["lambdas"], sweep["lambdas"]);
 }
+
+/// `--gradient-checkpointing` recomputes each decoder layer in backward: the same losses and
+/// gradient norms, step after step, as the run that keeps every activation (full fine-tuning
+/// with the fairness penalty, tied embeddings).
+#[test]
+fn gradient_checkpointing_trains_the_same_run() {
+    let dir = common::tempdir();
+    let (train, eval) = gap_data(dir.path());
+    let mut runs = Vec::new();
+    for (name, extra) in [
+        ("plain", None),
+        ("recomputed", Some("--gradient-checkpointing")),
+    ] {
+        let out = dir.path().join(name).display().to_string();
+        let mut args = train_args(&train, &eval, &out, "cpu", "4");
+        args.extend(["--fairness-lambda", "1"]);
+        args.extend(extra);
+        run_ok(&args);
+        runs.push(metrics(Path::new(&out)));
+    }
+    for (plain, recomputed) in runs[0].iter().zip(&runs[1]) {
+        for key in ["loss", "grad_norm", "fairness_F"] {
+            let (a, b) = (
+                plain[key].as_f64().unwrap(),
+                recomputed[key].as_f64().unwrap(),
+            );
+            assert!(
+                (a - b).abs() <= 1e-5 * a.abs().max(1.0),
+                "step {}: {key} {a} vs {b}",
+                plain["step"]
+            );
+        }
+    }
+    let refused = fairtune(&[
+        "train",
+        "--task",
+        "classify",
+        "--model",
+        "tiny-bert",
+        "--train",
+        &train,
+        "--out",
+        &dir.path().join("bert").display().to_string(),
+        "--gradient-checkpointing",
+    ]);
+    assert!(!refused.status.success());
+    assert!(
+        stderr(&refused).contains("--gradient-checkpointing"),
+        "{}",
+        stderr(&refused)
+    );
+}
