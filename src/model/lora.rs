@@ -12,7 +12,8 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use burn::module::{Lora, Module, ParamGroup};
+use burn::module::{Lora, LoraAdapter, Module, Param, ParamGroup, Reparameterizer};
+use burn::tensor::{Distribution, Tensor};
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
@@ -123,9 +124,9 @@ impl LoraSettings {
     /// parameters trained in full, e.g. a fresh classification head).
     pub fn apply<M: Module>(&self, module: M, arch: &ArchConfig, trainable: &[&str]) -> Result<M> {
         let paths = self.weight_paths(arch)?;
-        let adapted = module.apply_lora(
+        let adapted = module.apply_reparameterization(PeftInit(
             Lora::new(self.rank, self.alpha).set_param_group(ParamGroup::from_paths(paths)),
-        );
+        ));
         Ok(if trainable.is_empty() {
             adapted
         } else {
@@ -153,6 +154,35 @@ impl LoraSettings {
                 (ArchConfig::Bert(_), LoraTarget::Down | LoraTarget::Gate) => "output.dense",
             })
             .collect()
+    }
+}
+
+/// burn's LoRA adapters with PEFT's initialization (`LoraLayer.reset_lora_parameters`):
+/// `lora_A` Kaiming-uniform with a = √5, i.e. A ~ U(−1/√d_in, 1/√d_in), and B = 0 (burn draws
+/// A from N(0, 1/r): about 5× PEFT's scale for r = 8, d_in = 576, so the same learning rate
+/// trained differently than with PEFT).
+struct PeftInit(Lora);
+
+impl Reparameterizer for PeftInit {
+    type Reparam = LoraAdapter;
+
+    fn reparameterize<const D: usize>(
+        &mut self,
+        path: &str,
+        param: Param<Tensor<D>>,
+    ) -> (Param<Tensor<D>>, Option<LoraAdapter>) {
+        let (base, adapter) = self.0.reparameterize(path, param);
+        let adapter = adapter.map(|adapter| {
+            let a = adapter.a.val();
+            let [d_in, _] = a.dims();
+            let bound = 1.0 / (d_in.max(1) as f64).sqrt();
+            let a = Tensor::random(a.dims(), Distribution::Uniform(-bound, bound), &a.device());
+            LoraAdapter {
+                a: Param::from_tensor(a),
+                ..adapter
+            }
+        });
+        (base, adapter)
     }
 }
 
