@@ -93,6 +93,8 @@ struct DpoWork {
     /// A preset name, or a config.json to write into the scratch directory (random init).
     model: Result<&'static str, serde_json::Value>,
     lora: bool,
+    /// `--gradient-checkpointing`: decoder layers recomputed in backward.
+    recompute: bool,
     pairs_per_step: usize,
     prompt: usize,
     completion: usize,
@@ -111,10 +113,11 @@ fn smollm2_sized() -> serde_json::Value {
 }
 
 fn dpo_workloads() -> Vec<DpoWork> {
-    let smol = |name, lora| DpoWork {
+    let smol = |name, lora, recompute| DpoWork {
         name,
         model: Err(smollm2_sized()),
         lora,
+        recompute,
         pairs_per_step: 2,
         prompt: 128,
         completion: 128,
@@ -125,6 +128,7 @@ fn dpo_workloads() -> Vec<DpoWork> {
             name: "tiny-llama (2 layers, hidden 64), 8 pairs × ~66 tokens, λ = 1",
             model: Ok("tiny-llama"),
             lora: false,
+            recompute: false,
             pairs_per_step: 8,
             prompt: 32,
             completion: 32,
@@ -133,10 +137,17 @@ fn dpo_workloads() -> Vec<DpoWork> {
         smol(
             "SmolLM2-135M-sized (30 layers, hidden 576, vocab 49152), LoRA r 8 q/k/v/o, 2 pairs × 258 tokens",
             true,
+            false,
         ),
         smol(
             "SmolLM2-135M-sized, full fine-tuning (frozen reference copy), 2 pairs × 258 tokens",
             false,
+            false,
+        ),
+        smol(
+            "SmolLM2-135M-sized, full fine-tuning, --gradient-checkpointing",
+            false,
+            true,
         ),
     ]
 }
@@ -168,6 +179,7 @@ fn dpo_throughput(
     config.lr = 1e-4;
     config.max_length = work.prompt + work.completion + 2;
     config.max_prompt_length = work.prompt;
+    config.gradient_checkpointing = work.recompute;
     if work.lora {
         config.lora = Some(LoraSettings {
             rank: 8,
