@@ -101,7 +101,8 @@ def race_trl(args, mode, model, data, lr):
     base, checkpointing = split_mode(mode)
     command = [args.python, str(HERE / "trl_dpo.py"), "--model", str(model), "--data", str(data),
                "--out", str(out), "--mode", base, "--steps", str(args.steps), "--lr", str(lr),
-               "--max-length", str(args.max_length), "--threads", str(args.threads)]
+               "--max-length", str(args.max_length), "--threads", str(args.threads),
+               "--device", args.trl_device]
     if checkpointing:
         command.append("--gradient-checkpointing")
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads),
@@ -119,7 +120,7 @@ def race_trl(args, mode, model, data, lr):
 def race_fairtune(args, mode, model, data, lr):
     out = args.work / f"fairtune-{mode}-{int(time.time())}"
     command = [args.fairtune, "train", "--task", "dpo", "--model", str(model), "--train", str(data),
-               "--out", str(out), "--backend", "cpu", "--steps", str(args.steps), "--batch-size", "2",
+               "--out", str(out), "--backend", args.backend, "--steps", str(args.steps), "--batch-size", "2",
                "--beta", "0.1", "--loss", "sigmoid", "--max-length", str(args.max_length),
                "--truncation-mode", "keep-start", "--data-order", "sequential", "--lr", str(lr),
                "--warmup-steps", "0", "--max-grad-norm", "1"]
@@ -154,6 +155,10 @@ def main():
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--threads", type=int, default=os.cpu_count())
+    parser.add_argument("--backend", choices=["cpu", "wgpu"], default="cpu",
+                        help="fairtune's backend (wgpu: the GPU through Vulkan/Metal/DX12)")
+    parser.add_argument("--trl-device", choices=["cpu", "cuda"], default="cpu",
+                        help="where TRL trains (cuda: torch's GPU)")
     parser.add_argument("--lr-lora", type=float, default=5e-5)
     parser.add_argument("--lr-full", type=float, default=5e-6)
     args = parser.parse_args()
@@ -183,7 +188,9 @@ def main():
     (args.work / "race.json").write_text(json.dumps(results, indent=1))
     print(f"SmolLM2-135M-Instruct fp32, {sum(1 for _ in data.open())} demo pairs in file order, "
           f"max length {args.max_length}, 2 pairs/step, {args.steps} steps (the first is warm-up), "
-          f"{args.threads} threads, CPU")
+          f"{args.threads} threads, " + ("CPU" if (args.backend, args.trl_device) == ("cpu", "cpu") else
+                                         f"fairtune on {args.backend}, TRL on {args.trl_device} (peak RSS is "
+                                         "host memory only: a GPU's own memory is not in it)"))
     print("| mode | TRL tokens/s | fairtune tokens/s | ratio | TRL peak RSS | fairtune peak RSS | RSS ratio "
           "| CPU pressure (TRL / fairtune) | same tokens |")
     print("|---|---:|---:|---:|---:|---:|---:|---:|:---:|")

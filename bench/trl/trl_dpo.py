@@ -40,6 +40,7 @@ def main():
     parser.add_argument("--beta", type=float, default=0.1)
     parser.add_argument("--lr", type=float, required=True)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--gradient-checkpointing", action="store_true",
                         help="transformers' activation checkpointing per decoder layer")
     args = parser.parse_args()
@@ -56,7 +57,7 @@ def main():
         gradient_accumulation_steps=1, max_steps=args.steps, learning_rate=args.lr, beta=args.beta,
         loss_type=["sigmoid"], lr_scheduler_type="linear", warmup_steps=0, weight_decay=0.0,
         max_grad_norm=1.0, train_sampling_strategy="sequential", dataloader_num_workers=0, seed=42,
-        logging_steps=1, save_strategy="no", report_to=[], use_cpu=True, bf16=False, fp16=False,
+        logging_steps=1, save_strategy="no", report_to=[], use_cpu=args.device == "cpu", bf16=False, fp16=False,
         gradient_checkpointing=args.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False}, dataset_num_proc=None)
     clock = StepClock()

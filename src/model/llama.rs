@@ -375,26 +375,18 @@ impl LlamaForCausalLM {
         let total = packing.tokens.len();
         let ids: Vec<i64> = packing.tokens.iter().map(|&t| i64::from(t)).collect();
         let input_ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, total]), device);
-        let x = match self.model.layers.first() {
-            None => self.model.embed_tokens.forward(input_ids),
-            Some(first) => {
-                let attention = &first.self_attn;
-                let batch = SegmentBatch::new(
-                    packing,
-                    attention.num_heads / attention.num_kv_heads,
-                    attention.head_dim,
-                    self.rope_theta,
-                    device,
-                );
-                match tape {
-                    Some(tape) => tape.record(self, input_ids, batch, device),
-                    None => {
-                        let mut x = self.model.embed_tokens.forward(input_ids);
-                        for layer in &self.model.layers {
-                            x = layer.forward_packed(x, &batch);
-                        }
-                        x
+        let x = if self.model.layers.is_empty() {
+            self.model.embed_tokens.forward(input_ids)
+        } else {
+            let batch = SegmentBatch::of(self, packing, device);
+            match tape {
+                Some(tape) => tape.record(self, input_ids, batch, device),
+                None => {
+                    let mut x = self.model.embed_tokens.forward(input_ids);
+                    for layer in &self.model.layers {
+                        x = layer.forward_packed(x, &batch);
                     }
+                    x
                 }
             }
         };
@@ -473,7 +465,19 @@ pub(super) struct SegmentBatch {
 }
 
 impl SegmentBatch {
-    pub(super) fn new(
+    /// The layout of `packing` for `model`'s attention (which must have a layer).
+    pub(super) fn of(model: &LlamaForCausalLM, packing: &Packing, device: &Device) -> Self {
+        let attention = &model.model.layers[0].self_attn;
+        Self::new(
+            packing,
+            attention.num_heads / attention.num_kv_heads,
+            attention.head_dim,
+            model.rope_theta,
+            device,
+        )
+    }
+
+    fn new(
         packing: &Packing,
         repeats: usize,
         head_dim: usize,

@@ -382,14 +382,7 @@ mod tests {
         let total = packing.tokens.len();
         let ids: Vec<i64> = packing.tokens.iter().map(|&t| i64::from(t)).collect();
         let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, total]), device);
-        let attention = &model.model.layers[0].self_attn;
-        let batch = SegmentBatch::new(
-            packing,
-            attention.num_heads / attention.num_kv_heads,
-            attention.head_dim,
-            model.rope_theta,
-            device,
-        );
+        let batch = SegmentBatch::of(model, packing, device);
         let mut x = model.model.embed_tokens.forward(ids);
         for (layer, &seed) in model.model.layers.iter().zip(seeds) {
             device.seed(seed);
