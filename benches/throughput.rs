@@ -3,11 +3,11 @@
 
 fn main() {
     // cargo passes `--bench`; we take no other arguments.
-    let options = fairtune::bench::BenchOptions {
+    let options = fairtune::throughput::BenchOptions {
         backend: fairtune::device::BackendChoice::Auto,
         quick: std::env::var_os("FAIRTUNE_BENCH_QUICK").is_some(),
     };
-    match fairtune::bench::run(&options) {
+    match fairtune::throughput::run(&options) {
         Ok(table) => println!("{table}"),
         Err(error) => {
             eprintln!("error: {error}");

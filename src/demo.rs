@@ -19,9 +19,10 @@ use serde_json::{Value, json};
 
 use crate::device::{BackendChoice, Selected};
 use crate::error::{Error, Result};
+use crate::fsutil::write_atomic;
 use crate::model::lora::LoraSettings;
 use crate::sweep::{self, SweepOptions};
-use crate::train::{Task, TrainConfig, checkpoint};
+use crate::train::{Task, TrainConfig};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Preset {
@@ -91,7 +92,7 @@ fn write_jsonl(path: &Path, rows: &[Value]) -> Result<()> {
     for row in rows {
         writeln!(text, "{row}").ok();
     }
-    checkpoint::write_atomic(path, text.as_bytes())
+    write_atomic(path, text.as_bytes())
 }
 
 /// An evenly spaced `n` of a JSONL file's lines (all of them when it has fewer).
@@ -284,7 +285,7 @@ pub fn run(options: &DemoOptions, selected: &Selected) -> Result<Value> {
     let mut report = report;
     report["preset"] = json!(format!("{:?}", options.preset).to_lowercase());
     report["runs"] = json!(runs);
-    checkpoint::write_atomic(
+    write_atomic(
         &options.out.join("demo.json"),
         serde_json::to_string_pretty(&report)
             .expect("report serializes")

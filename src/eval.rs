@@ -17,6 +17,7 @@ use serde_json::{Value, json};
 
 use crate::device::Selected;
 use crate::error::{Error, Result};
+use crate::fsutil::write_atomic;
 use crate::metrics::{
     GroupRates, bootstrap_interval, demographic_parity_difference, equalized_odds_difference,
     group_rates,
@@ -312,7 +313,7 @@ pub fn table(report: &Value) -> String {
 
 /// Write the report next to nothing the user had: `path` is replaced atomically.
 pub fn write(report: &Value, path: &Path) -> Result<()> {
-    checkpoint::write_atomic(
+    write_atomic(
         path,
         serde_json::to_string_pretty(report)
             .expect("report serializes")

@@ -3,9 +3,8 @@
 //!
 //! Data flows one way: [`data`] (JSONL → token batches) → [`model`] (scores, log-probs) →
 //! [`objective`] (task loss + λ·F, with F's group reduction in [`kernel`]) → [`train`]
-//! (backward, optimizer, checkpoints, reports). [`device`] picks the backend; [`bench`] measures.
+//! (backward, optimizer, checkpoints, reports). [`device`] picks the backend; [`throughput`] measures (`fairtune bench`).
 
-pub mod bench;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod benchmark;
 pub mod compare;
@@ -17,14 +16,14 @@ pub mod error;
 pub mod eval;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod fetch;
+pub mod fsutil;
 pub mod kernel;
 pub mod metrics;
 pub mod model;
 pub mod objective;
 pub mod playground;
-#[cfg(not(target_arch = "wasm32"))]
-pub mod plot;
 pub mod sweep;
+pub mod throughput;
 pub mod train;
 #[cfg(target_arch = "wasm32")]
 pub mod web;

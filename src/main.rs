@@ -551,11 +551,11 @@ fn run(cli: Cli) -> Result<()> {
         Command::Devices => devices(),
         Command::Train(args) => train(*args),
         Command::Bench(args) => {
-            let options = fairtune::bench::BenchOptions {
+            let options = fairtune::throughput::BenchOptions {
                 backend: args.backend,
                 quick: args.quick,
             };
-            fairtune::bench::run(&options).map(|table| println!("{table}"))
+            fairtune::throughput::run(&options).map(|table| println!("{table}"))
         }
         Command::Fetch { names } => fetch(&names),
         Command::Eval(args) => eval(args),

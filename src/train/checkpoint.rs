@@ -7,7 +7,6 @@
 //! by rename) point at it; older checkpoints are removed afterwards.
 
 use std::fs;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use burn::module::Module;
@@ -16,6 +15,7 @@ use burn::store::ModuleRecord;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::fsutil::{io_error as io, sync_dir, sync_file, write_atomic};
 
 /// How many whole checkpoints to keep.
 const KEEP_LAST: usize = 2;
@@ -28,34 +28,6 @@ pub struct TrainState {
     /// Fingerprint of the settings that must not change across a resume.
     pub fingerprint: String,
     pub tokens_seen: u64,
-}
-
-fn io(path: &Path, what: &str, e: impl std::fmt::Display) -> Error {
-    Error::runtime(format!("{}: cannot {what}: {e}", path.display()))
-}
-
-/// Write `bytes` to `path` through a temporary file and a rename.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
-    let mut file = fs::File::create(&tmp).map_err(|e| io(&tmp, "create", e))?;
-    file.write_all(bytes).map_err(|e| io(&tmp, "write", e))?;
-    file.sync_all().map_err(|e| io(&tmp, "sync", e))?;
-    fs::rename(&tmp, path).map_err(|e| io(path, "rename into place", e))?;
-    sync_dir(path.parent().unwrap_or(Path::new(".")));
-    Ok(())
-}
-
-fn sync_dir(dir: &Path) {
-    // Best effort: makes the rename durable on POSIX; not possible everywhere (e.g. Windows).
-    if let Ok(handle) = fs::File::open(dir) {
-        let _ = handle.sync_all();
-    }
-}
-
-fn sync_file(path: &Path) -> Result<()> {
-    fs::File::open(path)
-        .and_then(|f| f.sync_all())
-        .map_err(|e| io(path, "sync", e))
 }
 
 /// Save a module's weights to `path` atomically.

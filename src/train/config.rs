@@ -11,6 +11,7 @@ use crate::data::sampler::DataOrder;
 use crate::data::{GroupVocab, Truncation};
 use crate::device::BackendChoice;
 use crate::error::{Error, Result};
+use crate::fsutil::write_atomic;
 use crate::model::lora::LoraSettings;
 use crate::objective::{DpoConfig, FairnessKind, FairnessScore};
 
@@ -300,7 +301,7 @@ fn write_config(path: &Path, config: &TrainConfig, groups: &GroupVocab) -> Resul
         "fairness_score": config.fairness_score(),
         "fairtune_version": env!("CARGO_PKG_VERSION"),
     });
-    checkpoint::write_atomic(
+    write_atomic(
         path,
         serde_json::to_string_pretty(&value)
             .expect("config serializes")

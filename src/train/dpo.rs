@@ -22,6 +22,7 @@ use crate::data::sampler::EpochSampler;
 use crate::data::{Encoder, GroupVocab, LmSequence, Origin, TruncationStats};
 use crate::device::Selected;
 use crate::error::{Error, Result};
+use crate::fsutil::write_atomic;
 use crate::kernel::GroupStatsImpl;
 use crate::model::lora::LoraSettings;
 use crate::model::recompute::LayerTape;
@@ -532,7 +533,7 @@ impl DpoTask {
                 eval: self.reference_sums(&self.eval)?,
             };
             let bytes = serde_json::to_vec(&cache).expect("cache serializes");
-            checkpoint::write_atomic(&path, &bytes)?;
+            write_atomic(&path, &bytes)?;
             eprintln!(
                 "reference log-probs of {} pairs computed in {:.1} s: {}",
                 cache.train.len() + cache.eval.len(),

@@ -8,6 +8,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
+use crate::fsutil::write_atomic;
 
 pub struct MetricsLog {
     path: PathBuf,
@@ -39,7 +40,7 @@ impl MetricsLog {
                 }
             }
         }
-        super::checkpoint::write_atomic(path, kept.as_bytes())?;
+        write_atomic(path, kept.as_bytes())?;
         let file = OpenOptions::new().append(true).open(path).map_err(err)?;
         Ok(Self {
             path: path.to_path_buf(),

@@ -31,6 +31,7 @@ pub use config::{Task, TrainConfig};
 use crate::data::GroupVocab;
 use crate::device::Selected;
 use crate::error::{Error, Result};
+use crate::fsutil::write_atomic;
 use crate::model::lora::LoraSettings;
 use crate::objective::FairnessTerm;
 use checkpoint::TrainState;
@@ -664,7 +665,7 @@ fn train<T: TaskRunner>(config: &TrainConfig, selected: &Selected, task: T) -> R
         };
         checkpoint::save(out, &model, &optimizer, &state)?;
     }
-    checkpoint::write_atomic(
+    write_atomic(
         &out.join("report.json"),
         serde_json::to_string_pretty(&report)
             .expect("report serializes")

@@ -6,7 +6,6 @@
 //! fast wrong kernel cannot hide.
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
 use web_time::Instant;
 
 use burn::tensor::{Device, Int, Tensor, TensorData};
@@ -15,6 +14,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::device::{self, BackendChoice, Selected};
 use crate::error::{Error, Result};
+use crate::fsutil::ScratchDir;
 use crate::kernel::{self, GroupStatsImpl};
 use crate::model::lora::{LoraSettings, LoraTarget};
 use crate::train::dpo::DpoTask;
@@ -44,25 +44,6 @@ fn sync(device: &Device) -> Result<()> {
     device
         .sync()
         .map_err(|e| Error::runtime(format!("device sync failed: {e:?}")))
-}
-
-/// A temporary directory removed on drop.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Result<Self> {
-        let dir = std::env::temp_dir().join(format!("fairtune-bench-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| Error::runtime(format!("{}: {e}", dir.display())))?;
-        Ok(Self(dir))
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// Synthetic preference pairs of random letters (one byte-level token each), two groups.
@@ -160,19 +141,19 @@ fn dpo_throughput(
     warmup: usize,
     measured: usize,
 ) -> Result<(f64, f64)> {
-    let scratch = Scratch::new("dpo")?;
-    let train = scratch.0.join("pairs.jsonl");
+    let scratch = ScratchDir::new("bench-dpo")?;
+    let train = scratch.path().join("pairs.jsonl");
     let pairs = synthetic_pairs(64, work.prompt, work.completion);
     std::fs::write(&train, pairs).map_err(|e| Error::runtime(e.to_string()))?;
     let model = match &work.model {
         Ok(preset) => preset.to_string(),
         Err(config) => {
-            let path = scratch.0.join("config.json");
+            let path = scratch.path().join("config.json");
             std::fs::write(&path, config.to_string()).map_err(|e| Error::runtime(e.to_string()))?;
             path.display().to_string()
         }
     };
-    let mut config = TrainConfig::new(Task::Dpo, train, model, scratch.0.join("run"));
+    let mut config = TrainConfig::new(Task::Dpo, train, model, scratch.path().join("run"));
     config.batch_size = work.pairs_per_step;
     config.fairness_lambda = 1.0;
     config.steps = warmup + measured;

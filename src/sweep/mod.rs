@@ -10,12 +10,16 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+#[cfg(not(target_arch = "wasm32"))]
+pub mod plot;
+
 use serde::Serialize;
 use serde_json::{Value, json};
 
 use crate::device::Selected;
 use crate::error::{Error, Result};
-use crate::train::{self, Task, TrainConfig, checkpoint};
+use crate::fsutil::write_atomic;
+use crate::train::{self, Task, TrainConfig};
 
 pub struct SweepOptions {
     pub lambdas: Vec<f64>,
@@ -190,8 +194,8 @@ pub fn run(base: &TrainConfig, options: &SweepOptions, selected: &Selected) -> R
     let summaries = summarize(&points);
     let suggested = suggest(&summaries, options.tolerance);
     #[cfg(not(target_arch = "wasm32"))]
-    crate::plot::pareto(
-        &crate::plot::ParetoPlot {
+    plot::pareto(
+        &plot::ParetoPlot {
             summaries: &summaries,
             points: &points,
             metric: metric_key,
@@ -208,7 +212,7 @@ pub fn run(base: &TrainConfig, options: &SweepOptions, selected: &Selected) -> R
         "lambdas": summaries,
         "points": points,
     });
-    checkpoint::write_atomic(
+    write_atomic(
         &sweep_dir.join("sweep.json"),
         serde_json::to_string_pretty(&report)
             .expect("sweep serializes")
@@ -227,7 +231,7 @@ pub fn run(base: &TrainConfig, options: &SweepOptions, selected: &Selected) -> R
         )
         .ok();
     }
-    checkpoint::write_atomic(&sweep_dir.join("sweep.csv"), csv.as_bytes())?;
+    write_atomic(&sweep_dir.join("sweep.csv"), csv.as_bytes())?;
     Ok(report)
 }
 

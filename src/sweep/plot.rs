@@ -8,10 +8,11 @@ use std::sync::Once;
 use plotters::coord::Shift;
 use plotters::prelude::*;
 
+use super::{LambdaSummary, Point};
 use crate::error::{Error, Result};
-use crate::sweep::{LambdaSummary, Point};
+use crate::fsutil::write_atomic;
 
-static FONT: &[u8] = include_bytes!("../assets/fonts/DejaVuSans.ttf");
+static FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSans.ttf");
 
 fn register_font() {
     static ONCE: Once = Once::new();
@@ -126,5 +127,5 @@ pub fn pareto(plot: &ParetoPlot, png: &Path, svg: &Path) -> Result<()> {
         plot,
     )
     .map_err(|e| fail(svg, &e))?;
-    crate::train::checkpoint::write_atomic(svg, text.as_bytes())
+    write_atomic(svg, text.as_bytes())
 }
