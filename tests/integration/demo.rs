@@ -87,8 +87,15 @@ fn demo_runs_end_to_end_and_resumes() {
     for run in runs {
         let accuracy = run["metric"].as_f64().unwrap();
         assert!((0.0..=1.0).contains(&accuracy));
-        assert!(run["gap"].as_f64().unwrap() >= 0.0);
-        assert!(run["lowest_group"][0].is_string());
+        // The gap is the spread of the group means the table names (max − min).
+        let (low, high) = (&run["lowest_group"], &run["highest_group"]);
+        assert!(low[0].is_string() && high[0].is_string(), "{run}");
+        let spread = high[1].as_f64().unwrap() - low[1].as_f64().unwrap();
+        let gap = run["gap"].as_f64().unwrap();
+        assert!(
+            (gap - spread).abs() < 1e-6,
+            "gap {gap} vs max − min {spread}: {run}"
+        );
     }
     let again = fairtune(&args);
     assert!(again.status.success(), "{}", stderr(&again));
