@@ -122,7 +122,10 @@ pub struct DpoOutput {
     pub rejected_logps: Tensor<1>,
 }
 
-/// Numerically stable log σ(x) = min(x, 0) − log1p(exp(−|x|)).
+/// Numerically stable log σ(x) = min(x, 0) − log1p(exp(−|x|)). Kept instead of burn's
+/// `activation::log_sigmoid`, which computes `−(m + log(exp(−m) + exp(−x − m)))`: in f32 that
+/// rounds log σ(x) to 0 for x > ~17 (log(1 + 2·10⁻⁸) = 0), where log1p keeps e^{−x}, as torch's
+/// `logsigmoid` (TRL's) does. Its autodiff gradient is σ(−x), finite everywhere.
 pub fn log_sigmoid<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     x.clone().clamp_max(0.0) - x.abs().neg().exp().log1p()
 }
