@@ -177,12 +177,12 @@ impl Scorer {
         let (total, mut done) = (sequences.len().max(1), 0);
         for batch in order.chunks(self.batch_size) {
             let seqs: Vec<&LmSequence> = batch.iter().map(|&i| &sequences[i]).collect();
-            let (sums, _, _) = crate::train::dpo::sequence_logps(
+            let (sums, _, _) = crate::model::logps::sequence_logps(
                 &self.model,
                 &seqs,
-                &crate::train::dpo::single_groups(seqs.len()),
+                &crate::model::logps::single_groups(seqs.len()),
                 &self.device,
-                crate::train::dpo::ALL_POSITIONS,
+                crate::model::logps::ALL_POSITIONS,
             );
             for (&i, value) in batch.iter().zip(to_host(sums)?) {
                 out[i] = f64::from(value);

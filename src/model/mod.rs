@@ -12,6 +12,7 @@ pub mod gguf;
 pub mod layers;
 pub mod llama;
 pub mod load;
+pub mod logps;
 pub mod lora;
 pub mod recompute;
 

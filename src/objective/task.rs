@@ -9,7 +9,7 @@ pub fn logsumexp_last<const D: usize>(logits: Tensor<D>) -> Tensor<D> {
 }
 
 /// Summed log-probability of the completion tokens of each sequence, and their count: the plain
-/// full-logits computation that training's packed, fused `train::dpo::sequence_logps` is tested
+/// full-logits computation that training's packed, fused `model::logps::sequence_logps` is tested
 /// against.
 ///
 /// `logits [B, T, V]` are next-token logits for `input_ids [B, T]`; position t predicts token

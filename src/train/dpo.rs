@@ -15,7 +15,7 @@ use super::{
     FairnessSet, StepOutput, TaskRunner, TokenizerFiles, TrainConfig, checkpoint, load_tokenizer,
     read_host, report_load, to_host,
 };
-use crate::data::batch::{int_vector, pack};
+use crate::data::batch::int_vector;
 use crate::data::chat::ChatTemplate;
 use crate::data::records::{self, CompletionExample, PreferenceExample};
 use crate::data::sampler::EpochSampler;
@@ -24,9 +24,10 @@ use crate::device::Selected;
 use crate::error::{Error, Result};
 use crate::fsutil::write_atomic;
 use crate::kernel::GroupStatsImpl;
+use crate::model::logps::{ALL_POSITIONS, pair_groups, sequence_logps_with, single_groups};
 use crate::model::lora::LoraSettings;
 use crate::model::recompute::LayerTape;
-use crate::model::{self, ArchConfig, LlamaConfig, LlamaForCausalLM, ModelSource, fused};
+use crate::model::{self, ArchConfig, LlamaConfig, LlamaForCausalLM, ModelSource};
 use crate::objective::{DpoMetrics, FairnessKind, FairnessScore, PairLogps, dpo_loss, penalty};
 
 struct Pair {
@@ -81,88 +82,6 @@ fn fnv1a(state: u64, bytes: &[u8]) -> u64 {
     })
 }
 
-/// Scored positions per [`fused::token_logps`] call in training and eval: every one of a batch
-/// (the op bounds its logits itself, and one call forms one `[vocab, d]` weight gradient).
-pub const ALL_POSITIONS: usize = usize::MAX;
-
-/// Summed log-probabilities of each sequence's completion tokens (and their counts, and the
-/// tokens of the sequences), in one packed forward ([`pack`]): the sequences of each of `groups`
-/// share their common prefix (a pair's prompt is computed once), and no padding is computed.
-/// Log-probs are taken only at completion positions, `chunk` positions per call of the fused
-/// [`fused::token_logps`]: `log p(token) = logit[token] − logsumexp(logits)` with the logits
-/// alive only inside the op, a block of the vocabulary at a time (again in its backward), never
-/// in the graph, so neither a log-softmax nor the logits of prompt positions ever exist.
-pub fn sequence_logps(
-    model: &LlamaForCausalLM,
-    sequences: &[&LmSequence],
-    groups: &[Vec<usize>],
-    device: &Device,
-    chunk: usize,
-) -> (Tensor<1>, Tensor<1>, usize) {
-    sequence_logps_with(model, sequences, groups, device, chunk, None)
-}
-
-/// [`sequence_logps`], its decoder layers recomputed in backward when `tape` is given (see
-/// [`LayerTape`]; the step's backward is then `tape.backward(model, loss)`).
-pub fn sequence_logps_with(
-    model: &LlamaForCausalLM,
-    sequences: &[&LmSequence],
-    groups: &[Vec<usize>],
-    device: &Device,
-    chunk: usize,
-    tape: Option<&mut LayerTape>,
-) -> (Tensor<1>, Tensor<1>, usize) {
-    let packing = pack(sequences, groups);
-    let rows = sequences.len();
-    // Token t is scored (when it is a completion token) from the hidden state of token t − 1.
-    let (mut positions, mut targets, mut owner) = (Vec::new(), Vec::new(), Vec::new());
-    for (row, sequence) in sequences.iter().enumerate() {
-        let places = &packing.places[row];
-        for t in 1..sequence.tokens.len() {
-            if sequence.completion[t] {
-                positions.push(places[t - 1] as i64);
-                targets.push(i64::from(sequence.tokens[t]));
-                owner.push(row);
-            }
-        }
-    }
-    let counts: Vec<f32> = (0..rows)
-        .map(|row| owner.iter().filter(|&&o| o == row).count() as f32)
-        .collect();
-    let counts = Tensor::from_data(TensorData::new(counts, [rows]), device);
-    let n = positions.len();
-    if n == 0 {
-        return (Tensor::zeros([rows], device), counts, packing.num_tokens);
-    }
-    let hidden = match tape {
-        Some(tape) => model.packed_hidden_states_recomputed(&packing, device, tape),
-        None => model.packed_hidden_states(&packing, device),
-    };
-    let weight = model.output_weight();
-    let chunk = chunk.max(1);
-    let mut token_logps = Vec::with_capacity(n.div_ceil(chunk));
-    for start in (0..n).step_by(chunk) {
-        let end = (start + chunk).min(n);
-        let picked = hidden
-            .clone()
-            .select(0, int_vector(&positions[start..end], device));
-        let target = int_vector(&targets[start..end], device);
-        token_logps.push(fused::token_logps(picked, weight.clone(), target));
-    }
-    let token_logps = Tensor::cat(token_logps, 0);
-    // Per-sequence sums as a product with the [rows, n] membership matrix: deterministic, and
-    // plain matmul under autodiff.
-    let mut membership = vec![0f32; rows * n];
-    for (i, &row) in owner.iter().enumerate() {
-        membership[row * n + i] = 1.0;
-    }
-    let membership = Tensor::<2>::from_data(TensorData::new(membership, [rows, n]), device);
-    let sums = membership
-        .matmul(token_logps.reshape([n, 1]))
-        .reshape([rows]);
-    (sums, counts, packing.num_tokens)
-}
-
 /// How the sequences of one forward share prefixes.
 #[derive(Clone, Copy)]
 enum Layout {
@@ -170,16 +89,6 @@ enum Layout {
     Pairs,
     /// Each on its own.
     Singles,
-}
-
-/// Prefix-sharing groups of `[chosen…, rejected…]`: pair i is sequences i and `pairs + i`.
-pub fn pair_groups(pairs: usize) -> Vec<Vec<usize>> {
-    (0..pairs).map(|i| vec![i, pairs + i]).collect()
-}
-
-/// Every one of `count` sequences on its own.
-pub fn single_groups(count: usize) -> Vec<Vec<usize>> {
-    (0..count).map(|i| vec![i]).collect()
 }
 
 fn groups(layout: Layout, count: usize) -> Vec<Vec<usize>> {

@@ -159,9 +159,9 @@ fn packed_completion_logps_match_full_logits() {
     use burn::optim::GradientsParams;
     use fairtune::data::LmSequence;
     use fairtune::data::batch::lm_batch;
+    use fairtune::model::logps::{pair_groups, sequence_logps};
     use fairtune::model::{self, ArchConfig};
     use fairtune::objective::task::completion_logps;
-    use fairtune::train::dpo::{pair_groups, sequence_logps};
 
     let device = common::cpu().autodiff();
     let (ArchConfig::Llama(config), _) = model::resolve("tiny-llama", 264).unwrap() else {

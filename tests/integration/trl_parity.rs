@@ -9,7 +9,8 @@ use std::path::{Path, PathBuf};
 use burn::tensor::Device;
 use fairtune::data::{LmSequence, Truncation};
 use fairtune::device::Selected;
-use fairtune::train::dpo::{DpoTask, pair_groups, sequence_logps};
+use fairtune::model::logps::{pair_groups, sequence_logps};
+use fairtune::train::dpo::DpoTask;
 use fairtune::train::{Task, TaskRunner, TrainConfig};
 use serde_json::Value as Json;
 

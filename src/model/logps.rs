@@ -1,0 +1,103 @@
+//! Summed completion log-probs of token sequences under a causal LM: the packed,
+//! prefix-sharing forward ([`pack`]) and the fused token log-probs at completion positions only.
+//! What DPO's policy and reference, the bias benchmarks and evaluation all score with.
+
+use burn::tensor::{Device, Tensor, TensorData};
+
+use super::LlamaForCausalLM;
+use super::fused;
+use super::recompute::LayerTape;
+use crate::data::LmSequence;
+use crate::data::batch::{int_vector, pack};
+
+/// Scored positions per [`fused::token_logps`] call in training and eval: every one of a batch
+/// (the op bounds its logits itself, and one call forms one `[vocab, d]` weight gradient).
+pub const ALL_POSITIONS: usize = usize::MAX;
+
+/// Summed log-probabilities of each sequence's completion tokens (and their counts, and the
+/// tokens of the sequences), in one packed forward ([`pack`]): the sequences of each of `groups`
+/// share their common prefix (a pair's prompt is computed once), and no padding is computed.
+/// Log-probs are taken only at completion positions, `chunk` positions per call of the fused
+/// [`fused::token_logps`]: `log p(token) = logit[token] − logsumexp(logits)` with the logits
+/// alive only inside the op, a block of the vocabulary at a time (again in its backward), never
+/// in the graph, so neither a log-softmax nor the logits of prompt positions ever exist.
+pub fn sequence_logps(
+    model: &LlamaForCausalLM,
+    sequences: &[&LmSequence],
+    groups: &[Vec<usize>],
+    device: &Device,
+    chunk: usize,
+) -> (Tensor<1>, Tensor<1>, usize) {
+    sequence_logps_with(model, sequences, groups, device, chunk, None)
+}
+
+/// [`sequence_logps`], its decoder layers recomputed in backward when `tape` is given (see
+/// [`LayerTape`]; the step's backward is then `tape.backward(model, loss)`).
+pub fn sequence_logps_with(
+    model: &LlamaForCausalLM,
+    sequences: &[&LmSequence],
+    groups: &[Vec<usize>],
+    device: &Device,
+    chunk: usize,
+    tape: Option<&mut LayerTape>,
+) -> (Tensor<1>, Tensor<1>, usize) {
+    let packing = pack(sequences, groups);
+    let rows = sequences.len();
+    // Token t is scored (when it is a completion token) from the hidden state of token t − 1.
+    let (mut positions, mut targets, mut owner) = (Vec::new(), Vec::new(), Vec::new());
+    for (row, sequence) in sequences.iter().enumerate() {
+        let places = &packing.places[row];
+        for t in 1..sequence.tokens.len() {
+            if sequence.completion[t] {
+                positions.push(places[t - 1] as i64);
+                targets.push(i64::from(sequence.tokens[t]));
+                owner.push(row);
+            }
+        }
+    }
+    let counts: Vec<f32> = (0..rows)
+        .map(|row| owner.iter().filter(|&&o| o == row).count() as f32)
+        .collect();
+    let counts = Tensor::from_data(TensorData::new(counts, [rows]), device);
+    let n = positions.len();
+    if n == 0 {
+        return (Tensor::zeros([rows], device), counts, packing.num_tokens);
+    }
+    let hidden = match tape {
+        Some(tape) => model.packed_hidden_states_recomputed(&packing, device, tape),
+        None => model.packed_hidden_states(&packing, device),
+    };
+    let weight = model.output_weight();
+    let chunk = chunk.max(1);
+    let mut token_logps = Vec::with_capacity(n.div_ceil(chunk));
+    for start in (0..n).step_by(chunk) {
+        let end = (start + chunk).min(n);
+        let picked = hidden
+            .clone()
+            .select(0, int_vector(&positions[start..end], device));
+        let target = int_vector(&targets[start..end], device);
+        token_logps.push(fused::token_logps(picked, weight.clone(), target));
+    }
+    let token_logps = Tensor::cat(token_logps, 0);
+    // Per-sequence sums as a product with the [rows, n] membership matrix: deterministic, and
+    // plain matmul under autodiff.
+    let mut membership = vec![0f32; rows * n];
+    for (i, &row) in owner.iter().enumerate() {
+        membership[row * n + i] = 1.0;
+    }
+    let membership = Tensor::<2>::from_data(TensorData::new(membership, [rows, n]), device);
+    let sums = membership
+        .matmul(token_logps.reshape([n, 1]))
+        .reshape([rows]);
+    (sums, counts, packing.num_tokens)
+}
+
+/// Prefix-sharing groups of `[chosen…, rejected…]`: pair i is sequences i and `pairs + i`.
+pub fn pair_groups(pairs: usize) -> Vec<Vec<usize>> {
+    (0..pairs).map(|i| vec![i, pairs + i]).collect()
+}
+
+/// Every one of `count` sequences on its own.
+pub fn single_groups(count: usize) -> Vec<Vec<usize>> {
+    (0..count).map(|i| vec![i]).collect()
+}
