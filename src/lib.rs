@@ -17,6 +17,7 @@ pub mod eval;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod fetch;
 pub mod fsutil;
+pub mod gguf;
 pub mod kernel;
 pub mod metrics;
 pub mod model;

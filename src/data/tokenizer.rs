@@ -80,7 +80,7 @@ impl TextTokenizer {
     }
 
     /// The tokenizer stored in a GGUF file's metadata, with its special tokens.
-    pub fn from_gguf(gguf: &crate::model::gguf::Gguf) -> Result<Self> {
+    pub fn from_gguf(gguf: &crate::gguf::Gguf) -> Result<Self> {
         let json = gguf.tokenizer_json()?;
         let origin = format!("{} (tokenizer metadata)", gguf.path.display());
         let tokenizer = tokenizers::Tokenizer::from_bytes(json.to_string().as_bytes())

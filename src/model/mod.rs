@@ -24,6 +24,8 @@ pub use bert::{BertClassifier, BertConfig, BertHead};
 pub use llama::{LlamaConfig, LlamaForCausalLM};
 
 use crate::error::{Error, Result};
+use crate::gguf::Gguf;
+use gguf::GgufLlama;
 
 /// An architecture and its Hugging Face-style configuration.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -169,7 +171,7 @@ impl ModelSource {
             ModelSource::ConfigFile(file) => file.clone(),
             ModelSource::Pretrained(dir) => dir.join("config.json"),
             ModelSource::Gguf(file) => {
-                let config = ArchConfig::Llama(gguf::Gguf::open_metadata(file)?.llama_config()?);
+                let config = ArchConfig::Llama(Gguf::open_metadata(file)?.llama_config()?);
                 if config.vocab_size() < tokenizer_vocab {
                     return Err(Error::input(format!(
                         "{}: vocab_size {} is smaller than the tokenizer's vocabulary \
@@ -296,7 +298,7 @@ pub fn load_llama_gguf(
     file: &Path,
     device: &burn::tensor::Device,
 ) -> Result<(LlamaForCausalLM, load::LoadReport)> {
-    let gguf = gguf::Gguf::open(file)?;
+    let gguf = Gguf::open(file)?;
     let config = gguf.llama_config()?;
     let checkpoint = gguf.llama_checkpoint(&config)?;
     drop(gguf);
@@ -321,9 +323,7 @@ pub fn load_llama_from(
 pub fn chat_template(source: &ModelSource) -> Result<Option<String>> {
     let dir = match source {
         ModelSource::Gguf(file) => {
-            return Ok(gguf::Gguf::open_metadata(file)?
-                .chat_template()
-                .map(String::from));
+            return Ok(Gguf::open_metadata(file)?.chat_template().map(String::from));
         }
         ModelSource::Pretrained(dir) => dir.clone(),
         ModelSource::ConfigFile(file) => file.parent().map(Path::to_path_buf).unwrap_or_default(),

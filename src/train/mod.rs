@@ -112,9 +112,7 @@ pub(crate) fn load_tokenizer(
     if config.tokenizer.is_none()
         && let crate::model::ModelSource::Gguf(file) = source
     {
-        return crate::data::TextTokenizer::from_gguf(&crate::model::gguf::Gguf::open_metadata(
-            file,
-        )?);
+        return crate::data::TextTokenizer::from_gguf(&crate::gguf::Gguf::open_metadata(file)?);
     }
     match config.tokenizer.clone().or_else(|| source.tokenizer_file()) {
         Some(path) => crate::data::TextTokenizer::from_file(&path),

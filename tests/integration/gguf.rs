@@ -7,7 +7,8 @@ use std::path::{Path, PathBuf};
 use burn::tensor::{Int, Tensor, TensorData};
 use fairtune::data::TextTokenizer;
 use fairtune::data::chat::{ChatTemplate, Message};
-use fairtune::model::gguf::{Gguf, Value, unpermute_rows};
+use fairtune::gguf::{Gguf, Value};
+use fairtune::model::gguf::{GgufLlama, unpermute_rows};
 use serde_json::Value as Json;
 
 use crate::common::{self, to_vec};
