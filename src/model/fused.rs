@@ -66,12 +66,13 @@ pub fn token_logps_in_blocks(
     block: usize,
 ) -> Tensor<1> {
     let [n] = targets.dims();
-    let logps = Tensor::<2>::from_dispatch(<Dispatch as FusedBackend>::token_logps(
+    let (logps, _logsumexp) = <Dispatch as FusedBackend>::token_logps(
         hidden.into_dispatch(),
         weight.into_dispatch(),
         targets.reshape([n, 1]).into_dispatch(),
         block,
-    ));
+    );
+    let logps = Tensor::<2>::from_dispatch(logps);
     logps.reshape([n])
 }
 
@@ -145,35 +146,37 @@ pub trait FusedBackend: Backend {
     // Token log-probs forward: z = h·Wᵀ, out[i] = z[i, tᵢ] − logsumexp_j z[i, j]  ([n, 1]).
     // z[i, tᵢ] = h_i · W[tᵢ] (gathered rows); the logsumexp over vocabulary blocks b of z's
     // columns: with m_b = max z_b and s_b = Σ exp(z_b − m_b) per row, M = max_b m_b and
-    // logsumexp = M + log Σ_b s_b · exp(m_b − M).
+    // logsumexp = M + log Σ_b s_b · exp(m_b − M). Returns (out, logsumexp), both [n, 1]: the
+    // backward reuses the logsumexp instead of another pass over the vocabulary.
     #[fusion(default)]
     fn token_logps(
         hidden: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         targets: IntTensor<Self>,
         block: usize,
-    ) -> FloatTensor<Self> {
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         let picked = picked_logits::<Self>(hidden.clone(), weight.clone(), targets);
-        Self::float_sub(picked, blocked_logsumexp::<Self>(hidden, weight, block))
+        let lse = blocked_logsumexp::<Self>(hidden, weight, block);
+        (Self::float_sub(picked, lse.clone()), lse)
     }
 
     // Token log-probs backward. With p = softmax(z) and dz = ḡ · (onehot(t) − p):
     // dh = ḡ · W[t] − Σ_b (ḡ·p_b)·W_b and dW_b = −(ḡ·p_b)ᵀ·h, then dW[tᵢ] += ḡᵢ · hᵢ.
-    // p_b = exp(z_b − logsumexp) block by block; dW (when `with_weight`; else a [1, 1] zero) is
-    // assembled in one buffer. Returns (dh, dW).
+    // p_b = exp(z_b − logsumexp) block by block, `lse` the forward's; dW (when `with_weight`;
+    // else a [1, 1] zero) is assembled in one buffer. Returns (dh, dW).
     #[fusion(default)]
     fn token_logps_backward(
         grad: FloatTensor<Self>,
         hidden: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         targets: IntTensor<Self>,
+        lse: FloatTensor<Self>,
         block: usize,
         with_weight: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         let (vocab, width) = (weight.shape()[0], weight.shape()[1]);
         let n = hidden.shape()[0];
         let rows = Self::int_reshape(targets, Shape::new([n]));
-        let lse = blocked_logsumexp::<Self>(hidden.clone(), weight.clone(), block);
         let device = weight.device();
         let dtype = weight.dtype().into();
         let mut grad_hidden = Self::float_mul(
@@ -313,15 +316,23 @@ impl<B: FusedBackend> Backward<B, 2> for RmsNormBackward {
 struct TokenLogpsBackward;
 
 impl<B: FusedBackend> Backward<B, 2> for TokenLogpsBackward {
-    type State = (FloatTensor<B>, FloatTensor<B>, IntTensor<B>, usize);
+    /// (hidden, weight, targets, the forward's logsumexp `[n, 1]`, block).
+    type State = (
+        FloatTensor<B>,
+        FloatTensor<B>,
+        IntTensor<B>,
+        FloatTensor<B>,
+        usize,
+    );
 
     fn backward(self, ops: Ops<Self::State, 2>, grads: &mut Gradients, _: &mut Checkpointer) {
         let [node_hidden, node_weight] = ops.parents;
         let grad = grads.consume::<B>(&ops.node);
-        let (hidden, weight, targets, block) = ops.state;
+        let (hidden, weight, targets, lse, block) = ops.state;
         // A frozen output projection (LoRA) needs no [vocab, d] gradient: skip its matmuls.
+        let with_weight = node_weight.is_some();
         let (grad_hidden, grad_weight) =
-            B::token_logps_backward(grad, hidden, weight, targets, block, node_weight.is_some());
+            B::token_logps_backward(grad, hidden, weight, targets, lse, block, with_weight);
         register!(
             grads,
             B,
@@ -398,7 +409,7 @@ impl<B: FusedBackend, C: CheckpointStrategy> FusedBackend for Autodiff<B, C> {
         weight: FloatTensor<Self>,
         targets: IntTensor<Self>,
         block: usize,
-    ) -> FloatTensor<Self> {
+    ) -> (FloatTensor<Self>, FloatTensor<Self>) {
         let (hidden, guard_hidden) = hidden.into_parts();
         let (weight, guard_weight) = weight.into_parts();
         match TokenLogpsBackward
@@ -407,10 +418,15 @@ impl<B: FusedBackend, C: CheckpointStrategy> FusedBackend for Autodiff<B, C> {
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let out = B::token_logps(hidden.clone(), weight.clone(), targets.clone(), block);
-                prep.finish((hidden, weight, targets, block), out)
+                let (out, lse) =
+                    B::token_logps(hidden.clone(), weight.clone(), targets.clone(), block);
+                let state = (hidden, weight, targets, lse.clone(), block);
+                (prep.finish(state, out), Self::from_inner(lse))
             }
-            OpsKind::UnTracked(prep) => prep.finish(B::token_logps(hidden, weight, targets, block)),
+            OpsKind::UnTracked(prep) => {
+                let (out, lse) = B::token_logps(hidden, weight, targets, block);
+                (prep.finish(out), Self::from_inner(lse))
+            }
         }
     }
 
@@ -419,6 +435,7 @@ impl<B: FusedBackend, C: CheckpointStrategy> FusedBackend for Autodiff<B, C> {
         hidden: FloatTensor<Self>,
         weight: FloatTensor<Self>,
         targets: IntTensor<Self>,
+        lse: FloatTensor<Self>,
         block: usize,
         with_weight: bool,
     ) -> (FloatTensor<Self>, FloatTensor<Self>) {
@@ -427,6 +444,7 @@ impl<B: FusedBackend, C: CheckpointStrategy> FusedBackend for Autodiff<B, C> {
             hidden.into_primitive(),
             weight.into_primitive(),
             targets,
+            lse.into_primitive(),
             block,
             with_weight,
         );
