@@ -107,27 +107,32 @@ impl LayerTape {
             .collect();
         let mut total = GradientsParams::from_grads(grads, model);
         let dropout = has_dropout(model);
+        let weight = &model.model.embed_tokens.weight;
+        // Frozen embeddings (LoRA) need no ∂loss/∂x below the first layer.
+        let embeddings_train = weight.is_require_grad();
         for (forward, (recorded, grad)) in self.forwards.iter().zip(tops).enumerate() {
             // A forward the loss does not depend on (e.g. a fairness term weighted 0) needs none.
             let Some(mut grad) = grad else { continue };
             for (index, layer) in model.model.layers.iter().enumerate().rev() {
-                let x = recorded.inputs[index].clone().require_grad();
+                let needs_input = index > 0 || embeddings_train;
+                let x = recorded.inputs[index].clone().set_require_grad(needs_input);
                 if dropout {
                     x.device().seed(self.layer_seed(forward, index));
                 }
                 let y = layer.forward_packed(x.clone(), &recorded.batch);
-                let mut grads = (y * Tensor::from_inner(grad)).sum().backward();
-                grad = x
-                    .grad_remove(&mut grads)
-                    .expect("a layer's output depends on its input");
+                let mut grads = (y * Tensor::from_inner(grad.clone())).sum().backward();
+                if needs_input {
+                    grad = x
+                        .grad_remove(&mut grads)
+                        .expect("a layer's output depends on its input");
+                }
                 accumulate(&mut total, GradientsParams::from_grads(grads, layer), layer);
+            }
+            if !embeddings_train {
+                continue;
             }
             // The embeddings' gradient: each token's row gets its ∂loss/∂x, added in place into
             // the gradient already there (the tied output projection's), not formed densely.
-            let weight = &model.model.embed_tokens.weight;
-            if !weight.is_require_grad() {
-                continue;
-            }
             let [_, total_tokens, width] = grad.dims();
             let ids = recorded.ids.clone().reshape([total_tokens]);
             let rows = grad.reshape([total_tokens, width]);
