@@ -617,45 +617,49 @@ fn train<T: TaskRunner>(config: &TrainConfig, selected: &Selected, task: T) -> R
         ..
     } = session;
     let model = model.expect("a model after the last step");
-    checkpoint::save_module(&model, &out.join("model.bpk"))?;
-    let hf_dir = out.join("hf");
-    task.export(&model, out)?;
-    let mut report = Map::new();
-    report.insert("task".into(), json!(config.task));
-    report.insert("steps".into(), json!(config.steps));
-    report.insert("device".into(), json!(selected.describe()));
-    report.insert("backend".into(), json!(selected.backend_name()));
-    report.insert("final_train_loss".into(), json!(last_loss));
-    report.insert("lambda".into(), json!(config.fairness_lambda));
-    report.insert("fairness".into(), json!(config.fairness));
-    report.insert("fairness_score".into(), json!(config.fairness_score()));
-    report.insert("tokens_seen".into(), json!(tokens_seen));
-    report.insert("hf_export".into(), json!(hf_dir));
-    if config.lora.is_some() {
-        report.insert("lora_adapter".into(), json!(out.join("adapter")));
-    }
-    let (trainable, total) = count_params(&model);
-    report.insert("trainable_params".into(), json!(trainable));
-    report.insert("total_params".into(), json!(total));
-    report.insert("wall_s".into(), json!(wall_s));
-    report.insert(
-        "tokens_per_s".into(),
-        json!(tokens_this_run as f64 / wall_s.max(1e-9)),
-    );
-    report.extend(pollster::block_on(held_out(
-        &mut task,
-        &model,
-        &selected.device,
-    ))?);
-    // Without a fairness set the keys stay, as null and {}.
-    report.entry("fairness_set").or_insert(Value::Null);
-    report.entry("fairness_F").or_insert(Value::Null);
-    report.entry("group_means").or_insert(json!({}));
-    let report = Value::Object(report);
+    // The outputs first, the last checkpoint after them (once the task, and with it a full
+    // fine-tune's frozen reference copy, is gone: serializing the optimizer state then needs no
+    // more memory than a step did) — and the checkpoint is written even when an output fails,
+    // so no trained step is lost.
+    let outputs = (|| -> Result<Value> {
+        checkpoint::save_module(&model, &out.join("model.bpk"))?;
+        let hf_dir = out.join("hf");
+        task.export(&model, out)?;
+        let mut report = Map::new();
+        report.insert("task".into(), json!(config.task));
+        report.insert("steps".into(), json!(config.steps));
+        report.insert("device".into(), json!(selected.describe()));
+        report.insert("backend".into(), json!(selected.backend_name()));
+        report.insert("final_train_loss".into(), json!(last_loss));
+        report.insert("lambda".into(), json!(config.fairness_lambda));
+        report.insert("fairness".into(), json!(config.fairness));
+        report.insert("fairness_score".into(), json!(config.fairness_score()));
+        report.insert("tokens_seen".into(), json!(tokens_seen));
+        report.insert("hf_export".into(), json!(hf_dir));
+        if config.lora.is_some() {
+            report.insert("lora_adapter".into(), json!(out.join("adapter")));
+        }
+        let (trainable, total) = count_params(&model);
+        report.insert("trainable_params".into(), json!(trainable));
+        report.insert("total_params".into(), json!(total));
+        report.insert("wall_s".into(), json!(wall_s));
+        report.insert(
+            "tokens_per_s".into(),
+            json!(tokens_this_run as f64 / wall_s.max(1e-9)),
+        );
+        report.extend(pollster::block_on(held_out(
+            &mut task,
+            &model,
+            &selected.device,
+        ))?);
+        // Without a fairness set the keys stay, as null and {}.
+        report.entry("fairness_set").or_insert(Value::Null);
+        report.entry("fairness_F").or_insert(Value::Null);
+        report.entry("group_means").or_insert(json!({}));
+        Ok(Value::Object(report))
+    })();
+    drop(task);
     if trained {
-        // The last checkpoint once the task is gone (with it a full fine-tune's frozen reference
-        // copy): serializing the optimizer state then needs no more memory than a step did.
-        drop(task);
         let state = TrainState {
             step: config.steps,
             fingerprint: config.fingerprint(),
@@ -663,6 +667,7 @@ fn train<T: TaskRunner>(config: &TrainConfig, selected: &Selected, task: T) -> R
         };
         checkpoint::save(out, &model, &optimizer, &state)?;
     }
+    let report = outputs?;
     write_atomic(
         &out.join("report.json"),
         serde_json::to_string_pretty(&report)
