@@ -135,9 +135,12 @@ fn read_safetensors(
     infos.sort_by_key(|(_, info)| info.data_offsets.0);
     for (name, info) in infos {
         let (begin, end) = info.data_offsets;
-        let elements: usize = info.shape.iter().product();
-        let bytes = elements
-            .checked_mul(info.dtype.bitsize())
+        // A shape whose size overflows is as invalid as one that does not fit the offsets.
+        let bytes = info
+            .shape
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d))
+            .and_then(|elements| elements.checked_mul(info.dtype.bitsize()))
             .map(|bits| bits.div_ceil(8));
         if end < begin || Some(end - begin) != bytes || data_start + end as u64 > size {
             return Err(invalid(format!(

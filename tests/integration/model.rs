@@ -218,3 +218,56 @@ fn fused_ops_match_their_composed_forms() {
         );
     }
 }
+
+/// A damaged safetensors file is one clear error naming the file and what is wrong, never a
+/// panic: truncated data, a header length past the file, a header that is not JSON, offsets that
+/// do not fit the shape. The intact file loads, every tensor.
+#[test]
+fn damaged_safetensors_are_refused_with_a_reason() {
+    use fairtune::model::load::Checkpoint;
+
+    let source =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-llama-chat");
+    let bytes = std::fs::read(source.join("model.safetensors")).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let intact = Checkpoint::from_dir(&source).unwrap();
+    assert!(
+        intact.tensors.len() > 10,
+        "{} tensors",
+        intact.tensors.len()
+    );
+
+    let header = std::str::from_utf8(&bytes[8..8 + header_len]).unwrap();
+    // The first tensor's offsets, moved one byte: they no longer fit its shape.
+    let shifted = header.replacen("\"data_offsets\":[0,", "\"data_offsets\":[1,", 1);
+    assert_ne!(
+        shifted, header,
+        "the fixture's header lists a tensor at offset 0"
+    );
+    let mut bad_offsets = (shifted.len() as u64).to_le_bytes().to_vec();
+    bad_offsets.extend_from_slice(shifted.as_bytes());
+    bad_offsets.extend_from_slice(&bytes[8 + header_len..]);
+    let mut huge_header = bytes.clone();
+    huge_header[..8].copy_from_slice(&(bytes.len() as u64).to_le_bytes());
+    let mut not_json = bytes.clone();
+    not_json[8] = b'#';
+    let cases = [
+        ("truncated", bytes[..bytes.len() - 100].to_vec()),
+        ("header past the end", huge_header),
+        ("not JSON", not_json),
+        ("offsets", bad_offsets),
+        ("empty", Vec::new()),
+    ];
+    for (what, damaged) in cases {
+        let dir = common::tempdir();
+        std::fs::write(dir.path().join("model.safetensors"), damaged).unwrap();
+        let error = match Checkpoint::from_dir(dir.path()) {
+            Ok(_) => panic!("{what}: a damaged file loaded"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            error.contains("model.safetensors") && error.contains("not a safetensors file"),
+            "{what}: {error}"
+        );
+    }
+}
