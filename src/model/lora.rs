@@ -176,7 +176,10 @@ impl Reparameterizer for PeftInit {
             let a = adapter.a.val();
             let [d_in, _] = a.dims();
             let bound = 1.0 / (d_in.max(1) as f64).sqrt();
-            let a = Tensor::random(a.dims(), Distribution::Uniform(-bound, bound), &a.device());
+            // At the precision burn chose for the factors (the base's, for a half base).
+            let a =
+                Tensor::<2>::random(a.dims(), Distribution::Uniform(-bound, bound), &a.device())
+                    .cast(a.dtype());
             LoraAdapter {
                 a: Param::from_tensor(a),
                 ..adapter
