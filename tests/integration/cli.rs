@@ -19,24 +19,18 @@ fn pairs_file(dir: &Path) -> String {
         .to_string()
 }
 
-/// Run `fairtune train --task dpo` on CPU with `extra` flags; expect failure with `code`
-/// and a single error line containing `needle`.
+/// Run `fairtune train` (by default `--task dpo --model tiny-llama --steps 2`) on CPU with
+/// `extra` flags; expect failure with `code` and a single error line containing `needle`.
 #[track_caller]
 fn expect_error(dir: &Path, train: &str, extra: &[&str], code: i32, needle: &str) {
     let out = dir.join("run");
     let out = out.to_str().unwrap();
-    let mut args = vec![
-        "train",
-        "--task",
-        "dpo",
-        "--backend",
-        "cpu",
-        "--train",
-        train,
-        "--out",
-        out,
-    ];
-    for (flag, default) in [("--model", "tiny-llama"), ("--steps", "2")] {
+    let mut args = vec!["train", "--backend", "cpu", "--train", train, "--out", out];
+    for (flag, default) in [
+        ("--task", "dpo"),
+        ("--model", "tiny-llama"),
+        ("--steps", "2"),
+    ] {
         if !extra.contains(&flag) {
             args.extend([flag, default]);
         }
@@ -187,6 +181,20 @@ fn invalid_numbers() {
     expect_error(dir.path(), &train, &["--beta", "0"], 2, "--beta");
     expect_error(dir.path(), &train, &["--beta=-0.5"], 2, "--beta");
     expect_error(dir.path(), &train, &["--lr", "0"], 2, "--lr");
+    // Layer recomputation exists for the decoder models' DPO only.
+    expect_error(
+        dir.path(),
+        &train,
+        &[
+            "--task",
+            "classify",
+            "--model",
+            "tiny-bert",
+            "--gradient-checkpointing",
+        ],
+        2,
+        "--gradient-checkpointing",
+    );
     expect_error(
         dir.path(),
         &train,
