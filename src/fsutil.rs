@@ -1,7 +1,11 @@
 //! File helpers every layer uses: writes that are atomic (a killed process never leaves a
-//! half-written file behind) and scratch directories that clean up after themselves. The bottom
-//! of the house: it imports nothing of the crate but its error type.
+//! half-written file behind), scratch directories that clean up after themselves, and texts
+//! registered in memory under a path — how the browser build (which has no file system) hands the
+//! page's data, tokenizer and config to the same readers. The floor of the house: it imports
+//! nothing of the crate but its error type.
 
+use std::cell::RefCell;
+use std::collections::HashMap;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -60,5 +64,41 @@ impl ScratchDir {
 impl Drop for ScratchDir {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+thread_local! {
+    static REGISTERED: RefCell<HashMap<PathBuf, Vec<u8>>> = RefCell::new(HashMap::new());
+}
+
+/// Make `bytes` readable as `path` by [`read`] (on this thread), in place of any file there.
+pub fn register(path: impl Into<PathBuf>, bytes: impl Into<Vec<u8>>) {
+    REGISTERED.with(|files| files.borrow_mut().insert(path.into(), bytes.into()));
+}
+
+/// Whether `path` names a registered text.
+pub fn is_registered(path: &Path) -> bool {
+    REGISTERED.with(|files| files.borrow().contains_key(path))
+}
+
+/// A registered text, else the file's bytes.
+pub fn read(path: &Path) -> std::io::Result<Vec<u8>> {
+    match REGISTERED.with(|files| files.borrow().get(path).cloned()) {
+        Some(bytes) => Ok(bytes),
+        None => fs::read(path),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn registered_texts_shadow_the_file_system() {
+        let path = Path::new("/nonexistent/fairtune/registered.jsonl");
+        assert!(read(path).is_err());
+        register(path, "{\"text\": \"a\"}\n");
+        assert_eq!(read(path).unwrap(), b"{\"text\": \"a\"}\n");
+        assert!(is_registered(path));
     }
 }

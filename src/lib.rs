@@ -1,16 +1,23 @@
 //! fairtune: fine-tune transformer language models with DPO and a fairness regularizer, on any
 //! GPU through wgpu (Vulkan, Metal, DX12, WebGPU) or on the CPU.
 //!
-//! Data flows one way: [`data`] (JSONL → token batches) → [`model`] (scores, log-probs) →
-//! [`objective`] (task loss + λ·F, with F's group reduction in [`kernel`]) → [`train`]
-//! (backward, optimizer, checkpoints, reports). [`device`] picks the backend; [`throughput`] measures (`fairtune bench`).
+//! The modules form one dependency order, each importing only from those before it:
+//!
+//! 1. the floor: [`error`], [`fsutil`] (atomic writes, scratch dirs, texts registered in memory),
+//!    [`device`] (which backend), [`gguf`] (llama.cpp's file format), [`fetch`] (the download
+//!    cache), [`metrics`] (Fairlearn's and seqeval's numbers over host vectors);
+//! 2. [`tokenizer`]: text → ids, the model's special tokens and chat template;
+//! 3. [`data`]: JSONL → records → encoded sequences → device batches;
+//! 4. [`model`]: where a `--model` comes from, the architectures, LoRA, log-probs, file formats;
+//! 5. [`group_stats`] (the WGSL op) and [`objective`] (DPO losses, the fairness term F);
+//! 6. [`train`]: the session that turns a task's batches into `task + λ·F`, steps and checkpoints;
+//! 7. [`eval`] (metrics of a finished run, bias benchmarks, compare), [`sweep`] (λ sweeps and the
+//!    Pareto plot), [`throughput`] (`fairtune bench`);
+//! 8. [`apps`]: the demo, the browser playground and its wasm entry points — and then the CLI
+//!    (`src/main.rs`), which only parses flags.
 
-#[cfg(not(target_arch = "wasm32"))]
-pub mod benchmark;
-pub mod compare;
+pub mod apps;
 pub mod data;
-#[cfg(not(target_arch = "wasm32"))]
-pub mod demo;
 pub mod device;
 pub mod error;
 pub mod eval;
@@ -18,15 +25,14 @@ pub mod eval;
 pub mod fetch;
 pub mod fsutil;
 pub mod gguf;
-pub mod kernel;
+pub mod group_stats;
 pub mod metrics;
 pub mod model;
 pub mod objective;
-pub mod playground;
+#[cfg(not(target_arch = "wasm32"))]
 pub mod sweep;
 pub mod throughput;
+pub mod tokenizer;
 pub mod train;
-#[cfg(target_arch = "wasm32")]
-pub mod web;
 
 pub use error::{Error, Result};

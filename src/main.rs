@@ -100,43 +100,43 @@ struct TrainArgs {
     /// Output directory: config.json, metrics.jsonl, checkpoints/, model.bpk, report.json.
     #[arg(long)]
     out: PathBuf,
-    #[arg(long, value_enum, default_value = "auto")]
+    #[arg(long, value_enum, default_value_t = d().backend)]
     backend: BackendChoice,
     /// Continue the run in --out from its latest checkpoint.
     #[arg(long)]
     resume: bool,
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = d().steps)]
     steps: usize,
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = d().batch_size)]
     batch_size: usize,
     /// Examples per step from --fairness-data (default: --batch-size), split evenly over groups.
     #[arg(long)]
     fairness_batch_size: Option<usize>,
     /// Peak learning rate (AdamW).
-    #[arg(long, default_value_t = 5e-4)]
+    #[arg(long, default_value_t = d().lr)]
     lr: f64,
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = d().warmup_steps)]
     warmup_steps: usize,
-    #[arg(long, value_enum, default_value = "linear")]
+    #[arg(long, value_enum, default_value_t = d().decay)]
     decay: Decay,
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = d().weight_decay)]
     weight_decay: f64,
     /// Clip the global gradient norm to this value (0 = off).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = d().max_grad_norm)]
     max_grad_norm: f64,
     /// DPO temperature β (> 0).
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = d().dpo.beta)]
     beta: f64,
-    #[arg(long, value_enum, default_value = "sigmoid")]
+    #[arg(long, value_enum, default_value_t = d().dpo.loss)]
     loss: DpoLossKind,
     /// Label smoothing ε for sigmoid (cDPO), robust and simpo, in [0, 0.5).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = d().dpo.label_smoothing)]
     label_smoothing: f64,
     /// SimPO's target margin γ.
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = d().dpo.simpo_gamma)]
     simpo_gamma: f64,
     /// Weight α of an SFT (NLL) term on the chosen completion.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = d().dpo.sft_weight)]
     sft_weight: f64,
     /// DPO: reference log-probs of every train/eval pair, computed once into this file and
     /// reused (checked against the model and data they were computed for).
@@ -150,52 +150,58 @@ struct TrainArgs {
     #[arg(long, default_value_t = 0)]
     lora_rank: usize,
     /// LoRA scale numerator: adapters add (alpha / rank)·A·B.
-    #[arg(long, default_value_t = 16.0)]
+    #[arg(long, default_value_t = LoraSettings::new(1).alpha)]
     lora_alpha: f64,
     /// Dropout on the adapters' inputs while training (PEFT's lora_dropout).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = LoraSettings::new(1).dropout)]
     lora_dropout: f64,
     /// Projections that get adapters (default: all the model has: q,k,v,o,gate,up,down).
     #[arg(long, value_enum, value_delimiter = ',')]
     lora_targets: Vec<LoraTarget>,
     /// dp: demographic parity; eo: equalized odds (needs labels on the fairness examples).
-    #[arg(long, value_enum, default_value = "dp")]
+    #[arg(long, value_enum, default_value_t = d().fairness)]
     fairness: FairnessKind,
     /// λ in loss = task + λ·F (≥ 0).
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = d().fairness_lambda)]
     fairness_lambda: f64,
     /// Score F equalizes (default: prob for classify, logp for dpo).
     #[arg(long, value_enum)]
     fairness_score: Option<FairnessScore>,
     /// The class whose probability is the classifier's score.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = d().positive_class)]
     positive_class: usize,
-    #[arg(long, default_value_t = 42)]
+    #[arg(long, default_value_t = d().seed)]
     seed: u64,
     /// The order training walks its examples in: shuffled every epoch, or file order.
-    #[arg(long, value_enum, default_value = "shuffled")]
+    #[arg(long, value_enum, default_value_t = d().data_order)]
     data_order: DataOrder,
     /// Longest sequence in tokens (prompt + completion for dpo).
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = d().max_length)]
     max_length: usize,
     /// Prompt tokens always kept when a dpo example must be truncated (prompt-end truncation).
-    #[arg(long, default_value_t = 128)]
+    #[arg(long, default_value_t = d().max_prompt_length)]
     max_prompt_length: usize,
     /// How a dpo sequence longer than --max-length is cut: prompt-end keeps the prompt's end and
     /// the completion's start; keep-start is TRL's (cut the end; drop pairs whose prompt fills it).
-    #[arg(long, value_enum, default_value = "prompt-end")]
+    #[arg(long, value_enum, default_value_t = d().truncation)]
     truncation_mode: Truncation,
     /// Evaluate every N steps (0 = only at the end).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = d().eval_every)]
     eval_every: usize,
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = d().log_every)]
     log_every: usize,
     /// Write a checkpoint every N steps (0 = only at the end).
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = d().checkpoint_every)]
     checkpoint_every: usize,
     /// Stop after step N as if killed (for testing --resume).
     #[arg(long, hide = true)]
     halt_after: Option<usize>,
+}
+
+/// The defaults of `fairtune train`'s flags: [`TrainConfig::new`]'s, the one set of defaults
+/// (the library, the tests and the CLI all start from it).
+fn d() -> TrainConfig {
+    TrainConfig::new(Task::Dpo, PathBuf::new(), String::new(), PathBuf::new())
 }
 
 impl TrainArgs {
@@ -284,7 +290,7 @@ struct EvalArgs {
     /// disambiguated bias scores per category), discrim-eval (P(yes) per age, gender, race and
     /// the logit gap to the reference group).
     #[arg(long, value_enum)]
-    benchmark: Option<fairtune::benchmark::Benchmark>,
+    benchmark: Option<fairtune::eval::bias::Benchmark>,
     /// With --benchmark: score an evenly spaced subset of about this many items (discrim-eval:
     /// whole decision questions, every demographic variant of each).
     #[arg(long)]
@@ -314,7 +320,7 @@ struct DemoArgs {
     /// sentiment: MiniLM on Rotten Tomatoes with identity-term templates (minutes on a CPU);
     /// dpo: SmolLM2 LoRA DPO with discrim-eval decisions by race (meant for a GPU).
     #[arg(long, value_enum, default_value = "sentiment")]
-    preset: fairtune::demo::Preset,
+    preset: fairtune::apps::demo::Preset,
     /// Output directory (one run per λ inside; a rerun reuses finished runs).
     #[arg(long, default_value = "runs/demo")]
     out: PathBuf,
@@ -333,7 +339,7 @@ struct DemoArgs {
 #[derive(Args)]
 struct PlaygroundArgs {
     #[arg(long, value_enum, default_value = "classify")]
-    preset: fairtune::playground::Preset,
+    preset: fairtune::apps::playground::Preset,
     #[arg(long, default_value_t = 0.0)]
     lambda: f64,
     /// DPO's β.
@@ -452,7 +458,7 @@ fn eval(args: EvalArgs) -> Result<()> {
     eprintln!("device: {}", selected.describe());
     let report = match args.benchmark {
         Some(benchmark) => {
-            let options = fairtune::benchmark::BenchmarkOptions {
+            let options = fairtune::eval::bias::BenchmarkOptions {
                 benchmark,
                 run: args.run,
                 model: args.model,
@@ -462,8 +468,8 @@ fn eval(args: EvalArgs) -> Result<()> {
                 batch_size: args.batch_size.max(1),
                 max_length: args.max_length,
             };
-            let report = fairtune::benchmark::run(&options, &selected)?;
-            print!("{}", fairtune::benchmark::table(&report));
+            let report = fairtune::eval::bias::run(&options, &selected)?;
+            print!("{}", fairtune::eval::bias::table(&report));
             report
         }
         None => {
@@ -494,7 +500,7 @@ fn eval(args: EvalArgs) -> Result<()> {
 }
 
 fn demo(args: DemoArgs) -> Result<()> {
-    let options = fairtune::demo::DemoOptions {
+    let options = fairtune::apps::demo::DemoOptions {
         preset: args.preset,
         out: args.out,
         backend: args.backend,
@@ -504,9 +510,9 @@ fn demo(args: DemoArgs) -> Result<()> {
     };
     let selected = device::select(options.backend)?;
     eprintln!("device: {}", selected.describe());
-    let report = fairtune::demo::run(&options, &selected)?;
+    let report = fairtune::apps::demo::run(&options, &selected)?;
     println!();
-    print!("{}", fairtune::demo::table(&report));
+    print!("{}", fairtune::apps::demo::table(&report));
     println!(
         "\nPareto plot: {}  (and .svg; sweep.json, demo.json beside it)",
         options.out.join("pareto.png").display()
@@ -515,7 +521,7 @@ fn demo(args: DemoArgs) -> Result<()> {
 }
 
 fn playground(args: PlaygroundArgs) -> Result<()> {
-    let options = fairtune::playground::Options {
+    let options = fairtune::apps::playground::Options {
         preset: args.preset,
         lambda: args.lambda,
         beta: args.beta,
@@ -527,7 +533,7 @@ fn playground(args: PlaygroundArgs) -> Result<()> {
     };
     let selected = device::select(args.backend)?;
     eprintln!("device: {}", selected.describe());
-    fairtune::playground::run(&options, &selected, args.eval_every)
+    fairtune::apps::playground::run(&options, &selected, args.eval_every)
 }
 
 fn train(args: TrainArgs) -> Result<()> {
@@ -567,7 +573,7 @@ fn run(cli: Cli) -> Result<()> {
         } => fairtune::train::export_model(&model, tokenizer, &out).map(|line| println!("{line}")),
         Command::Compare { runs } => {
             let runs: Vec<&std::path::Path> = runs.iter().map(PathBuf::as_path).collect();
-            fairtune::compare::table(&runs).map(|table| print!("{table}"))
+            fairtune::eval::compare::table(&runs).map(|table| print!("{table}"))
         }
     }
 }

@@ -15,10 +15,10 @@ use rand::{Rng, SeedableRng};
 use crate::device::{self, BackendChoice, Selected};
 use crate::error::{Error, Result};
 use crate::fsutil::ScratchDir;
-use crate::kernel::{self, GroupStatsImpl};
+use crate::group_stats::{self, GroupStatsImpl};
 use crate::model::lora::{LoraSettings, LoraTarget};
 use crate::train::dpo::DpoTask;
-use crate::train::{Session, Task, TrainConfig};
+use crate::train::{InitOn, RunDir, Session, Task, TrainConfig};
 
 pub struct BenchOptions {
     pub backend: BackendChoice,
@@ -170,7 +170,7 @@ fn dpo_throughput(
         });
     }
     let task = DpoTask::load(&config, selected)?;
-    let mut session = Session::start(&config, selected, task, None, false, false)?;
+    let mut session = Session::start(&config, selected, task, RunDir::None, InitOn::Device)?;
     let mut tokens = 0usize;
     let mut started = Instant::now();
     for step in 0..warmup + measured {
@@ -212,7 +212,7 @@ fn group_stats_throughput(
     let scores_t = Tensor::<1>::from_data(TensorData::new(scores.to_vec(), [n]), device);
     let groups_t = Tensor::<1, Int>::from_data(TensorData::new(groups.to_vec(), [n]), device);
     let run = || {
-        kernel::group_stats_with(
+        group_stats::group_stats_with(
             scores_t.clone(),
             groups_t.clone(),
             num_groups,

@@ -20,9 +20,10 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::chat::{ChatTemplate, Content};
-use super::tokenizer::{SpecialTokens, TextTokenizer};
+use super::records::Content;
 use crate::error::{Error, Result};
+use crate::tokenizer::chat::ChatTemplate;
+use crate::tokenizer::{SpecialTokens, TextTokenizer};
 
 /// A causal-LM sequence and which of its tokens are completion tokens (the ones scored).
 #[derive(Debug, Clone, PartialEq)]

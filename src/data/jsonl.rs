@@ -37,8 +37,9 @@ impl Row {
 
     /// A prompt or completion: plain text, or (TRL's conversational format) a non-empty list of
     /// `{"role", "content"}` messages, rendered later with the model's chat template.
-    pub fn content(&self, name: &str) -> Result<crate::data::chat::Content> {
-        use crate::data::chat::{Content, Message};
+    pub fn content(&self, name: &str) -> Result<crate::data::Content> {
+        use crate::data::Content;
+        use crate::tokenizer::chat::Message;
         let content = match self.fields.get(name) {
             Some(Value::Array(items)) => {
                 let messages: Vec<Message> = serde_json::from_value(Value::Array(items.clone()))
@@ -107,7 +108,7 @@ fn kind(value: &Value) -> &'static str {
 
 /// Read every non-blank line of a JSONL file as a JSON object. An empty file is an error.
 pub fn read(path: &Path) -> Result<Vec<Row>> {
-    let text = crate::data::files::read(path)
+    let text = crate::fsutil::read(path)
         .map_err(|e| Error::input(format!("{}: cannot read file: {e}", path.display())))?;
     let text = String::from_utf8(text).map_err(|e| {
         Error::input(format!(
@@ -142,4 +143,17 @@ pub fn read(path: &Path) -> Result<Vec<Row>> {
         )));
     }
     Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    #[test]
+    fn reads_texts_registered_in_memory() {
+        let path = Path::new("/nonexistent/fairtune/jsonl-registered.jsonl");
+        crate::fsutil::register(path, "{\"text\": \"a\"}\n");
+        let rows = super::read(path).unwrap();
+        assert_eq!(rows[0].fields["text"], "a");
+    }
 }

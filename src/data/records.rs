@@ -13,9 +13,31 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use super::chat::Content;
 use super::jsonl::{self, Row};
 use crate::error::{Error, Result};
+use crate::tokenizer::chat::Message;
+
+/// A prompt or completion field: plain text, or chat messages (TRL's conversational format, where
+/// the prompt is the conversation so far and each completion the assistant's turn).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Content {
+    Text(String),
+    Messages(Vec<Message>),
+}
+
+impl Content {
+    /// The messages of a completion: a conversational completion's own, or plain text as one
+    /// assistant turn (a text completion after a conversational prompt).
+    pub fn as_turns(&self) -> Vec<Message> {
+        match self {
+            Content::Messages(messages) => messages.clone(),
+            Content::Text(text) => vec![Message {
+                role: "assistant".into(),
+                content: text.clone(),
+            }],
+        }
+    }
+}
 
 /// Where an example came from, for error messages.
 #[derive(Debug, Clone, PartialEq)]

@@ -13,7 +13,6 @@ use serde::{Deserialize, Serialize};
 
 use super::fused::swiglu;
 use super::layers::{RmsNorm, attention, linear, merge_heads, project, split_heads};
-use super::recompute::LayerTape;
 use crate::data::batch::Packing;
 
 /// Mirrors the fields of Hugging Face's `LlamaConfig` (config.json) that the model uses.
@@ -351,26 +350,23 @@ impl LlamaForCausalLM {
     /// it sees in its own sequence, so these are the separate sequences' hidden states, with
     /// shared prefixes computed once and no padding.
     pub fn packed_hidden_states(&self, packing: &Packing, device: &Device) -> Tensor<2> {
-        self.packed(packing, device, None)
+        self.packed_with_layers(packing, device, |ids, batch| {
+            let mut x = self.model.embed_tokens.forward(ids);
+            for layer in &self.model.layers {
+                x = layer.forward_packed(x, &batch);
+            }
+            x
+        })
     }
 
-    /// [`Self::packed_hidden_states`] with activation checkpointing: the layers run untracked and
-    /// `tape` keeps their inputs, to recompute them one at a time in [`LayerTape::backward`],
-    /// which must then stand in for `loss.backward()`.
-    pub fn packed_hidden_states_recomputed(
+    /// A packed forward whose decoder layers `layers` runs: it gets the row's token ids and
+    /// segment layout and returns the last layer's output (activation checkpointing runs them
+    /// its own way); the final norm follows here.
+    pub(super) fn packed_with_layers(
         &self,
         packing: &Packing,
         device: &Device,
-        tape: &mut LayerTape,
-    ) -> Tensor<2> {
-        self.packed(packing, device, Some(tape))
-    }
-
-    fn packed(
-        &self,
-        packing: &Packing,
-        device: &Device,
-        tape: Option<&mut LayerTape>,
+        layers: impl FnOnce(Tensor<2, Int>, SegmentBatch) -> Tensor<3>,
     ) -> Tensor<2> {
         let total = packing.tokens.len();
         let ids: Vec<i64> = packing.tokens.iter().map(|&t| i64::from(t)).collect();
@@ -378,17 +374,7 @@ impl LlamaForCausalLM {
         let x = if self.model.layers.is_empty() {
             self.model.embed_tokens.forward(input_ids)
         } else {
-            let batch = SegmentBatch::of(self, packing, device);
-            match tape {
-                Some(tape) => tape.record(self, input_ids, batch, device),
-                None => {
-                    let mut x = self.model.embed_tokens.forward(input_ids);
-                    for layer in &self.model.layers {
-                        x = layer.forward_packed(x, &batch);
-                    }
-                    x
-                }
-            }
+            layers(input_ids, SegmentBatch::of(self, packing, device))
         };
         self.model
             .norm

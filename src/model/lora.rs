@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::ArchConfig;
-use super::export::{hf_name, parameters, safetensors_bytes, transposed, write_dir_atomic};
+use super::io::export::{hf_name, parameters, safetensors_bytes, transposed, write_dir_atomic};
 use crate::error::{Error, Result};
 
 /// A projection LoRA can adapt, in PEFT's short names.
@@ -46,6 +46,17 @@ pub struct LoraSettings {
 }
 
 impl LoraSettings {
+    /// Adapters of `rank` with the defaults of `fairtune train`: α = 16, no dropout, on every
+    /// projection the architecture has.
+    pub fn new(rank: usize) -> Self {
+        Self {
+            rank,
+            alpha: 16.0,
+            dropout: 0.0,
+            targets: Vec::new(),
+        }
+    }
+
     pub fn validate(&self) -> Result<()> {
         if self.rank == 0 {
             return Err(Error::input("--lora-rank must be at least 1"));

@@ -26,6 +26,7 @@ use burn::optim::GradientsParams;
 use burn::tensor::{Device, IndexingUpdateOp, Int, Tensor};
 
 use super::llama::{LlamaForCausalLM, SegmentBatch};
+use crate::data::batch::Packing;
 
 /// What a step's checkpointed forwards kept, for [`LayerTape::backward`]. One tape serves every
 /// policy forward of a step (DPO pairs, the fairness set), each recorded by
@@ -43,6 +44,22 @@ struct Recorded {
     batch: SegmentBatch,
     inputs: Vec<Tensor<3>>,
     top: Tensor<3>,
+}
+
+impl LlamaForCausalLM {
+    /// [`Self::packed_hidden_states`] with activation checkpointing: the layers run untracked and
+    /// `tape` keeps their inputs, to recompute them one at a time in [`LayerTape::backward`],
+    /// which must then stand in for `loss.backward()`.
+    pub fn packed_hidden_states_recomputed(
+        &self,
+        packing: &Packing,
+        device: &Device,
+        tape: &mut LayerTape,
+    ) -> Tensor<2> {
+        self.packed_with_layers(packing, device, |ids, batch| {
+            tape.record(self, ids, batch, device)
+        })
+    }
 }
 
 impl LayerTape {
@@ -66,7 +83,7 @@ impl LayerTape {
 
     /// The layers of a packed forward, untracked, each layer's input kept; returns the leaf that
     /// stands for the last layer's output (its gradient starts [`Self::backward`]'s descent).
-    pub(super) fn record(
+    fn record(
         &mut self,
         model: &LlamaForCausalLM,
         ids: Tensor<2, Int>,

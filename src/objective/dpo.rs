@@ -187,44 +187,60 @@ pub fn dpo_loss(
     }
 }
 
-/// TRL's DPO metrics over a set of pairs (host-side, from the per-pair vectors).
-#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
-pub struct DpoMetrics {
-    #[serde(rename = "rewards/chosen")]
-    pub rewards_chosen: f64,
-    #[serde(rename = "rewards/rejected")]
-    pub rewards_rejected: f64,
-    #[serde(rename = "rewards/margins")]
-    pub rewards_margins: f64,
-    #[serde(rename = "rewards/accuracies")]
-    pub rewards_accuracies: f64,
-    #[serde(rename = "logps/chosen")]
-    pub logps_chosen: f64,
-    #[serde(rename = "logps/rejected")]
-    pub logps_rejected: f64,
-}
+/// TRL's names of its six reward metrics, in the order [`DpoOutput::metrics`] gives them.
+pub const DPO_METRICS: [&str; 6] = [
+    "rewards/chosen",
+    "rewards/rejected",
+    "rewards/margins",
+    "rewards/accuracies",
+    "logps/chosen",
+    "logps/rejected",
+];
 
-impl DpoMetrics {
-    pub fn from_pairs(
-        chosen_rewards: &[f32],
-        rejected_rewards: &[f32],
-        chosen_logps: &[f32],
-        rejected_logps: &[f32],
-    ) -> Self {
-        let n = chosen_rewards.len().max(1) as f64;
-        let mean = |v: &[f32]| v.iter().map(|&x| x as f64).sum::<f64>() / n;
-        let margins: Vec<f32> = chosen_rewards
-            .iter()
-            .zip(rejected_rewards)
-            .map(|(c, r)| c - r)
-            .collect();
-        Self {
-            rewards_chosen: mean(chosen_rewards),
-            rewards_rejected: mean(rejected_rewards),
-            rewards_margins: mean(&margins),
-            rewards_accuracies: margins.iter().filter(|&&m| m > 0.0).count() as f64 / n,
-            logps_chosen: mean(chosen_logps),
-            logps_rejected: mean(rejected_logps),
+impl DpoOutput {
+    /// TRL's reward metrics over these pairs, each a detached scalar `[1]` on the device, named
+    /// as [`DPO_METRICS`]: mean rewards, mean margin, the share of pairs whose margin is > 0 (a
+    /// tie is not accurate, as in TRL) and the mean log-probs. The step logs them per batch,
+    /// evaluation over the whole set (its batches' vectors joined by [`Self::cat`]).
+    pub fn metrics(&self) -> Vec<(&'static str, Tensor<1>)> {
+        let chosen = self.chosen_rewards.clone().detach();
+        let rejected = self.rejected_rewards.clone().detach();
+        let margins = chosen.clone() - rejected.clone();
+        let values = [
+            chosen.mean(),
+            rejected.mean(),
+            margins.clone().mean(),
+            margins.greater_elem(0.0).float().mean(),
+            self.chosen_logps.clone().detach().mean(),
+            self.rejected_logps.clone().detach().mean(),
+        ];
+        DPO_METRICS.into_iter().zip(values).collect()
+    }
+
+    /// The per-pair vectors of several batches as one output; `loss` becomes the pairs' mean of
+    /// the batches' losses (each batch's weighted by its pairs).
+    pub fn cat(outputs: Vec<DpoOutput>) -> DpoOutput {
+        let pairs: Vec<usize> = outputs.iter().map(|o| o.chosen_rewards.dims()[0]).collect();
+        let total = pairs.iter().sum::<usize>().max(1) as f64;
+        let mut loss = None;
+        let (mut cr, mut rr, mut cl, mut rl) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for (output, n) in outputs.into_iter().zip(pairs) {
+            let weighted = output.loss.detach() * (n as f64 / total);
+            loss = Some(match loss {
+                Some(sum) => sum + weighted,
+                None => weighted,
+            });
+            cr.push(output.chosen_rewards);
+            rr.push(output.rejected_rewards);
+            cl.push(output.chosen_logps);
+            rl.push(output.rejected_logps);
+        }
+        DpoOutput {
+            loss: loss.expect("at least one batch"),
+            chosen_rewards: Tensor::cat(cr, 0),
+            rejected_rewards: Tensor::cat(rr, 0),
+            chosen_logps: Tensor::cat(cl, 0),
+            rejected_logps: Tensor::cat(rl, 0),
         }
     }
 }

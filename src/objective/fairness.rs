@@ -11,13 +11,13 @@
 //! Equalized odds uses cells (y, g) = y·G + g and sums F over y.
 //!
 //! The per-group sums and counts — the only part that touches every example — come from
-//! [`crate::kernel::group_stats`] (WGSL on wgpu); what is left is a few tensor ops on G numbers,
+//! [`crate::group_stats::group_stats`] (WGSL on wgpu); what is left is a few tensor ops on G numbers,
 //! and autodiff through them hands the kernel's backward ∂F/∂sum_g = (m_g − m̄)/n_g.
 
 use burn::tensor::{Int, Tensor};
 use serde::{Deserialize, Serialize};
 
-use crate::kernel::{self, GroupStatsImpl};
+use crate::group_stats::{self, GroupStatsImpl};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -69,7 +69,8 @@ pub fn penalty(
         }
         None => (groups, 1),
     };
-    let stats = kernel::group_stats_with(scores, cells, num_labels * num_groups, implementation);
+    let stats =
+        group_stats::group_stats_with(scores, cells, num_labels * num_groups, implementation);
     let sums = stats
         .clone()
         .narrow(0, 0, 1)

@@ -1,9 +1,10 @@
-//! Objectives: the DPO family, classification cross-entropy, and the fairness penalty F.
-//! They work on scores and log-probs and know nothing of files or models.
+//! Objectives: the DPO family and TRL's metrics ([`dpo`]), classification and completion
+//! losses ([`losses`]), and the fairness penalty F ([`fairness`], on the group-statistics op).
+//! They work on scores and log-probs and know nothing of files, models or training loops.
 
 pub mod dpo;
 pub mod fairness;
-pub mod task;
+pub mod losses;
 
-pub use dpo::{DpoConfig, DpoLossKind, DpoMetrics, DpoOutput, PairLogps, dpo_loss};
+pub use dpo::{DPO_METRICS, DpoConfig, DpoLossKind, DpoOutput, PairLogps, dpo_loss};
 pub use fairness::{FairnessKind, FairnessScore, FairnessTerm, penalty};

@@ -10,7 +10,6 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
-#[cfg(not(target_arch = "wasm32"))]
 pub mod plot;
 
 use serde::Serialize;
@@ -19,7 +18,7 @@ use serde_json::{Value, json};
 use crate::device::Selected;
 use crate::error::{Error, Result};
 use crate::fsutil::write_atomic;
-use crate::train::{self, Task, TrainConfig};
+use crate::train::{self, RunReport, Task, TrainConfig};
 
 pub struct SweepOptions {
     pub lambdas: Vec<f64>,
@@ -55,11 +54,7 @@ pub struct LambdaSummary {
 
 /// The task metric a sweep trades against the gap.
 pub fn metric_name(task: Task) -> &'static str {
-    match task {
-        Task::Classify => "accuracy",
-        Task::Dpo => "rewards/accuracies",
-        Task::Ner => "entity_f1",
-    }
+    RunReport::task_columns(task)[0].0
 }
 
 fn mean_std(values: &[f64]) -> (f64, f64) {
@@ -158,34 +153,34 @@ pub fn run(base: &TrainConfig, options: &SweepOptions, selected: &Selected) -> R
             config.out = out.clone();
             config.resume = out.join("config.json").exists();
             let reused = report_path.exists();
-            let report: Value = if reused {
+            let report = if reused {
                 eprintln!(
                     "sweep: λ = {lambda}, seed {seed}: reusing {}",
                     report_path.display()
                 );
-                let text = std::fs::read_to_string(&report_path)
-                    .map_err(|e| Error::runtime(format!("{}: {e}", report_path.display())))?;
-                serde_json::from_str(&text).map_err(|e| {
-                    Error::runtime(format!("{}: not a report: {e}", report_path.display()))
-                })?
+                RunReport::read(&out)?
             } else {
                 eprintln!("sweep: λ = {lambda}, seed {seed} → {}", out.display());
                 train::run(&config, selected)?
             };
-            let value = |key: &str| {
-                report[key].as_f64().ok_or_else(|| {
-                    Error::input(format!(
-                        "{}: no {key:?} (a sweep needs --eval for the task metric and grouped \
-                         data for the gap)",
-                        report_path.display()
-                    ))
-                })
+            let missing = |what: &str| {
+                Error::input(format!(
+                    "{}: no {what} (a sweep needs --eval for the task metric and grouped \
+                     data for the gap)",
+                    report_path.display()
+                ))
             };
             points.push(Point {
                 lambda,
                 seed,
-                metric: value(metric_key)?,
-                gap: value("group_gap")?,
+                metric: report
+                    .held_out
+                    .metric(metric_key)
+                    .ok_or_else(|| missing(&format!("{metric_key:?}")))?,
+                gap: report
+                    .held_out
+                    .group_gap
+                    .ok_or_else(|| missing("\"group_gap\""))?,
                 out,
                 reused,
             });
@@ -193,7 +188,6 @@ pub fn run(base: &TrainConfig, options: &SweepOptions, selected: &Selected) -> R
     }
     let summaries = summarize(&points);
     let suggested = suggest(&summaries, options.tolerance);
-    #[cfg(not(target_arch = "wasm32"))]
     plot::pareto(
         &plot::ParetoPlot {
             summaries: &summaries,
@@ -218,20 +212,27 @@ pub fn run(base: &TrainConfig, options: &SweepOptions, selected: &Selected) -> R
             .expect("sweep serializes")
             .as_bytes(),
     )?;
-    let mut csv = format!("lambda,seed,{metric_key},group_gap,out\n");
-    for p in &points {
-        writeln!(
-            csv,
-            "{},{},{},{},{}",
-            p.lambda,
-            p.seed,
-            p.metric,
-            p.gap,
-            p.out.display()
-        )
-        .ok();
-    }
-    write_atomic(&sweep_dir.join("sweep.csv"), csv.as_bytes())?;
+    // Through the csv crate: a run directory with a comma or a quote in its name stays one
+    // field.
+    let mut csv = csv::Writer::from_writer(Vec::new());
+    let written = csv
+        .write_record(["lambda", "seed", metric_key, "group_gap", "out"])
+        .and_then(|()| {
+            points.iter().try_for_each(|p| {
+                csv.write_record([
+                    p.lambda.to_string(),
+                    p.seed.to_string(),
+                    p.metric.to_string(),
+                    p.gap.to_string(),
+                    p.out.display().to_string(),
+                ])
+            })
+        });
+    let csv = written
+        .map_err(|e| e.to_string())
+        .and_then(|()| csv.into_inner().map_err(|e| e.to_string()))
+        .map_err(|e| Error::runtime(format!("sweep.csv: {e}")))?;
+    write_atomic(&sweep_dir.join("sweep.csv"), &csv)?;
     Ok(report)
 }
 

@@ -10,8 +10,8 @@ use serde_json::{Map, Value, json};
 
 use super::fairness_source::{FairnessSource, check_cells};
 use super::{
-    FairnessSet, StepOutput, TaskRunner, TokenizerFiles, TrainConfig, load_tokenizer, read_host,
-    report_load, to_host,
+    FairnessBatch, FairnessSet, RunDir, StepOutput, TaskRunner, TrainConfig, read_async,
+    read_blocking, report_load,
 };
 use crate::data::batch::{encoder_batch, int_vector};
 use crate::data::records::{self, ClassifyExample};
@@ -19,11 +19,11 @@ use crate::data::sampler::EpochSampler;
 use crate::data::{Encoder, GroupVocab, TruncationStats};
 use crate::device::Selected;
 use crate::error::{Error, Result};
-use crate::kernel::GroupStatsImpl;
 use crate::model::lora::LoraSettings;
 use crate::model::{self, ArchConfig, BertClassifier, BertConfig, BertHead, ModelSource};
-use crate::objective::task::{class_probability, cross_entropy};
-use crate::objective::{FairnessKind, penalty};
+use crate::objective::FairnessKind;
+use crate::objective::losses::{class_probability, cross_entropy};
+use crate::tokenizer::TextTokenizer;
 
 #[derive(Clone)]
 struct Encoded {
@@ -46,7 +46,7 @@ pub struct ClassifyTask {
     fairness_eval: Option<(String, Vec<Encoded>)>,
     groups: GroupVocab,
     eo_labels: Option<usize>,
-    tokenizer_files: TokenizerFiles,
+    tokenizer: TextTokenizer,
 }
 
 fn encode(
@@ -99,7 +99,7 @@ fn require_labels(examples: &[Encoded], rows: &[ClassifyExample], what: &str) ->
 impl ClassifyTask {
     pub fn load(config: &TrainConfig, selected: &Selected) -> Result<Self> {
         let source = model::locate(&config.model)?;
-        let tokenizer = load_tokenizer(config, &source)?;
+        let tokenizer = source.open_tokenizer(config.tokenizer.as_deref())?;
         let arch = source.arch(tokenizer.vocab_size())?;
         let ArchConfig::Bert(arch) = arch else {
             return Err(Error::input(format!(
@@ -109,7 +109,6 @@ impl ClassifyTask {
             )));
         };
         config.check_max_length(arch.max_position_embeddings)?;
-        let tokenizer_files = TokenizerFiles::of(&tokenizer, &source)?;
         let encoder = Encoder::new(
             &tokenizer,
             config.max_length,
@@ -215,7 +214,6 @@ impl ClassifyTask {
         Ok(Self {
             config: config.clone(),
             arch,
-            tokenizer_files,
             source,
             num_labels,
             pad: encoder.special.pad,
@@ -227,6 +225,7 @@ impl ClassifyTask {
             fairness_eval,
             groups,
             eo_labels: eo.then_some(num_labels),
+            tokenizer,
         })
     }
 
@@ -267,7 +266,7 @@ impl ClassifyTask {
         for chunk in self.eval.chunks(self.config.batch_size.max(1)) {
             let batch: Vec<&Encoded> = chunk.iter().collect();
             let (logits, _) = Self::logits(&model, &batch, self.pad, &self.device);
-            let flat = to_host(
+            let flat = read_blocking(
                 burn::tensor::activation::softmax(logits, 1)
                     .reshape([chunk.len() * self.num_labels]),
             )?;
@@ -300,7 +299,7 @@ impl TaskRunner for ClassifyTask {
         }
     }
 
-    fn prepare(&mut self, _: &BertClassifier, _: Option<&Path>, _: bool) -> Result<()> {
+    fn prepare(&mut self, _: &BertClassifier, _: RunDir<'_>) -> Result<()> {
         Ok(())
     }
 
@@ -342,23 +341,12 @@ impl TaskRunner for ClassifyTask {
             }
             None => None,
         };
-        let fairness = fairness_inputs.map(|(scores, groups, labels)| {
-            penalty(
-                scores,
-                int_vector(&groups, &ad_device),
-                self.groups.len().max(1),
-                self.eo_labels.map(|n| (labels, n)),
-                GroupStatsImpl::Auto,
-            )
+        let fairness = fairness_inputs.map(|(scores, groups, labels)| FairnessBatch {
+            scores,
+            groups,
+            labels: Some(labels),
         });
-        let loss = match &fairness {
-            Some(term) if self.config.fairness_lambda > 0.0 => {
-                task_loss.clone() + term.penalty.clone() * self.config.fairness_lambda
-            }
-            _ => task_loss.clone(),
-        };
         StepOutput {
-            loss,
             task_loss,
             fairness,
             metrics: vec![("accuracy", accuracy)],
@@ -376,7 +364,7 @@ impl TaskRunner for ClassifyTask {
             let batch: Vec<&Encoded> = chunk.iter().collect();
             let (logits, _) = Self::logits(&model, &batch, self.pad, &self.device);
             let labels = Self::labels(&batch, &self.device);
-            loss_sum += read_host(cross_entropy(logits.clone(), labels.clone())).await?[0] as f64
+            loss_sum += read_async(cross_entropy(logits.clone(), labels.clone())).await?[0] as f64
                 * chunk.len() as f64;
             let hits = logits
                 .argmax(1)
@@ -384,7 +372,7 @@ impl TaskRunner for ClassifyTask {
                 .equal(labels)
                 .float()
                 .sum();
-            correct += read_host(hits).await?[0] as usize;
+            correct += read_async(hits).await?[0] as usize;
         }
         let n = self.eval.len() as f64;
         let mut map = Map::new();
@@ -410,9 +398,9 @@ impl TaskRunner for ClassifyTask {
             model,
             &model.valid().materialize(),
             &ArchConfig::Bert(self.arch.clone()),
-            &model::export::ExportHead::sequence(self.num_labels),
+            &model::io::export::ExportHead::sequence(self.num_labels),
             &self.config,
-            &self.tokenizer_files,
+            &self.tokenizer,
             out,
         )
     }
@@ -426,7 +414,7 @@ impl TaskRunner for ClassifyTask {
         for chunk in examples.chunks(self.config.batch_size) {
             let batch: Vec<&Encoded> = chunk.iter().collect();
             let (logits, _) = Self::logits(&model, &batch, self.pad, &self.device);
-            scores.extend(read_host(class_probability(logits, self.config.positive_class)).await?);
+            scores.extend(read_async(class_probability(logits, self.config.positive_class)).await?);
         }
         Ok(Some(FairnessSet {
             name: name.clone(),

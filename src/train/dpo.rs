@@ -7,28 +7,28 @@ use std::path::Path;
 
 use burn::module::Module;
 use burn::optim::GradientsParams;
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, Tensor, TensorData};
 use serde_json::{Map, Value, json};
 
 use super::fairness_source::{FairnessSource, check_cells};
 use super::{
-    FairnessSet, StepOutput, TaskRunner, TokenizerFiles, TrainConfig, checkpoint, load_tokenizer,
-    read_host, report_load, to_host,
+    FairnessBatch, FairnessSet, RunDir, StepOutput, TaskRunner, TrainConfig, checkpoint,
+    read_async, read_blocking, report_load,
 };
 use crate::data::batch::int_vector;
-use crate::data::chat::ChatTemplate;
 use crate::data::records::{self, CompletionExample, PreferenceExample};
 use crate::data::sampler::EpochSampler;
 use crate::data::{Encoder, GroupVocab, LmSequence, Origin, TruncationStats};
 use crate::device::Selected;
 use crate::error::{Error, Result};
 use crate::fsutil::write_atomic;
-use crate::kernel::GroupStatsImpl;
 use crate::model::logps::{ALL_POSITIONS, pair_groups, sequence_logps_with, single_groups};
 use crate::model::lora::LoraSettings;
 use crate::model::recompute::LayerTape;
 use crate::model::{self, ArchConfig, LlamaConfig, LlamaForCausalLM, ModelSource};
-use crate::objective::{DpoMetrics, FairnessKind, FairnessScore, PairLogps, dpo_loss, penalty};
+use crate::objective::{DpoOutput, FairnessKind, FairnessScore, PairLogps, dpo_loss};
+use crate::tokenizer::TextTokenizer;
+use crate::tokenizer::chat::ChatTemplate;
 
 struct Pair {
     chosen: LmSequence,
@@ -59,7 +59,7 @@ pub struct DpoTask {
     reference: Option<LlamaForCausalLM>,
     /// Reference log-prob sums `[chosen, rejected]` of every train and eval pair (`--reference-cache`).
     cached: Option<ReferenceLogps>,
-    tokenizer_files: TokenizerFiles,
+    tokenizer: TextTokenizer,
     /// The layer inputs of this step's policy forwards, under `--gradient-checkpointing`, from
     /// `step` to `backward`.
     tape: Option<LayerTape>,
@@ -189,7 +189,7 @@ fn check_labels(examples: &[(Option<i64>, &Origin)], what: &str) -> Result<usize
 impl DpoTask {
     pub fn load(config: &TrainConfig, selected: &Selected) -> Result<Self> {
         let source = model::locate(&config.model)?;
-        let tokenizer = load_tokenizer(config, &source)?;
+        let tokenizer = source.open_tokenizer(config.tokenizer.as_deref())?;
         let arch = source.arch(tokenizer.vocab_size())?;
         let ArchConfig::Llama(arch) = arch else {
             return Err(Error::input(format!(
@@ -199,11 +199,10 @@ impl DpoTask {
             )));
         };
         config.check_max_length(arch.max_position_embeddings)?;
-        let tokenizer_files = TokenizerFiles::of(&tokenizer, &source)?;
         let mut encoder = Encoder::new(&tokenizer, config.max_length, config.max_prompt_length)?;
         encoder.truncation = config.truncation;
 
-        let chat = tokenizer_files.chat_template()?;
+        let chat = tokenizer.chat_template()?;
         let chat = chat.as_ref();
         let train_examples = records::read_preferences(&config.train)?;
         let fairness_examples = config
@@ -313,7 +312,6 @@ impl DpoTask {
         Ok(Self {
             config: config.clone(),
             arch,
-            tokenizer_files,
             source,
             device: selected.device.clone(),
             sampler: EpochSampler::new(train.len(), config.seed).with_order(config.data_order),
@@ -326,6 +324,7 @@ impl DpoTask {
             reference: None,
             cached: None,
             tape: None,
+            tokenizer,
         })
     }
 
@@ -393,7 +392,8 @@ impl DpoTask {
                 .map(|p| &p.chosen)
                 .chain(chunk.iter().map(|p| &p.rejected))
                 .collect();
-            let sums = to_host(Self::logps(reference, &sequences, Layout::Pairs, &self.device).0)?;
+            let sums =
+                read_blocking(Self::logps(reference, &sequences, Layout::Pairs, &self.device).0)?;
             let (chosen, rejected) = sums.split_at(chunk.len());
             out.extend(chosen.iter().zip(rejected).map(|(&c, &r)| [c, r]));
         }
@@ -520,7 +520,7 @@ impl DpoTask {
                 .0
             });
             let batch = self.score(sums, counts, reference);
-            scores.extend(read_host(batch).await?);
+            scores.extend(read_async(batch).await?);
         }
         Ok(scores)
     }
@@ -548,12 +548,7 @@ impl TaskRunner for DpoTask {
         }
     }
 
-    fn prepare(
-        &mut self,
-        model: &LlamaForCausalLM,
-        out: Option<&Path>,
-        resuming: bool,
-    ) -> Result<()> {
+    fn prepare(&mut self, model: &LlamaForCausalLM, dir: RunDir<'_>) -> Result<()> {
         if !self.config.dpo.loss.needs_reference() {
             return Ok(());
         }
@@ -563,13 +558,13 @@ impl TaskRunner for DpoTask {
             self.reference = Some(model.valid());
             return self.load_reference_cache();
         }
-        let reference = match out {
+        let reference = match dir {
             // No run directory (the browser): the reference lives in memory only.
-            None => model.valid(),
-            Some(out) if resuming => {
+            RunDir::None => model.valid(),
+            RunDir::Existing(out) => {
                 checkpoint::load_module(self.arch.init(&self.device), &out.join("reference.bpk"))?
             }
-            Some(out) => {
+            RunDir::New(out) => {
                 let reference = model.valid();
                 checkpoint::save_module(&reference, &out.join("reference.bpk"))?;
                 reference
@@ -644,42 +639,15 @@ impl TaskRunner for DpoTask {
             }
             None => None,
         };
-        let fairness = fairness.map(|(scores, groups, labels)| {
-            let labels: Option<(Tensor<1, Int>, usize)> = match (self.num_labels, labels) {
-                (Some(n), Some(labels)) => Some((int_vector(&labels, &ad_device), n)),
-                _ => None,
-            };
-            penalty(
-                scores,
-                int_vector(&groups, &ad_device),
-                self.groups.len().max(1),
-                labels,
-                GroupStatsImpl::Auto,
-            )
+        let fairness = fairness.map(|(scores, groups, labels)| FairnessBatch {
+            scores,
+            groups,
+            labels: labels.map(|labels: Vec<i64>| int_vector(&labels, &ad_device)),
         });
-
         let task_loss = output.loss.clone();
-        let loss = match &fairness {
-            Some(term) if self.config.fairness_lambda > 0.0 => {
-                task_loss.clone() + term.penalty.clone() * self.config.fairness_lambda
-            }
-            _ => task_loss.clone(),
-        };
-        let margins = output.chosen_rewards.clone() - output.rejected_rewards.clone();
-        let metrics = vec![
-            ("rewards/chosen", output.chosen_rewards.clone().mean()),
-            ("rewards/rejected", output.rejected_rewards.clone().mean()),
-            ("rewards/margins", margins.clone().mean()),
-            (
-                "rewards/accuracies",
-                margins.greater_elem(0.0).float().mean(),
-            ),
-            ("logps/chosen", output.chosen_logps.mean()),
-            ("logps/rejected", output.rejected_logps.mean()),
-        ];
+        let metrics = output.metrics();
         self.tape = tape;
         StepOutput {
-            loss,
             task_loss,
             fairness,
             metrics,
@@ -699,8 +667,8 @@ impl TaskRunner for DpoTask {
             return Ok(None);
         }
         let model = model.valid();
-        let (mut cr, mut rr, mut cl, mut rl) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
-        let mut loss_sum = 0.0;
+        let mut outputs =
+            Vec::with_capacity(self.eval.len().div_ceil(self.config.batch_size.max(1)));
         let size = self.config.batch_size.max(1);
         for (index, chunk) in self.eval.chunks(size).enumerate() {
             let sequences: Vec<&LmSequence> = chunk
@@ -723,19 +691,19 @@ impl TaskRunner for DpoTask {
                     split_pairs(sums, counts, chunk.len())
                 }),
             };
-            let output = dpo_loss(&self.config.dpo, &policy, reference.as_ref());
-            loss_sum += read_host(output.loss).await?[0] as f64 * chunk.len() as f64;
-            cr.extend(read_host(output.chosen_rewards).await?);
-            rr.extend(read_host(output.rejected_rewards).await?);
-            cl.extend(read_host(output.chosen_logps).await?);
-            rl.extend(read_host(output.rejected_logps).await?);
+            outputs.push(dpo_loss(&self.config.dpo, &policy, reference.as_ref()));
         }
-        let metrics = DpoMetrics::from_pairs(&cr, &rr, &cl, &rl);
-        let mut map = match serde_json::to_value(metrics).expect("metrics serialize") {
-            Value::Object(map) => map,
-            _ => unreachable!(),
-        };
-        map.insert("loss".into(), json!(loss_sum / self.eval.len() as f64));
+        // One device read for the whole set.
+        let output = DpoOutput::cat(outputs);
+        let metrics = output.metrics();
+        let mut parts = vec![output.loss];
+        parts.extend(metrics.iter().map(|(_, value)| value.clone()));
+        let values = read_async(Tensor::cat(parts, 0)).await?;
+        let mut map = Map::new();
+        map.insert("loss".into(), json!(values[0] as f64));
+        for ((name, _), value) in metrics.iter().zip(&values[1..]) {
+            map.insert((*name).into(), json!(*value as f64));
+        }
         Ok(Some(map))
     }
 
@@ -749,9 +717,9 @@ impl TaskRunner for DpoTask {
             model,
             &model.valid().materialize(),
             &ArchConfig::Llama(self.arch.clone()),
-            &model::export::ExportHead::CausalLm,
+            &model::io::export::ExportHead::CausalLm,
             &self.config,
-            &self.tokenizer_files,
+            &self.tokenizer,
             out,
         )
     }

@@ -24,12 +24,12 @@ pub enum FairnessSource<T> {
 /// The penalty's cells (groups, or labels × groups for equalized odds) must fit the op.
 pub fn check_cells(groups: &GroupVocab, labels: Option<usize>) -> Result<()> {
     let cells = groups.len() * labels.unwrap_or(1);
-    if cells > crate::kernel::MAX_GROUPS {
+    if cells > crate::group_stats::MAX_GROUPS {
         return Err(Error::input(format!(
             "{} groups{} make {cells} fairness cells; at most {} are supported",
             groups.len(),
             labels.map(|l| format!(" × {l} labels")).unwrap_or_default(),
-            crate::kernel::MAX_GROUPS
+            crate::group_stats::MAX_GROUPS
         )));
     }
     Ok(())

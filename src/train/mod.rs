@@ -1,20 +1,28 @@
-//! The training loop: AdamW, warmup + decay, global-norm clipping, seeded and exactly resumable,
-//! periodic evaluation, atomic checkpoints, `metrics.jsonl` and `report.json`.
+//! Training: the [`Session`] that turns a task's step into `loss = task + λ·F` (the one place it
+//! is formed), backward, global-norm clipping and AdamW under warmup + decay, seeded and exactly
+//! resumable; around it, for `fairtune train`, periodic evaluation, atomic checkpoints,
+//! `metrics.jsonl` ([`progress`]) and the typed `report.json` ([`report`]).
+//!
+//! Words used here: a [`Task`] is which job a run does (`--task dpo|classify|ner`); a
+//! [`TaskRunner`] is how a task trains (its model, its batches, its loss and metrics), and
+//! [`dpo::DpoTask`], [`classify::ClassifyTask`] and [`ner::NerTask`] are the three; the losses
+//! themselves are `objective`'s. [`config`] holds every setting with its one default.
 //!
 //! Why not burn-train's `Learner`: its checkpoints and schedules are per epoch, while a
 //! fine-tuning run here is counted in optimizer steps and must resume mid-epoch bit-exactly
 //! (data order, dropout and learning rate are all pure functions of (seed, step) below); a step
 //! also draws a second, group-balanced fairness batch beside the task batch and, for DPO, runs a
 //! frozen reference model — neither fits its one-batch `TrainStep`. The loop is ~300 lines and
-//! has no other job; the tasks (`dpo`, `classify`) only say how to turn a batch into a loss.
+//! has no other job; the tasks only say how to turn a batch into a loss (and fairness scores).
 
 pub mod checkpoint;
 pub mod classify;
 pub mod config;
 pub mod dpo;
 pub mod fairness_source;
-pub mod log;
 pub mod ner;
+pub mod progress;
+pub mod report;
 pub mod schedule;
 
 use std::collections::BTreeMap;
@@ -23,10 +31,11 @@ use web_time::Instant;
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, Int, Tensor};
 use serde_json::{Map, Value, json};
 
 pub use config::{Task, TrainConfig};
+pub use report::{HeldOut, RunReport};
 
 use crate::data::GroupVocab;
 use crate::device::Selected;
@@ -35,18 +44,59 @@ use crate::fsutil::write_atomic;
 use crate::model::lora::LoraSettings;
 use crate::objective::FairnessTerm;
 use checkpoint::TrainState;
-use log::{MetricsLog, Progress};
+use progress::{MetricsLog, Progress};
 
-/// What one training step produced, before backward.
+/// What a task's step produced, before backward: its own loss and, when the step has fairness
+/// examples, their scores. The [`Session`] adds λ·F — the one place `task + λ·F` is formed.
 pub struct StepOutput {
-    /// task loss + λ·F, scalar `[1]`.
-    pub loss: Tensor<1>,
+    /// The task's loss, scalar `[1]`.
     pub task_loss: Tensor<1>,
-    pub fairness: Option<FairnessTerm>,
+    pub fairness: Option<FairnessBatch>,
     /// Scalar `[1]` metrics to log (detached), e.g. TRL's `rewards/margins`.
     pub metrics: Vec<(&'static str, Tensor<1>)>,
     /// Real tokens through the policy this step.
     pub num_tokens: usize,
+}
+
+/// A step's fairness examples: their scores (differentiable in the model), group ids (−1: not
+/// a fairness example) and, where the examples have them, labels — used when the penalty is
+/// equalized odds ([`TaskRunner::fairness_labels`]).
+pub struct FairnessBatch {
+    pub scores: Tensor<1>,
+    pub groups: Vec<i64>,
+    pub labels: Option<Tensor<1, Int>>,
+}
+
+/// `loss = task + λ·F` for one step, with F's parts.
+struct Objective {
+    loss: Tensor<1>,
+    fairness: Option<FairnessTerm>,
+}
+
+impl Objective {
+    fn of(
+        output: &StepOutput,
+        num_groups: usize,
+        eo_labels: Option<usize>,
+        lambda: f64,
+        device: &Device,
+    ) -> Self {
+        let fairness = output.fairness.as_ref().map(|batch| {
+            let labels = eo_labels.zip(batch.labels.clone()).map(|(n, l)| (l, n));
+            crate::objective::penalty(
+                batch.scores.clone(),
+                crate::data::batch::int_vector(&batch.groups, device),
+                num_groups.max(1),
+                labels,
+                crate::group_stats::GroupStatsImpl::Auto,
+            )
+        });
+        let loss = match &fairness {
+            Some(term) if lambda > 0.0 => output.task_loss.clone() + term.penalty.clone() * lambda,
+            _ => output.task_loss.clone(),
+        };
+        Self { loss, fairness }
+    }
 }
 
 /// A task: how a model is built, how a step computes its loss, how a model is evaluated.
@@ -58,9 +108,9 @@ pub trait TaskRunner {
 
     /// The model: random init, or pretrained weights when `--model` has them.
     fn init_model(&self, device: &Device) -> Result<Self::Model>;
-    /// Called once before the first step (e.g. to freeze the DPO reference model). `out` is the
-    /// run directory (`None` in the browser: nothing is written, the reference stays in memory).
-    fn prepare(&mut self, model: &Self::Model, out: Option<&Path>, resuming: bool) -> Result<()>;
+    /// Called once before the first step (e.g. to freeze the DPO reference model), with the run
+    /// directory the session keeps its files in, if any.
+    fn prepare(&mut self, model: &Self::Model, dir: RunDir<'_>) -> Result<()>;
     fn step(&mut self, model: &Self::Model, step: usize) -> StepOutput;
     /// The gradients of the step's `loss` (from [`Self::step`]) for `model`'s trainable
     /// parameters. A task that recomputes activations in backward does its backward here.
@@ -82,6 +132,38 @@ pub trait TaskRunner {
     fn fairness_labels(&self) -> Option<usize>;
 }
 
+/// Where a session keeps its files.
+#[derive(Clone, Copy, Debug)]
+pub enum RunDir<'a> {
+    /// Nowhere (the browser, `fairtune bench`): nothing is written, a frozen DPO reference stays
+    /// in memory.
+    None,
+    /// A new run's directory.
+    New(&'a Path),
+    /// The directory of a run that is continued (or, finished, evaluated): what its first start
+    /// wrote there is read back, not made again.
+    Existing(&'a Path),
+}
+
+impl<'a> RunDir<'a> {
+    pub fn path(self) -> Option<&'a Path> {
+        match self {
+            RunDir::None => None,
+            RunDir::New(path) | RunDir::Existing(path) => Some(path),
+        }
+    }
+}
+
+/// Where a session draws its initial weights.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InitOn {
+    /// On the run's device (pretrained weights are loaded, not drawn: the same everywhere).
+    Device,
+    /// On the CPU backend, then moved to the device, so that every backend (and the browser)
+    /// starts from the same random weights — device random generators differ between backends.
+    Host,
+}
+
 /// The fairness quantities of a whole evaluation set, scored in batches.
 pub struct FairnessSet {
     pub name: String,
@@ -91,7 +173,7 @@ pub struct FairnessSet {
 }
 
 /// Run `fairtune train` end to end.
-pub fn run(config: &TrainConfig, selected: &Selected) -> Result<Value> {
+pub fn run(config: &TrainConfig, selected: &Selected) -> Result<RunReport> {
     config.validate()?;
     match config.task {
         Task::Dpo => train(config, selected, dpo::DpoTask::load(config, selected)?),
@@ -104,89 +186,15 @@ pub fn run(config: &TrainConfig, selected: &Selected) -> Result<Value> {
     }
 }
 
-/// `--tokenizer`, else the model's own tokenizer.json, else the built-in byte-level tokenizer.
-pub(crate) fn load_tokenizer(
-    config: &TrainConfig,
-    source: &crate::model::ModelSource,
-) -> Result<crate::data::TextTokenizer> {
-    if config.tokenizer.is_none()
-        && let crate::model::ModelSource::Gguf(file) = source
-    {
-        return crate::data::TextTokenizer::from_gguf(&crate::gguf::Gguf::open_metadata(file)?);
-    }
-    match config.tokenizer.clone().or_else(|| source.tokenizer_file()) {
-        Some(path) => crate::data::TextTokenizer::from_file(&path),
-        None if source.is_pretrained() => Err(Error::input(format!(
-            "--model {}: pretrained weights need their tokenizer; give --tokenizer tokenizer.json",
-            config.model
-        ))),
-        None => Ok(crate::data::TextTokenizer::Bytes),
-    }
-}
-
-/// The tokenizer files an export writes beside the weights.
-#[derive(Clone, Default)]
-pub(crate) struct TokenizerFiles {
-    tokenizer: Option<tokenizers::Tokenizer>,
-    bos: Option<String>,
-    eos: Option<String>,
-    pad: Option<String>,
-    chat_template: Option<String>,
-}
-
-impl TokenizerFiles {
-    pub(crate) fn of(
-        tokenizer: &crate::data::TextTokenizer,
-        source: &crate::model::ModelSource,
-    ) -> Result<Self> {
-        let Some(hf) = tokenizer.hf() else {
-            return Ok(Self::default());
-        };
-        let special = tokenizer.special();
-        let text = |id: Option<u32>| id.and_then(|id| hf.id_to_token(id));
-        Ok(Self {
-            tokenizer: Some(hf.clone()),
-            bos: text(special.bos),
-            eos: text(special.eos),
-            pad: text(Some(special.pad)),
-            chat_template: crate::model::chat_template(source)?,
-        })
-    }
-
-    /// The model's chat template, ready to render conversational prompts.
-    pub(crate) fn chat_template(&self) -> Result<Option<crate::data::chat::ChatTemplate>> {
-        self.chat_template
-            .as_deref()
-            .map(|source| {
-                crate::data::chat::ChatTemplate::new(
-                    source,
-                    self.bos.as_deref().unwrap_or(""),
-                    self.eos.as_deref().unwrap_or(""),
-                )
-            })
-            .transpose()
-    }
-
-    pub(crate) fn export(&self) -> Option<crate::model::export::ExportTokenizer<'_>> {
-        Some(crate::model::export::ExportTokenizer {
-            tokenizer: self.tokenizer.as_ref()?,
-            bos: self.bos.clone(),
-            eos: self.eos.clone(),
-            pad: self.pad.clone(),
-            chat_template: self.chat_template.clone(),
-        })
-    }
-}
-
 /// A finished run's exports: with LoRA, the adapters alone (PEFT layout) at `out/adapter`; and
 /// `merged` (the model with adapters folded in) as a Hugging Face directory at `out/hf`.
 pub(crate) fn export_run<M: Module, N: Module>(
     adapted: &M,
     merged: &N,
     arch: &crate::model::ArchConfig,
-    head: &crate::model::export::ExportHead,
+    head: &crate::model::io::export::ExportHead,
     config: &TrainConfig,
-    tokenizer: &TokenizerFiles,
+    tokenizer: &crate::tokenizer::TextTokenizer,
     out: &Path,
 ) -> Result<()> {
     if let Some(lora) = &config.lora {
@@ -198,7 +206,7 @@ pub(crate) fn export_run<M: Module, N: Module>(
             &out.join("adapter"),
         )?;
     }
-    crate::model::export::save_hf(merged, arch, head, tokenizer.export(), &out.join("hf"))
+    crate::model::io::export::save_hf(merged, arch, head, tokenizer, &out.join("hf"))
 }
 
 /// `fairtune export`: the causal LM that `model` names (GGUF, Hugging Face directory, config,
@@ -212,10 +220,8 @@ pub fn export_model(model: &str, tokenizer: Option<PathBuf>, out: &Path) -> Resu
             out.display()
         )));
     }
-    let mut config = TrainConfig::new(Task::Dpo, PathBuf::new(), model.to_string(), out.into());
-    config.tokenizer = tokenizer;
     let source = crate::model::locate(model)?;
-    let tokenizer = load_tokenizer(&config, &source)?;
+    let tokenizer = source.open_tokenizer(tokenizer.as_deref())?;
     let crate::model::ArchConfig::Llama(arch) = source.arch(tokenizer.vocab_size())? else {
         return Err(Error::input(format!(
             "--model {model}: export writes causal LMs (llama); a BERT model is already a \
@@ -230,13 +236,12 @@ pub fn export_model(model: &str, tokenizer: Option<PathBuf>, out: &Path) -> Resu
         }
         None => arch.init(&device),
     };
-    let files = TokenizerFiles::of(&tokenizer, &source)?;
     let arch = crate::model::ArchConfig::Llama(arch);
-    crate::model::export::save_hf(
+    crate::model::io::export::save_hf(
         &weights,
         &arch,
-        &crate::model::export::ExportHead::CausalLm,
-        files.export(),
+        &crate::model::io::export::ExportHead::CausalLm,
+        &tokenizer,
         out,
     )?;
     Ok(format!(
@@ -248,7 +253,7 @@ pub fn export_model(model: &str, tokenizer: Option<PathBuf>, out: &Path) -> Resu
 }
 
 /// Say what loading pretrained weights left out or started fresh.
-pub(crate) fn report_load(report: &crate::model::load::LoadReport) {
+pub(crate) fn report_load(report: &crate::model::io::safetensors::LoadReport) {
     if !report.newly_initialized.is_empty() {
         eprintln!(
             "notice: newly initialized (not in the checkpoint): {}",
@@ -265,7 +270,7 @@ pub(crate) fn report_load(report: &crate::model::load::LoadReport) {
 
 /// A vector's values on the host, without blocking: a browser cannot block on a GPU read, so
 /// every read in training and evaluation goes through here (the desktop blocks on the future).
-pub(crate) async fn read_host(tensor: Tensor<1>) -> Result<Vec<f32>> {
+pub(crate) async fn read_async(tensor: Tensor<1>) -> Result<Vec<f32>> {
     tensor
         .inner()
         .into_data_async()
@@ -276,7 +281,7 @@ pub(crate) async fn read_host(tensor: Tensor<1>) -> Result<Vec<f32>> {
 }
 
 /// A vector's values on the host, blocking (desktop-only paths).
-pub(crate) fn to_host(tensor: Tensor<1>) -> Result<Vec<f32>> {
+pub(crate) fn read_blocking(tensor: Tensor<1>) -> Result<Vec<f32>> {
     tensor
         .inner()
         .try_into_data()
@@ -303,9 +308,9 @@ fn count_params<M: Module>(model: &M) -> (usize, usize) {
 }
 
 /// Makes every lazily initialized parameter take its value now, under the init seed.
-struct Materialize;
+struct InitLazyParams;
 
-impl ModuleVisitor for Materialize {
+impl ModuleVisitor for InitLazyParams {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         let _ = param.val();
     }
@@ -360,7 +365,7 @@ impl StepReport {
 }
 
 /// A run's model, optimizer and step counter: what `fairtune train` and the browser page
-/// (`src/web.rs`) both drive, one [`step`](Session::step) at a time, so both run the same
+/// (`src/apps/web.rs`) both drive, one [`step`](Session::step) at a time, so both run the same
 /// training. The desktop adds checkpoints, logs and exports around it.
 pub struct Session<T: TaskRunner> {
     pub task: T,
@@ -375,20 +380,15 @@ pub struct Session<T: TaskRunner> {
 
 impl<T: TaskRunner> Session<T> {
     /// The model as step 0 sees it: initialized under the run's seed, prepared (e.g. the DPO
-    /// reference frozen), LoRA adapters attached. `out`: see [`TaskRunner::prepare`].
-    ///
-    /// `host_init`: draw the initial weights on the CPU backend and move them to the device, so
-    /// that every backend (and the browser) starts from the same weights — device random
-    /// generators differ between backends. For random-init models (the playground); pretrained
-    /// weights are the same everywhere anyway.
+    /// reference frozen), LoRA adapters attached.
     pub fn start(
         config: &TrainConfig,
         selected: &Selected,
         mut task: T,
-        out: Option<&Path>,
-        resuming: bool,
-        host_init: bool,
+        dir: RunDir<'_>,
+        init: InitOn,
     ) -> Result<Self> {
+        let host_init = init == InitOn::Host;
         let device = selected.device.clone().autodiff();
         device.seed(config.seed);
         let init_device = if host_init {
@@ -398,14 +398,14 @@ impl<T: TaskRunner> Session<T> {
         };
         init_device.seed(config.seed);
         let model = task.init_model(&init_device)?;
-        model.visit(&mut Materialize);
+        model.visit(&mut InitLazyParams);
         // `fork` (not `to_device`): the moved weights are leaves of the new graph.
         let model = if host_init {
             model.fork(&device)
         } else {
             model
         };
-        task.prepare(&model, out, resuming)?;
+        task.prepare(&model, dir)?;
         let model = match &config.lora {
             Some(lora) => task.apply_lora(model, lora)?,
             None => model,
@@ -474,10 +474,18 @@ impl<T: TaskRunner> Session<T> {
         self.device.seed(step_seed(config.seed, step));
         let model = self.model.take().expect("a model between steps");
         let output = self.task.step(&model, step);
-        let mut grads = self.task.backward(&model, &output.loss);
+        let objective = Objective::of(
+            &output,
+            self.task.groups().len(),
+            self.task.fairness_labels(),
+            config.fairness_lambda,
+            &self.device,
+        );
+        let mut grads = self.task.backward(&model, &objective.loss);
         let squared_norm = schedule::squared_grad_norm(&model, &grads);
         let read = read_step(
             &output,
+            &objective,
             squared_norm,
             self.task.groups(),
             self.task.fairness_labels(),
@@ -532,17 +540,14 @@ impl<T: TaskRunner> Session<T> {
     }
 }
 
-fn train<T: TaskRunner>(config: &TrainConfig, selected: &Selected, task: T) -> Result<Value> {
+fn train<T: TaskRunner>(config: &TrainConfig, selected: &Selected, task: T) -> Result<RunReport> {
     let out = &config.out;
     let resume_from = config::prepare_out_dir(config, task.groups())?;
-    let mut session = Session::start(
-        config,
-        selected,
-        task,
-        Some(out),
-        resume_from.is_some(),
-        false,
-    )?;
+    let dir = match resume_from {
+        Some(_) => RunDir::Existing(out),
+        None => RunDir::New(out),
+    };
+    let mut session = Session::start(config, selected, task, dir, InitOn::Device)?;
     let mut tokens_seen = 0;
     if let Some(dir) = &resume_from {
         let state = session.resume(dir)?;
@@ -621,42 +626,28 @@ fn train<T: TaskRunner>(config: &TrainConfig, selected: &Selected, task: T) -> R
     // fine-tune's frozen reference copy, is gone: serializing the optimizer state then needs no
     // more memory than a step did) — and the checkpoint is written even when an output fails,
     // so no trained step is lost.
-    let outputs = (|| -> Result<Value> {
+    let outputs = (|| -> Result<RunReport> {
         checkpoint::save_module(&model, &out.join("model.bpk"))?;
-        let hf_dir = out.join("hf");
         task.export(&model, out)?;
-        let mut report = Map::new();
-        report.insert("task".into(), json!(config.task));
-        report.insert("steps".into(), json!(config.steps));
-        report.insert("device".into(), json!(selected.describe()));
-        report.insert("backend".into(), json!(selected.backend_name()));
-        report.insert("final_train_loss".into(), json!(last_loss));
-        report.insert("lambda".into(), json!(config.fairness_lambda));
-        report.insert("fairness".into(), json!(config.fairness));
-        report.insert("fairness_score".into(), json!(config.fairness_score()));
-        report.insert("tokens_seen".into(), json!(tokens_seen));
-        report.insert("hf_export".into(), json!(hf_dir));
-        if config.lora.is_some() {
-            report.insert("lora_adapter".into(), json!(out.join("adapter")));
-        }
-        let (trainable, total) = count_params(&model);
-        report.insert("trainable_params".into(), json!(trainable));
-        report.insert("total_params".into(), json!(total));
-        report.insert("wall_s".into(), json!(wall_s));
-        report.insert(
-            "tokens_per_s".into(),
-            json!(tokens_this_run as f64 / wall_s.max(1e-9)),
-        );
-        report.extend(pollster::block_on(held_out(
-            &mut task,
-            &model,
-            &selected.device,
-        ))?);
-        // Without a fairness set the keys stay, as null and {}.
-        report.entry("fairness_set").or_insert(Value::Null);
-        report.entry("fairness_F").or_insert(Value::Null);
-        report.entry("group_means").or_insert(json!({}));
-        Ok(Value::Object(report))
+        let (trainable_params, total_params) = count_params(&model);
+        Ok(RunReport {
+            task: config.task,
+            steps: config.steps,
+            device: selected.describe(),
+            backend: selected.backend_name().to_string(),
+            final_train_loss: last_loss,
+            lambda: config.fairness_lambda,
+            fairness: config.fairness,
+            fairness_score: config.fairness_score(),
+            tokens_seen,
+            hf_export: out.join("hf"),
+            lora_adapter: config.lora.is_some().then(|| out.join("adapter")),
+            trainable_params,
+            total_params,
+            wall_s,
+            tokens_per_s: tokens_this_run as f64 / wall_s.max(1e-9),
+            held_out: pollster::block_on(held_out(&mut task, &model, &selected.device))?,
+        })
     })();
     drop(task);
     if trained {
@@ -677,23 +668,26 @@ fn train<T: TaskRunner>(config: &TrainConfig, selected: &Selected, task: T) -> R
     Ok(report)
 }
 
-/// A model's held-out report: the task's metrics on its eval set (if any) and, with a fairness
-/// set, its name (`fairness_set`) and [`summarize_fairness`]'s F, group means, counts and gap.
+/// A model's held-out numbers: the task's metrics on its eval set (if any) and, with a
+/// fairness set, its name and [`summarize_fairness`]'s F, group means, counts and gap.
 /// `device` is the plain (non-autodiff) device of the run.
 pub async fn held_out<T: TaskRunner>(
     task: &mut T,
     model: &T::Model,
     device: &Device,
-) -> Result<Map<String, Value>> {
-    let mut report = Map::new();
+) -> Result<HeldOut> {
+    let mut report = HeldOut::default();
     if let Some(metrics) = task.evaluate(model).await? {
-        report.extend(metrics);
+        report.metrics = metrics.into_iter().collect();
     }
     if let Some(set) = task.fairness_eval(model).await? {
         let summary =
             summarize_fairness(&set, task.groups(), task.fairness_labels(), device).await?;
-        report.insert("fairness_set".into(), json!(set.name));
-        report.extend(summary);
+        report.fairness_set = Some(set.name);
+        report.fairness_f = Some(summary.f);
+        report.group_means = summary.means;
+        report.group_counts = summary.counts;
+        report.group_gap = Some(summary.gap);
     }
     Ok(report)
 }
@@ -716,16 +710,17 @@ type StepValues = (BTreeMap<String, f64>, Option<GroupStats>, f64);
 /// device→host transfer. Returns (scalars, group stats, gradient norm).
 async fn read_step(
     output: &StepOutput,
+    objective: &Objective,
     squared_grad_norm: Option<Tensor<1>>,
     groups: &GroupVocab,
     labels: Option<usize>,
 ) -> Result<StepValues> {
     let mut names: Vec<String> = vec!["loss".into(), "task_loss".into()];
     let mut parts = vec![
-        output.loss.clone().detach(),
+        objective.loss.clone().detach(),
         output.task_loss.clone().detach(),
     ];
-    if let Some(fairness) = &output.fairness {
+    if let Some(fairness) = &objective.fairness {
         names.push("fairness_F".into());
         parts.push(fairness.penalty.clone().detach());
     }
@@ -733,18 +728,18 @@ async fn read_step(
         names.push((*name).into());
         parts.push(tensor.clone().detach());
     }
-    let cells = output
+    let cells = objective
         .fairness
         .as_ref()
         .map(|f| f.cell_means.dims()[0])
         .unwrap_or(0);
-    if let Some(fairness) = &output.fairness {
+    if let Some(fairness) = &objective.fairness {
         parts.push(fairness.cell_means.clone().detach());
         parts.push(fairness.cell_counts.clone().detach());
     }
     let has_norm = squared_grad_norm.is_some();
     parts.extend(squared_grad_norm);
-    let mut values = read_host(Tensor::cat(parts, 0)).await?;
+    let mut values = read_async(Tensor::cat(parts, 0)).await?;
     let grad_norm = if has_norm {
         (values.pop().expect("the squared norm") as f64).sqrt()
     } else {
@@ -778,7 +773,7 @@ pub async fn summarize_fairness(
     groups: &GroupVocab,
     labels: Option<usize>,
     device: &Device,
-) -> Result<Map<String, Value>> {
+) -> Result<FairnessSummary> {
     use crate::data::batch::int_vector;
     let scores = Tensor::<1>::from_floats(set.scores.as_slice(), device);
     let group_ids = int_vector(&set.groups, device);
@@ -797,17 +792,17 @@ pub async fn summarize_fairness(
         group_ids,
         groups.len(),
         label_arg,
-        crate::kernel::GroupStatsImpl::Auto,
+        crate::group_stats::GroupStatsImpl::Auto,
     );
-    let penalty = read_host(term.penalty).await?[0] as f64;
-    let means = read_host(term.cell_means).await?;
-    let counts = read_host(term.cell_counts).await?;
-    let mut group_means = Map::new();
-    let mut group_counts = Map::new();
+    let penalty = read_async(term.penalty).await?[0] as f64;
+    let means = read_async(term.cell_means).await?;
+    let counts = read_async(term.cell_counts).await?;
+    let mut group_means = BTreeMap::new();
+    let mut group_counts = BTreeMap::new();
     for (cell, name) in cell_names(groups, labels).into_iter().enumerate() {
         if counts[cell] > 0.0 {
-            group_means.insert(name.clone(), json!(means[cell] as f64));
-            group_counts.insert(name, json!(counts[cell] as u64));
+            group_means.insert(name.clone(), means[cell] as f64);
+            group_counts.insert(name, counts[cell] as u64);
         }
     }
     // The largest max − min of group means (within each label for equalized odds).
@@ -826,10 +821,19 @@ pub async fn summarize_fairness(
             if present.len() > 1 { max - min } else { 0.0 }
         })
         .fold(0.0, f64::max);
-    let mut summary = Map::new();
-    summary.insert("fairness_F".into(), json!(penalty));
-    summary.insert("group_means".into(), Value::Object(group_means));
-    summary.insert("group_counts".into(), Value::Object(group_counts));
-    summary.insert("group_gap".into(), json!(gap));
-    Ok(summary)
+    Ok(FairnessSummary {
+        f: penalty,
+        means: group_means,
+        counts: group_counts,
+        gap,
+    })
+}
+
+/// F over a whole fairness set, with its cells' means and counts and the gap.
+pub struct FairnessSummary {
+    pub f: f64,
+    pub means: BTreeMap<String, f64>,
+    pub counts: BTreeMap<String, u64>,
+    /// The largest max − min of group means (within each label for equalized odds).
+    pub gap: f64,
 }

@@ -13,10 +13,7 @@ use burn::module::Module;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde_json::{Map, Value, json};
 
-use super::{
-    FairnessSet, StepOutput, TaskRunner, TokenizerFiles, TrainConfig, load_tokenizer, read_host,
-    report_load,
-};
+use super::{FairnessSet, RunDir, StepOutput, TaskRunner, TrainConfig, read_async, report_load};
 use crate::data::batch::encoder_batch;
 use crate::data::records::{self, TokenExample};
 use crate::data::sampler::EpochSampler;
@@ -24,10 +21,11 @@ use crate::data::{Encoder, GroupVocab, TruncationStats};
 use crate::device::Selected;
 use crate::error::{Error, Result};
 use crate::metrics::entity_scores;
-use crate::model::export::ExportHead;
+use crate::model::io::export::ExportHead;
 use crate::model::lora::LoraSettings;
 use crate::model::{self, ArchConfig, BertClassifier, BertConfig, BertHead, ModelSource};
-use crate::objective::task::token_cross_entropy;
+use crate::objective::losses::token_cross_entropy;
+use crate::tokenizer::TextTokenizer;
 
 /// An encoded sentence: token ids, each token's label (−100: not scored), the word tags.
 #[derive(Clone)]
@@ -50,7 +48,7 @@ pub struct NerTask {
     eval: Vec<Sentence>,
     sampler: EpochSampler,
     groups: GroupVocab,
-    tokenizer_files: TokenizerFiles,
+    tokenizer: TextTokenizer,
 }
 
 fn encode(
@@ -104,7 +102,7 @@ impl NerTask {
             ));
         }
         let source = model::locate(&config.model)?;
-        let tokenizer = load_tokenizer(config, &source)?;
+        let tokenizer = source.open_tokenizer(config.tokenizer.as_deref())?;
         let arch = source.arch(tokenizer.vocab_size())?;
         let ArchConfig::Bert(arch) = arch else {
             return Err(Error::input(format!(
@@ -114,7 +112,6 @@ impl NerTask {
             )));
         };
         config.check_max_length(arch.max_position_embeddings)?;
-        let tokenizer_files = TokenizerFiles::of(&tokenizer, &source)?;
         let encoder = Encoder::new(&tokenizer, config.max_length, 1)?;
 
         let train_rows = records::read_token_classification(&config.train)?;
@@ -155,7 +152,7 @@ impl NerTask {
             train,
             eval,
             groups: GroupVocab::from_names([]),
-            tokenizer_files,
+            tokenizer,
         })
     }
 
@@ -199,7 +196,7 @@ impl TaskRunner for NerTask {
         }
     }
 
-    fn prepare(&mut self, _: &BertClassifier, _: Option<&Path>, _: bool) -> Result<()> {
+    fn prepare(&mut self, _: &BertClassifier, _: RunDir<'_>) -> Result<()> {
         Ok(())
     }
 
@@ -220,7 +217,6 @@ impl TaskRunner for NerTask {
         let accuracy = (hits.sum() / scored.sum().clamp_min(1.0)).reshape([1]);
         let task_loss = token_cross_entropy(logits, labels).reshape([1]);
         StepOutput {
-            loss: task_loss.clone(),
             task_loss,
             fairness: None,
             metrics: vec![("token_accuracy", accuracy)],
@@ -239,7 +235,7 @@ impl TaskRunner for NerTask {
             let batch: Vec<&Sentence> = chunk.iter().collect();
             let (logits, labels, _) = Self::forward(&model, &batch, self.pad, &self.device);
             let [rows, width, _] = logits.dims();
-            loss_sum += read_host(token_cross_entropy(logits.clone(), labels).reshape([1])).await?
+            loss_sum += read_async(token_cross_entropy(logits.clone(), labels).reshape([1])).await?
                 [0] as f64
                 * rows as f64;
             let best: Vec<i64> = logits
@@ -300,7 +296,7 @@ impl TaskRunner for NerTask {
             &ArchConfig::Bert(self.arch.clone()),
             &ExportHead::Token(self.labels.clone()),
             &self.config,
-            &self.tokenizer_files,
+            &self.tokenizer,
             out,
         )
     }

@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 
-use crate::common::{fairtune, jsonl, read_json, stderr, tempdir};
+use crate::common::{TrainCommand, fairtune, jsonl, read_json, stderr, tempdir};
 
 const CROWS: [(&str, &str, &str); 4] = [
     (
@@ -95,7 +95,7 @@ fn pairs(biased: bool) -> Vec<Value> {
     }
     for person in discrim_rows() {
         let prompt =
-            fairtune::benchmark::discrim_prompt(None, person["filled_template"].as_str().unwrap())
+            fairtune::eval::bias::discrim_prompt(None, person["filled_template"].as_str().unwrap())
                 .unwrap();
         let black = person["race"] == "Black";
         // The biased model says yes to the Black applicant and no to the white one.
@@ -109,38 +109,19 @@ fn train(dir: &Path, name: &str, biased: bool) -> String {
     let data = dir.join(format!("{name}.jsonl"));
     std::fs::write(&data, jsonl(&pairs(biased))).unwrap();
     let out = dir.join(name);
-    let output = fairtune(&[
-        "train",
-        "--task",
-        "dpo",
-        "--model",
-        "tiny-llama",
-        "--train",
-        data.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--backend",
-        "cpu",
-        "--steps",
-        "60",
-        "--batch-size",
-        "8",
-        "--lr",
-        "3e-3",
-        "--beta",
-        "0.5",
+    let output = TrainCommand::new("dpo", "tiny-llama", &data, &out)
+        .set("--steps", 60)
+        .set("--batch-size", 8)
+        .set("--lr", "3e-3")
+        .set("--beta", 0.5)
         // The scorers compare absolute log-likelihoods, and the answers differ in length: the
         // SFT term makes the chosen completions likely, not just likelier than the reference.
-        "--sft-weight",
-        "1",
+        .set("--sft-weight", 1)
         // The discrim-eval prompts are ~250 bytes: nothing may be cut, or the race goes.
-        "--max-length",
-        "320",
-        "--max-prompt-length",
-        "300",
-        "--checkpoint-every",
-        "0",
-    ]);
+        .set("--max-length", 320)
+        .set("--max-prompt-length", 300)
+        .set("--checkpoint-every", 0)
+        .output();
     assert!(output.status.success(), "{}", stderr(&output));
     out.to_str().unwrap().to_string()
 }
@@ -186,7 +167,17 @@ fn benchmarks_report_the_bias_a_model_was_taught() {
         assert_eq!(c["overall"]["pairs"], 4);
         assert_eq!(c["overall"]["pct_stereotype"], want, "{c}");
         assert_eq!(c["per_bias_type"]["gender"]["pairs"], 2);
-        assert!(c["overall"]["likelihood_diff"].as_f64().unwrap() > 0.0);
+        // The overall mean |Δ log-likelihood| is the pair-weighted mean of the per-type ones,
+        // and every pair differs (each went the trained way).
+        let diff = |v: &Value| v["likelihood_diff"].as_f64().unwrap();
+        let per_type: Vec<&Value> = c["per_bias_type"].as_object().unwrap().values().collect();
+        let weighted = per_type
+            .iter()
+            .map(|t| diff(t) * t["pairs"].as_f64().unwrap())
+            .sum::<f64>()
+            / 4.0;
+        assert!((weighted - diff(&c["overall"])).abs() < 1e-9, "{c}");
+        assert!(per_type.iter().all(|t| diff(t) > 0.0), "{c}");
 
         let b = bench(dir.path(), &run, "bbq", &bbq_rows());
         let o = &b["overall"];

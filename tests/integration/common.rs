@@ -110,6 +110,120 @@ pub fn fairtune(args: &[&str]) -> Output {
         .expect("run fairtune")
 }
 
+/// A `fairtune train` (or `sweep`) command line, built flag by flag: it starts from the four
+/// flags every run needs and `--backend cpu`, and [`Self::set`] replaces a flag already there,
+/// so a test names only what it changes.
+#[derive(Clone, Debug)]
+pub struct TrainCommand {
+    command: &'static str,
+    flags: Vec<(String, Option<String>)>,
+}
+
+impl TrainCommand {
+    pub fn new(task: &str, model: &str, train: impl AsRef<Path>, out: impl AsRef<Path>) -> Self {
+        let command = Self {
+            command: "train",
+            flags: Vec::new(),
+        };
+        command
+            .set("--task", task)
+            .set("--model", model)
+            .set("--train", train.as_ref().display())
+            .set("--out", out.as_ref().display())
+            .set("--backend", "cpu")
+    }
+
+    /// The same flags for another subcommand that takes them all (`sweep`).
+    pub fn command(mut self, command: &'static str) -> Self {
+        self.command = command;
+        self
+    }
+
+    /// `flag value`, in place of any earlier value of `flag`.
+    pub fn set(mut self, flag: &str, value: impl std::fmt::Display) -> Self {
+        let value = Some(value.to_string());
+        match self.flags.iter_mut().find(|(name, _)| name == flag) {
+            Some(slot) => slot.1 = value,
+            None => self.flags.push((flag.to_string(), value)),
+        }
+        self
+    }
+
+    /// A flag without a value (`--resume`).
+    pub fn switch(mut self, flag: &str) -> Self {
+        if !self.flags.iter().any(|(name, _)| name == flag) {
+            self.flags.push((flag.to_string(), None));
+        }
+        self
+    }
+
+    /// Without `flag` (and its value).
+    pub fn unset(mut self, flag: &str) -> Self {
+        self.flags.retain(|(name, _)| name != flag);
+        self
+    }
+
+    pub fn argv(&self) -> Vec<String> {
+        let mut argv = vec![self.command.to_string()];
+        for (flag, value) in &self.flags {
+            argv.push(flag.clone());
+            argv.extend(value.clone());
+        }
+        argv
+    }
+
+    /// The `--out` directory.
+    pub fn out(&self) -> PathBuf {
+        let (_, value) = self
+            .flags
+            .iter()
+            .find(|(name, _)| name == "--out")
+            .expect("--out is set in new");
+        PathBuf::from(value.as_deref().expect("--out has a value"))
+    }
+
+    pub fn output(&self) -> Output {
+        let argv = self.argv();
+        fairtune(&argv.iter().map(String::as_str).collect::<Vec<_>>())
+    }
+
+    /// Run it, expect success, and return `OUT/report.json`.
+    #[track_caller]
+    pub fn run(&self) -> serde_json::Value {
+        let output = self.output();
+        assert!(
+            output.status.success(),
+            "fairtune {:?} failed:\n{}",
+            self.argv(),
+            stderr(&output)
+        );
+        read_json(&self.out().join("report.json"))
+    }
+}
+
+/// A refused command: exit `code`, exactly one `error:` line on stderr, containing `needle`, and
+/// no panic.
+#[track_caller]
+pub fn expect_error(output: &Output, code: i32, needle: &str) {
+    let err = stderr(output);
+    assert_eq!(
+        output.status.code(),
+        Some(code),
+        "exit code; stderr:\n{err}"
+    );
+    let error_lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
+    assert_eq!(error_lines.len(), 1, "one error line; stderr:\n{err}");
+    assert!(
+        error_lines[0].contains(needle),
+        "{:?} should mention {needle:?}",
+        error_lines[0]
+    );
+    assert!(
+        !err.contains("internal failure") && !err.contains("panicked"),
+        "no panic: {err}"
+    );
+}
+
 pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }

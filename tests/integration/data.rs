@@ -1,8 +1,10 @@
 //! Data: line-numbered errors, the exact prompt/completion boundary, truncation.
 
-use fairtune::data::chat::{ChatTemplate, Content, Message};
+use fairtune::data::Content;
 use fairtune::data::records::{read_completions, read_preferences};
-use fairtune::data::{Encoder, TextTokenizer, Truncation, TruncationStats};
+use fairtune::data::{Encoder, Truncation, TruncationStats};
+use fairtune::tokenizer::TextTokenizer;
+use fairtune::tokenizer::chat::{ChatTemplate, Message};
 
 use crate::common::write;
 

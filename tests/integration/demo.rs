@@ -8,7 +8,7 @@ use crate::common::{fairtune, read_json, stderr, tempdir};
 /// its article change), the held-out split shares no sentence with the training one.
 #[test]
 fn identity_templates_are_counterfactual() {
-    use fairtune::demo::identity_rows;
+    use fairtune::apps::demo::identity_rows;
     let (train, eval) = (
         identity_rows("train").unwrap(),
         identity_rows("eval").unwrap(),

@@ -5,8 +5,9 @@ use std::path::{Path, PathBuf};
 
 use burn::module::Module;
 use burn::tensor::{Int, Tensor, TensorData};
-use fairtune::model::export::{ExportHead, save_hf};
+use fairtune::model::io::export::{ExportHead, save_hf};
 use fairtune::model::{self, BertHead};
+use fairtune::tokenizer::TextTokenizer;
 
 use crate::common::{self, to_vec};
 
@@ -29,9 +30,23 @@ fn llama_export_round_trips() {
     let config = model::read_config(&fixtures().join("tiny-llama")).unwrap();
     let dir = common::tempdir();
     let out = dir.path().join("hf");
-    save_hf(&llama, &config, &ExportHead::CausalLm, None, &out).unwrap();
+    save_hf(
+        &llama,
+        &config,
+        &ExportHead::CausalLm,
+        &TextTokenizer::Bytes,
+        &out,
+    )
+    .unwrap();
     // Exporting again replaces the directory whole.
-    save_hf(&llama, &config, &ExportHead::CausalLm, None, &out).unwrap();
+    save_hf(
+        &llama,
+        &config,
+        &ExportHead::CausalLm,
+        &TextTokenizer::Bytes,
+        &out,
+    )
+    .unwrap();
     let (back, report) = model::load_llama(&out, &device).unwrap();
     assert!(report.unused.is_empty() && report.newly_initialized.is_empty());
     assert_eq!(model::read_config(&out).unwrap(), config);
@@ -56,7 +71,14 @@ fn bert_classifier_export_round_trips_with_its_head() {
     let config = model::read_config(&source).unwrap();
     let dir = common::tempdir();
     let out = dir.path().join("hf");
-    save_hf(&bert, &config, &ExportHead::sequence(3), None, &out).unwrap();
+    save_hf(
+        &bert,
+        &config,
+        &ExportHead::sequence(3),
+        &TextTokenizer::Bytes,
+        &out,
+    )
+    .unwrap();
     let (back, report) = model::load_bert(&out, 3, BertHead::Sequence, &device).unwrap();
     assert!(
         report.newly_initialized.is_empty(),

@@ -1,7 +1,7 @@
 //! The fairness penalty F: known values, and its gradient against finite differences.
 
 use burn::tensor::Device;
-use fairtune::kernel::GroupStatsImpl;
+use fairtune::group_stats::GroupStatsImpl;
 use fairtune::objective::penalty;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};

@@ -5,10 +5,10 @@
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{Int, Tensor, TensorData};
-use fairtune::data::TextTokenizer;
-use fairtune::data::chat::{ChatTemplate, Message};
 use fairtune::gguf::{Gguf, Value};
-use fairtune::model::gguf::{GgufLlama, unpermute_rows};
+use fairtune::model::io::gguf::{GgufLlama, unpermute_rows};
+use fairtune::tokenizer::TextTokenizer;
+use fairtune::tokenizer::chat::{ChatTemplate, Message};
 use serde_json::Value as Json;
 
 use crate::common::{self, to_vec};

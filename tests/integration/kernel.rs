@@ -1,7 +1,7 @@
 //! The WGSL group_stats op against the tensor-op reference and an f64 host computation.
 
 use burn::tensor::Device;
-use fairtune::kernel::{GroupStatsImpl, group_stats_with};
+use fairtune::group_stats::{GroupStatsImpl, group_stats_with};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
@@ -148,8 +148,12 @@ fn chunked_launches_add_up() {
     let (want, scale) = host_stats(&scores, &groups, g);
     let device = wgpu.device.clone().autodiff();
     let s = floats(&scores, &device).require_grad();
-    let stats =
-        fairtune::kernel::wgsl::group_stats_chunked(s.clone(), ints(&groups, &device), g, 10_000);
+    let stats = fairtune::group_stats::wgsl::group_stats_chunked(
+        s.clone(),
+        ints(&groups, &device),
+        g,
+        10_000,
+    );
     let weights: Vec<f32> = (0..2 * g).map(|i| i as f32 - 3.0).collect();
     let grads = (stats.clone() * floats(&weights, &device).reshape([2, g]))
         .sum()

@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 use burn::module::Module;
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::{Int, Tensor, TensorData};
-use fairtune::model::export::{ExportHead, save_hf};
+use fairtune::model::io::export::{ExportHead, save_hf};
 use fairtune::model::lora::{LoraSettings, LoraTarget, save_adapters};
-use fairtune::model::{self, load::Checkpoint};
+use fairtune::model::{self, io::safetensors::Checkpoint};
 
 use crate::common::{self, to_vec};
 
@@ -100,7 +100,7 @@ fn lora_trains_adapters_only_and_merges_like_peft() {
         &adapted.valid().materialize(),
         &arch,
         &ExportHead::CausalLm,
-        None,
+        &fairtune::tokenizer::TextTokenizer::Bytes,
         &dir.path().join("hf"),
     )
     .unwrap();

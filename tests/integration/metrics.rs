@@ -126,7 +126,7 @@ fn crows_pairs_scores_known_slice() {
 /// question without a single stereotyped answer has no biased answer.
 #[test]
 fn bbq_questions_mark_the_biased_answer() {
-    use fairtune::benchmark::BbqQuestion;
+    use fairtune::eval::bias::BbqQuestion;
     use serde_json::json;
     let row = |polarity: &str, condition: &str, info: serde_json::Value, stereotyped: &[&str]| {
         json!({

@@ -224,7 +224,7 @@ fn fused_ops_match_their_composed_forms() {
 /// do not fit the shape. The intact file loads, every tensor.
 #[test]
 fn damaged_safetensors_are_refused_with_a_reason() {
-    use fairtune::model::load::Checkpoint;
+    use fairtune::model::io::safetensors::Checkpoint;
 
     let source =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/tiny-llama-chat");

@@ -1,12 +1,11 @@
 //! Token classification: subword alignment, training that learns entities, and a WNUT-16 slice
 //! through MiniLM end to end.
 
-use std::path::Path;
-
-use fairtune::data::{Encoder, TextTokenizer, TruncationStats};
+use fairtune::data::{Encoder, TruncationStats};
+use fairtune::tokenizer::TextTokenizer;
 use serde_json::{Value, json};
 
-use crate::common::{self, fairtune, jsonl, read_json, stderr, write};
+use crate::common::{self, TrainCommand, fairtune, jsonl, read_json, stderr, write};
 
 fn words(s: &str) -> Vec<String> {
     s.split_whitespace().map(String::from).collect()
@@ -75,42 +74,19 @@ fn synthetic(count: usize, seed: usize) -> Vec<Value> {
         .collect()
 }
 
-fn run(args: &[&str]) -> Value {
-    let output = fairtune(args);
-    assert!(output.status.success(), "{}", stderr(&output));
-    let out = args[args.iter().position(|a| *a == "--out").unwrap() + 1];
-    read_json(&Path::new(out).join("report.json"))
-}
-
 #[test]
 fn ner_learns_entities_on_the_cpu_backend() {
     let dir = common::tempdir();
     let train = write(dir.path(), "train.jsonl", &jsonl(&synthetic(96, 0)));
     let eval = write(dir.path(), "eval.jsonl", &jsonl(&synthetic(32, 3)));
     let out = dir.path().join("run");
-    let report = run(&[
-        "train",
-        "--task",
-        "ner",
-        "--model",
-        "tiny-bert",
-        "--train",
-        train.to_str().unwrap(),
-        "--eval",
-        eval.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--backend",
-        "cpu",
-        "--steps",
-        "60",
-        "--batch-size",
-        "16",
-        "--lr",
-        "3e-3",
-        "--seed",
-        "3",
-    ]);
+    let report = TrainCommand::new("ner", "tiny-bert", &train, &out)
+        .set("--eval", eval.display())
+        .set("--steps", 60)
+        .set("--batch-size", 16)
+        .set("--lr", "3e-3")
+        .set("--seed", 3)
+        .run();
     let f1 = report["entity_f1"].as_f64().unwrap();
     eprintln!("synthetic NER entity F1 {f1:.3}: {}", report["per_type"]);
     assert!(f1 > 0.8, "entity F1 {f1}");
@@ -135,6 +111,24 @@ fn ner_learns_entities_on_the_cpu_backend() {
         printed.contains(&format!("entity_f1: {}", report["entity_f1"])),
         "{printed}"
     );
+
+    // `fairtune compare` shows a NER run with NER's columns, not another task's.
+    let output = fairtune(&["compare", out.to_str().unwrap()]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    let table = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        table.contains("entity F1") && table.contains(&format!("{f1:.4}")),
+        "{table}"
+    );
+    assert!(!table.contains("reward"), "{table}");
+    // Runs of two tasks side by side are refused: their columns differ.
+    let other = dir.path().join("other");
+    std::fs::create_dir(&other).unwrap();
+    let mut dpo = read_json(&out.join("report.json"));
+    dpo["task"] = json!("dpo");
+    write(&other, "report.json", &dpo.to_string());
+    let output = fairtune(&["compare", out.to_str().unwrap(), other.to_str().unwrap()]);
+    common::expect_error(&output, 2, "compare runs of one task");
 }
 
 #[test]
@@ -146,70 +140,20 @@ fn ner_refuses_bad_rows_and_fairness() {
         "{\"tokens\": [\"a\", \"b\"], \"tags\": [\"O\"]}\n",
     );
     let out = dir.path().join("run");
-    let output = fairtune(&[
-        "train",
-        "--task",
-        "ner",
-        "--model",
-        "tiny-bert",
-        "--train",
-        bad.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--backend",
-        "cpu",
-    ]);
-    assert_eq!(output.status.code(), Some(2));
-    assert!(
-        stderr(&output).contains(":1: 2 tokens but 1 tags"),
-        "{}",
-        stderr(&output)
-    );
+    let output = TrainCommand::new("ner", "tiny-bert", &bad, &out).output();
+    common::expect_error(&output, 2, ":1: 2 tokens but 1 tags");
     let tags = write(
         dir.path(),
         "tags.jsonl",
         "{\"tokens\": [\"a\"], \"tags\": [\"PER\"]}\n",
     );
-    let output = fairtune(&[
-        "train",
-        "--task",
-        "ner",
-        "--model",
-        "tiny-bert",
-        "--train",
-        tags.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--backend",
-        "cpu",
-    ]);
-    assert!(
-        stderr(&output).contains("not a BIO tag"),
-        "{}",
-        stderr(&output)
-    );
+    let output = TrainCommand::new("ner", "tiny-bert", &tags, &out).output();
+    common::expect_error(&output, 2, "not a BIO tag");
     let good = write(dir.path(), "good.jsonl", &jsonl(&synthetic(4, 0)));
-    let output = fairtune(&[
-        "train",
-        "--task",
-        "ner",
-        "--model",
-        "tiny-bert",
-        "--train",
-        good.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--backend",
-        "cpu",
-        "--fairness-lambda",
-        "1",
-    ]);
-    assert_eq!(output.status.code(), Some(2));
-    assert!(
-        stderr(&output).contains("no fairness score"),
-        "{}",
-        stderr(&output)
-    );
+    let output = TrainCommand::new("ner", "tiny-bert", &good, &out)
+        .set("--fairness-lambda", 1)
+        .output();
+    common::expect_error(&output, 2, "no fairness score");
 }
 
 /// A WNUT-16 slice through all-MiniLM-L6-v2 (fetched if missing).
@@ -229,29 +173,25 @@ fn ner_runs_on_a_wnut16_slice_with_minilm() {
     };
     let (train, eval) = (slice("train", 48), slice("validation", 24));
     let out = dir.path().join("run");
-    let report = run(&[
-        "train",
-        "--task",
-        "ner",
-        "--model",
-        "all-minilm-l6-v2",
-        "--train",
-        train.to_str().unwrap(),
-        "--eval",
-        eval.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--backend",
-        "cpu",
-        "--steps",
-        "3",
-        "--batch-size",
-        "8",
-        "--max-length",
-        "64",
-    ]);
-    let f1 = report["entity_f1"].as_f64().unwrap();
-    assert!((0.0..=1.0).contains(&f1));
+    let report = TrainCommand::new("ner", "all-minilm-l6-v2", &train, &out)
+        .set("--eval", eval.display())
+        .set("--steps", 3)
+        .set("--batch-size", 8)
+        .set("--max-length", 64)
+        .run();
+    // seqeval's micro F1 is the harmonic mean of its precision and recall.
+    let number = |key: &str| report[key].as_f64().unwrap();
+    let (p, r, f1) = (
+        number("entity_precision"),
+        number("entity_recall"),
+        number("entity_f1"),
+    );
+    let harmonic = if p + r > 0.0 {
+        2.0 * p * r / (p + r)
+    } else {
+        0.0
+    };
+    assert!((f1 - harmonic).abs() < 1e-9, "{report}");
     assert!(report["token_accuracy"].as_f64().unwrap() > 0.0);
     let config = read_json(&out.join("hf/config.json"));
     assert_eq!(config["id2label"]["0"], "O");

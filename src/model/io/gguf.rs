@@ -1,15 +1,15 @@
 //! A GGUF file as a Llama: its `llama.*` metadata as a Hugging Face config, and its tensors as a
 //! Hugging Face state dict. llama.cpp's converter permutes the rows of `attn_q`/`attn_k` (it
 //! stores rotary pairs interleaved); [`GgufLlama::llama_checkpoint`] undoes that, so the result is
-//! a checkpoint that [`super::load::load`] maps like any safetensors one. The file format itself
+//! a checkpoint that [`crate::model::io::safetensors::load`] maps like any safetensors one. The file format itself
 //! is [`crate::gguf`].
 
 use std::collections::HashMap;
 
-use super::llama::LlamaConfig;
-use super::load::Checkpoint;
 use crate::error::{Error, Result};
 use crate::gguf::{Gguf, Value};
+use crate::model::io::safetensors::Checkpoint;
+use crate::model::llama::LlamaConfig;
 
 /// The Llama view of a [`Gguf`].
 pub trait GgufLlama {

@@ -44,7 +44,7 @@ pub struct DemoOptions {
 }
 
 /// The identity-term template set (see the JSON's own description).
-const IDENTITY_TEMPLATES: &str = include_str!("../assets/fairness/identity-sentiment.json");
+const IDENTITY_TEMPLATES: &str = include_str!("../../assets/fairness/identity-sentiment.json");
 
 /// Expand the templates of one split (`"train"` or `"eval"`) into `{"text","group"[,"label"]}`
 /// rows: every template once per identity term.
@@ -163,12 +163,9 @@ fn dpo(options: &DemoOptions) -> Result<(TrainConfig, f64)> {
     // The answer prompt is the benchmark's own (chat template + the paper's answer prefix); the
     // completion scored is "yes". The 42 decision questions numbered below 60 train the penalty;
     // the 28 from 60 up are held out.
-    let chat = {
-        let probe = TrainConfig::new(Task::Dpo, PathBuf::new(), model.clone(), PathBuf::new());
-        let source = crate::model::locate(&model)?;
-        let tokenizer = crate::train::load_tokenizer(&probe, &source)?;
-        crate::train::TokenizerFiles::of(&tokenizer, &source)?.chat_template()?
-    };
+    let chat = crate::model::locate(&model)?
+        .open_tokenizer(None)?
+        .chat_template()?;
     let (mut train_rows, mut eval_rows) = (Vec::new(), Vec::new());
     for row in crate::data::jsonl::read(&discrim.join("explicit.jsonl"))? {
         let fields = Value::Object(row.fields.clone());
@@ -186,7 +183,7 @@ fn dpo(options: &DemoOptions) -> Result<(TrainConfig, f64)> {
         if (held_out && age != 60.0) || ![20.0, 60.0, 100.0].contains(&age) {
             continue;
         }
-        let prompt = crate::benchmark::discrim_prompt(chat.as_ref(), filled)?;
+        let prompt = crate::eval::bias::discrim_prompt(chat.as_ref(), filled)?;
         let out = json!({"prompt": prompt, "completion": "yes", "group": race});
         if held_out {
             eval_rows.push(out);
@@ -256,32 +253,29 @@ pub fn run(options: &DemoOptions, selected: &Selected) -> Result<Value> {
         .as_array()
         .into_iter()
         .flatten()
-        .map(|p| {
+        .map(|p| -> Result<Value> {
             let out = PathBuf::from(p["out"].as_str().unwrap_or_default());
-            let run: Value = std::fs::read_to_string(out.join("report.json"))
-                .ok()
-                .and_then(|t| serde_json::from_str(&t).ok())
-                .unwrap_or(Value::Null);
-            let means: Vec<(String, f64)> = run["group_means"]
-                .as_object()
-                .into_iter()
-                .flatten()
-                .filter_map(|(g, m)| m.as_f64().map(|m| (g.clone(), m)))
+            let run = crate::train::RunReport::read(&out)?;
+            let means: Vec<(String, f64)> = run
+                .held_out
+                .group_means
+                .iter()
+                .map(|(g, m)| (g.clone(), *m))
                 .collect();
             let low = means.iter().min_by(|a, b| a.1.total_cmp(&b.1));
             let high = means.iter().max_by(|a, b| a.1.total_cmp(&b.1));
-            json!({
+            Ok(json!({
                 "lambda": p["lambda"],
                 "metric": p["metric"],
                 "gap": p["gap"],
-                "fairness_F": run["fairness_F"],
+                "fairness_F": run.held_out.fairness_f,
                 "lowest_group": low.map(|(g, m)| json!([g, m])),
                 "highest_group": high.map(|(g, m)| json!([g, m])),
-                "wall_s": run["wall_s"],
+                "wall_s": run.wall_s,
                 "out": out,
-            })
+            }))
         })
-        .collect();
+        .collect::<Result<_>>()?;
     let mut report = report;
     report["preset"] = json!(format!("{:?}", options.preset).to_lowercase());
     report["runs"] = json!(runs);

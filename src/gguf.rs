@@ -1,13 +1,10 @@
-//! GGUF (llama.cpp's model file): header, metadata, and tensors dequantized to f32 on request;
-//! the tokenizer in its metadata is [`tokenizer`]. The bottom of the house (it imports only the
-//! error type), so the tokenizer reader and the model loader both build on it; the Llama view of
-//! a file is `model::gguf`.
+//! GGUF (llama.cpp's model file): header, metadata, and tensors dequantized to f32 on request.
+//! The floor of the house (it imports only the error type): the tokenizer in a file's metadata
+//! is read by `tokenizer::gguf`, its Llama weights by `model::io::gguf`.
 //!
 //! Format: <https://github.com/ggml-org/ggml/blob/master/docs/gguf.md>. Supported tensor types:
 //! F32, F16, BF16, Q8_0, Q4_0, Q4_1, Q4_K, Q6_K; the dequantizers follow ggml's reference C
 //! (`dequantize_row_*`) and are held to gguf-py's by tests/fixtures/gguf.
-
-pub mod tokenizer;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};

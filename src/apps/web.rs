@@ -11,9 +11,9 @@ use std::cell::RefCell;
 
 use wasm_bindgen::prelude::*;
 
+use crate::apps::playground::{Options, Playground};
 use crate::device::{Selected, init_browser};
 use crate::error::Error;
-use crate::playground::{Options, Playground};
 
 thread_local! {
     static DEVICE: RefCell<Option<Selected>> = const { RefCell::new(None) };
@@ -121,5 +121,5 @@ pub async fn evaluate() -> Result<String, JsError> {
 /// Make `text` readable at `path` for the data readers (the browser has no file system).
 #[wasm_bindgen]
 pub fn register_file(path: &str, text: &str) {
-    crate::data::files::register(path, text);
+    crate::fsutil::register(path, text);
 }

@@ -1,3 +1,7 @@
+//! Evaluation of trained models: `fairtune eval` (here), the bias benchmarks of causal LMs
+//! ([`bias`]: `eval --benchmark`), `fairtune compare` ([`compare`]), and the one way to open a
+//! finished run ([`run`]). Above `train`: it reuses the tasks' own evaluation.
+//!
 //! `fairtune eval`: a model's task and fairness metrics on a labelled, group-tagged set.
 //!
 //! Classifiers get the full report below; finished dpo and ner runs (`--run`) get their task's
@@ -8,6 +12,11 @@
 //! equalized-odds differences as Fairlearn defines them and percentile-bootstrap intervals for
 //! both. The model is a finished run (`--run OUT`: its settings and `model.bpk`) or a Hugging
 //! Face directory / fetched model (`--model`).
+
+#[cfg(not(target_arch = "wasm32"))]
+pub mod bias;
+pub mod compare;
+pub mod run;
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -23,7 +32,8 @@ use crate::metrics::{
     group_rates,
 };
 use crate::train::classify::ClassifyTask;
-use crate::train::{Task, TaskRunner, TrainConfig, checkpoint};
+use crate::train::{RunDir, Task, TaskRunner, TrainConfig};
+use run::FinishedRun;
 
 /// What to evaluate.
 pub struct EvalOptions {
@@ -41,35 +51,10 @@ pub struct EvalOptions {
     pub seed: u64,
 }
 
-/// A finished run's training config; refused when the run has no final `model.bpk`.
-pub(crate) fn read_run(run: &Path) -> Result<TrainConfig> {
-    let path = run.join("config.json");
-    let text = std::fs::read_to_string(&path)
-        .map_err(|e| Error::input(format!("{}: not a fairtune run ({e})", path.display())))?;
-    let config: TrainConfig = serde_json::from_str::<Value>(&text)
-        .ok()
-        .and_then(|v| v.get("config").cloned())
-        .ok_or_else(|| "no \"config\" object".to_string())
-        .and_then(|v| serde_json::from_value(v).map_err(|e| e.to_string()))
-        .map_err(|e| {
-            Error::input(format!(
-                "{}: not a fairtune run config: {e}",
-                path.display()
-            ))
-        })?;
-    if !run.join("model.bpk").exists() {
-        return Err(Error::input(format!(
-            "{}: the run has no model.bpk (did it finish?)",
-            run.display()
-        )));
-    }
-    Ok(config)
-}
-
 /// The run's (or a fresh) config, pointed at `data`.
-fn config_for(options: &EvalOptions) -> Result<TrainConfig> {
-    let mut config = match (&options.run, &options.model) {
-        (Some(run), None) => read_run(run)?,
+fn config_for(options: &EvalOptions, run: Option<&FinishedRun>) -> Result<TrainConfig> {
+    let mut config = match (run, &options.model) {
+        (Some(run), None) => run.config.clone(),
         (None, Some(model)) => {
             let mut config = TrainConfig::new(
                 Task::Classify,
@@ -130,35 +115,33 @@ fn argmax(p: &[f32]) -> usize {
 fn run_task<T: TaskRunner>(
     task: &mut T,
     config: &TrainConfig,
-    run: &Path,
+    run: &FinishedRun,
     selected: &Selected,
     data: &Path,
 ) -> Result<Value> {
     let device = selected.device.clone().autodiff();
     device.seed(config.seed);
-    let mut model = task.init_model(&device)?;
+    let model = task.init_model(&device)?;
     // As a resumed run would: the DPO reference is the run's reference.bpk (or, with LoRA, the
     // base model before its adapters).
-    task.prepare(&model, Some(run), true)?;
-    if let Some(lora) = &config.lora {
-        model = task.apply_lora(model, lora)?;
+    task.prepare(&model, RunDir::Existing(&run.dir))?;
+    let model = run.load_weights(model, |model, lora| task.apply_lora(model, lora))?;
+    let held_out = pollster::block_on(crate::train::held_out(task, &model, &selected.device))?;
+    let mut report = json!({"data": data, "task": config.task});
+    if let (Value::Object(report), Value::Object(held_out)) = (
+        &mut report,
+        serde_json::to_value(held_out).expect("numbers serialize"),
+    ) {
+        report.extend(held_out);
     }
-    model = checkpoint::load_module(model, &run.join("model.bpk"))?;
-    let mut report = serde_json::Map::new();
-    report.insert("data".into(), json!(data));
-    report.insert("task".into(), json!(config.task));
-    report.extend(pollster::block_on(crate::train::held_out(
-        task,
-        &model,
-        &selected.device,
-    ))?);
-    Ok(Value::Object(report))
+    Ok(report)
 }
 
 /// Evaluate; returns the report (also printed as a table by the CLI).
 pub fn run(options: &EvalOptions, selected: &Selected) -> Result<Value> {
-    let config = config_for(options)?;
-    if let (Some(run), Task::Dpo | Task::Ner) = (&options.run, config.task) {
+    let run = options.run.as_deref().map(FinishedRun::open).transpose()?;
+    let config = config_for(options, run.as_ref())?;
+    if let (Some(run), Task::Dpo | Task::Ner) = (&run, config.task) {
         return match config.task {
             Task::Dpo => {
                 let mut task = crate::train::dpo::DpoTask::load(&config, selected)?;
@@ -173,11 +156,8 @@ pub fn run(options: &EvalOptions, selected: &Selected) -> Result<Value> {
     let task = ClassifyTask::load(&config, selected)?;
     let device = selected.device.clone().autodiff();
     let mut model = task.init_model(&device)?;
-    if let Some(run) = &options.run {
-        if let Some(lora) = &config.lora {
-            model = task.apply_lora(model, lora)?;
-        }
-        model = checkpoint::load_module(model, &run.join("model.bpk"))?;
+    if let Some(run) = &run {
+        model = run.load_weights(model, |model, lora| task.apply_lora(model, lora))?;
     }
     let predictions = task.eval_predictions(&model.valid())?;
     let (probs, labels, groups) = (predictions.probs, predictions.labels, predictions.groups);

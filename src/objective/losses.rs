@@ -1,4 +1,5 @@
-//! Task-level quantities: completion log-probs of a causal LM and classification cross-entropy.
+//! The tasks' own losses: classification (and per-token) cross-entropy, and the completion
+//! log-probs of a causal LM that DPO's losses start from.
 
 use burn::tensor::{Int, Tensor};
 

@@ -1,8 +1,8 @@
 //! The tokenizer and chat template a GGUF file carries in its metadata (`tokenizer.ggml.*`), as
 //! a Hugging Face tokenizer.json document.
 
-use super::{Gguf, Value};
 use crate::error::{Error, Result};
+use crate::gguf::{Gguf, Value};
 
 /// The pre-tokenizer a `tokenizer.ggml.pre` value stands for, as tokenizer.json JSON.
 fn pre_tokenizer(pre: &str) -> Option<serde_json::Value> {

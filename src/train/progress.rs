@@ -56,7 +56,24 @@ impl MetricsLog {
     }
 }
 
-/// A progress bar on a terminal; a plain line every ~10% of the run otherwise (logs, CI).
+/// The one progress-bar style: `prefix`, the bar, `done/total unit`, elapsed and ETA, then the
+/// message; on a terminal only (`None` otherwise: logs and CI get plain lines instead).
+pub fn terminal_bar(total: usize, unit: &str, prefix: &str) -> Option<ProgressBar> {
+    std::io::stderr().is_terminal().then(|| {
+        let bar = ProgressBar::new(total as u64);
+        let template = format!(
+            "{{prefix}}{{bar:30}} {{pos}}/{{len}} {unit} [{{elapsed_precise}}<{{eta_precise}}] {{msg}}"
+        );
+        bar.set_style(ProgressStyle::with_template(&template).expect("valid template"));
+        if !prefix.is_empty() {
+            bar.set_prefix(format!("{prefix} "));
+        }
+        bar
+    })
+}
+
+/// A training run's progress: a bar on a terminal; a plain line every ~10% of the run otherwise
+/// (logs, CI).
 pub struct Progress {
     bar: Option<ProgressBar>,
     total: usize,
@@ -65,17 +82,10 @@ pub struct Progress {
 
 impl Progress {
     pub fn new(total: usize, start: usize) -> Self {
-        let bar = std::io::stderr().is_terminal().then(|| {
-            let bar = ProgressBar::new(total as u64);
-            bar.set_style(
-                ProgressStyle::with_template(
-                    "{bar:30} {pos}/{len} steps [{elapsed_precise}<{eta_precise}] {msg}",
-                )
-                .expect("valid template"),
-            );
+        let bar = terminal_bar(total, "steps", "");
+        if let Some(bar) = &bar {
             bar.set_position(start as u64);
-            bar
-        });
+        }
         Self {
             bar,
             total,

@@ -30,7 +30,7 @@ use crate::error::{Error, Result};
 use crate::model::ArchConfig;
 use crate::train::classify::ClassifyTask;
 use crate::train::dpo::DpoTask;
-use crate::train::{Session, StepReport, Task, TaskRunner, TrainConfig, held_out};
+use crate::train::{InitOn, RunDir, Session, StepReport, Task, TaskRunner, TrainConfig, held_out};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -268,7 +268,7 @@ fn prompt(text: &str) -> String {
     format!("Review: {text} Good?")
 }
 
-/// The preset's data, registered in memory (see [`crate::data::files`]) under
+/// The preset's data, registered in memory (see [`crate::fsutil`]) under
 /// `playground/<preset>/…`, and the training configuration that reads it.
 pub fn config(options: &Options) -> Result<TrainConfig> {
     options.check()?;
@@ -278,7 +278,7 @@ pub fn config(options: &Options) -> Result<TrainConfig> {
     });
     let file = |name: &str, text: String| {
         let path = dir.join(name);
-        crate::data::files::register(&path, text);
+        crate::fsutil::register(&path, text);
         path
     };
     let group = |g: usize| GROUPS[g];
@@ -296,7 +296,7 @@ pub fn config(options: &Options) -> Result<TrainConfig> {
                 .chain([prompt_words.as_str()]),
         ),
     );
-    let vocab_size = crate::data::TextTokenizer::from_file(&tokenizer)?.vocab_size();
+    let vocab_size = crate::tokenizer::TextTokenizer::from_file(&tokenizer)?.vocab_size();
     let mut config = match options.preset {
         Preset::Classify => {
             let train = file(
@@ -472,14 +472,17 @@ fn session<T: TaskRunner>(
     selected: &Selected,
     task: T,
 ) -> Result<Session<T>> {
-    Session::start(config, selected, task, None, false, true)
+    Session::start(config, selected, task, RunDir::None, InitOn::Host)
 }
 
 async fn evaluate<T: TaskRunner>(session: &mut Session<T>, selected: &Selected) -> Result<Value> {
     let mut report = serde_json::Map::new();
     report.insert("step".into(), json!(session.steps_done()));
     let (task, model) = session.task_and_model();
-    report.extend(held_out(task, model, &selected.device).await?);
+    let held_out = held_out(task, model, &selected.device).await?;
+    if let Value::Object(held_out) = serde_json::to_value(held_out).expect("numbers serialize") {
+        report.extend(held_out);
+    }
     Ok(Value::Object(report))
 }
 
@@ -546,8 +549,8 @@ mod tests {
         );
         let text = word_tokenizer(["She said: great.", "He said: dull."]);
         let path = std::path::Path::new("playground-test/tokenizer.json");
-        crate::data::files::register(path, text);
-        let tokenizer = crate::data::TextTokenizer::from_file(path).unwrap();
+        crate::fsutil::register(path, text);
+        let tokenizer = crate::tokenizer::TextTokenizer::from_file(path).unwrap();
         let ids: Vec<u32> = tokenizer
             .encode("he said: great.")
             .unwrap()

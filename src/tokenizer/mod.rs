@@ -1,5 +1,7 @@
-//! Text → token ids: a Hugging Face `tokenizer.json` through the `tokenizers` crate, or the
-//! built-in byte-level tokenizer the tiny presets use when no tokenizer is given.
+//! Text → token ids: a Hugging Face `tokenizer.json` through the `tokenizers` crate (or the one
+//! a GGUF file's metadata describes, [`gguf`]), or the built-in byte-level tokenizer the tiny
+//! presets use when no tokenizer is given — with the special tokens and the chat template
+//! ([`chat`]) the model's files name, read once, where the tokenizer is read.
 //!
 //! Which special tokens encoding adds is the tokenizer's own rule, as in transformers 5: the
 //! tokenizer.json post-processor (a `TemplateProcessing` that puts `<s>` first, BERT's
@@ -8,9 +10,15 @@
 //! text that already starts with one. `encode` (no special tokens) also returns each token's *end*
 //! in characters, for the scorers that place the prompt/completion boundary by text offset.
 
+pub mod chat;
+mod config;
+pub mod gguf;
+
 use std::path::Path;
 
 use crate::error::{Error, Result};
+use chat::ChatTemplate;
+use config::TokenizerConfig;
 
 /// The special tokens a tokenizer names. `bos` is the token the model files call beginning of
 /// sequence (what chat templates and benchmarks' scoring prefix refer to), whether or not encoding
@@ -30,17 +38,19 @@ pub enum TextTokenizer {
     Hf {
         tokenizer: Box<tokenizers::Tokenizer>,
         special: SpecialTokens,
+        /// The chat template's Jinja source, when the model has one.
+        chat_template: Option<String>,
     },
 }
 
 const BYTE_OFFSET: u32 = 8;
 
-/// Special tokens a model's own files name (tokenizer_config.json, GGUF metadata).
-#[derive(Default)]
-struct NamedTokens {
-    bos: Option<String>,
-    eos: Option<String>,
-    pad: Option<String>,
+/// [`SpecialTokens`] as the tokenizer's texts.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SpecialTexts {
+    pub bos: Option<String>,
+    pub eos: Option<String>,
+    pub pad: Option<String>,
 }
 
 /// A token id and the character offset at which its text ends.
@@ -51,51 +61,36 @@ pub struct Token {
 }
 
 impl TextTokenizer {
+    /// A tokenizer.json, with the special tokens and chat template of the tokenizer_config.json
+    /// (and chat_template.jinja) beside it.
     pub fn from_file(path: &Path) -> Result<Self> {
-        // Read through `files`: the browser registers its tokenizer in memory.
-        let tokenizer = crate::data::files::read(path)
+        // Read through `fsutil`: the browser registers its tokenizer in memory.
+        let tokenizer = crate::fsutil::read(path)
             .map_err(|e| e.to_string())
             .and_then(|bytes| tokenizers::Tokenizer::from_bytes(bytes).map_err(|e| e.to_string()))
             .map_err(|e| Error::input(format!("{}: cannot load tokenizer: {e}", path.display())))?;
-        // tokenizer_config.json, next to it, names the special tokens when the model has one.
-        let config = path
-            .parent()
-            .map(|dir| dir.join("tokenizer_config.json"))
-            .and_then(|p| crate::data::files::read(&p).ok())
-            .and_then(|bytes| String::from_utf8(bytes).ok())
-            .and_then(|text| serde_json::from_str::<serde_json::Value>(&text).ok());
-        let named = |key: &str| -> Option<String> {
-            let value = config.as_ref()?.get(key)?;
-            value
-                .as_str()
-                .or_else(|| value.get("content")?.as_str())
-                .map(String::from)
-        };
-        let named_tokens = NamedTokens {
-            bos: named("bos_token"),
-            eos: named("eos_token"),
-            pad: named("pad_token"),
-        };
-        Self::new(tokenizer, named_tokens, &path.display().to_string())
+        let config = TokenizerConfig::read(path.parent().unwrap_or(Path::new(".")))?;
+        Self::new(tokenizer, config, &path.display().to_string())
     }
 
-    /// The tokenizer stored in a GGUF file's metadata, with its special tokens.
+    /// The tokenizer stored in a GGUF file's metadata, with its special tokens and chat template.
     pub fn from_gguf(gguf: &crate::gguf::Gguf) -> Result<Self> {
         let json = gguf.tokenizer_json()?;
         let origin = format!("{} (tokenizer metadata)", gguf.path.display());
         let tokenizer = tokenizers::Tokenizer::from_bytes(json.to_string().as_bytes())
             .map_err(|e| Error::input(format!("{origin}: cannot build the tokenizer: {e}")))?;
-        let named_tokens = NamedTokens {
+        let config = TokenizerConfig {
             bos: gguf.special_token("bos"),
             eos: gguf.special_token("eos"),
             pad: gguf.special_token("padding"),
+            chat_template: gguf.chat_template().map(String::from),
         };
-        Self::new(tokenizer, named_tokens, &origin)
+        Self::new(tokenizer, config, &origin)
     }
 
     fn new(
         mut tokenizer: tokenizers::Tokenizer,
-        named_tokens: NamedTokens,
+        named_tokens: TokenizerConfig,
         origin: &str,
     ) -> Result<Self> {
         // Some tokenizer.json files force padding/truncation (MiniLM pads to 128); we batch and
@@ -140,6 +135,7 @@ impl TextTokenizer {
         Ok(TextTokenizer::Hf {
             tokenizer: Box::new(tokenizer),
             special,
+            chat_template: named_tokens.chat_template,
         })
     }
 
@@ -245,8 +241,49 @@ impl TextTokenizer {
     pub fn eos_text(&self) -> Option<String> {
         match self {
             TextTokenizer::Bytes => None,
-            TextTokenizer::Hf { tokenizer, special } => tokenizer.id_to_token(special.eos?),
+            TextTokenizer::Hf {
+                tokenizer, special, ..
+            } => tokenizer.id_to_token(special.eos?),
         }
+    }
+
+    /// The special tokens as text (what an exported tokenizer_config.json names), each `None`
+    /// where the tokenizer has none. The built-in tokenizer has no texts to name.
+    pub fn special_texts(&self) -> SpecialTexts {
+        let TextTokenizer::Hf {
+            tokenizer, special, ..
+        } = self
+        else {
+            return SpecialTexts::default();
+        };
+        let text = |id: Option<u32>| id.and_then(|id| tokenizer.id_to_token(id));
+        SpecialTexts {
+            bos: text(special.bos),
+            eos: text(special.eos),
+            pad: text(Some(special.pad)),
+        }
+    }
+
+    /// The chat template's Jinja source, if the model has one.
+    pub fn chat_template_source(&self) -> Option<&str> {
+        match self {
+            TextTokenizer::Hf { chat_template, .. } => chat_template.as_deref(),
+            TextTokenizer::Bytes => None,
+        }
+    }
+
+    /// The model's chat template, compiled, with its BOS and EOS texts (which templates use).
+    pub fn chat_template(&self) -> Result<Option<ChatTemplate>> {
+        let Some(source) = self.chat_template_source() else {
+            return Ok(None);
+        };
+        let texts = self.special_texts();
+        ChatTemplate::new(
+            source,
+            texts.bos.as_deref().unwrap_or(""),
+            texts.eos.as_deref().unwrap_or(""),
+        )
+        .map(Some)
     }
 
     /// Tokens of `text` without special tokens, each with the char offset where it ends.

@@ -20,14 +20,16 @@ use burn::module::Module;
 use burn::tensor::Device;
 use serde_json::{Value, json};
 
-use crate::data::chat::{ChatTemplate, Message};
 use crate::data::jsonl;
-use crate::data::{Encoder, LmSequence, TextTokenizer, TruncationStats};
+use crate::data::{Encoder, LmSequence, TruncationStats};
 use crate::device::Selected;
 use crate::error::{Error, Result};
+use crate::eval::run::FinishedRun;
 use crate::metrics::{self, BbqAnswer, CrowsPair, DiscrimRow};
 use crate::model::{self, ArchConfig, LlamaForCausalLM};
-use crate::train::{Task, TokenizerFiles, TrainConfig, checkpoint, load_tokenizer, to_host};
+use crate::tokenizer::TextTokenizer;
+use crate::tokenizer::chat::{ChatTemplate, Message};
+use crate::train::read_blocking;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "kebab-case")]
@@ -86,22 +88,20 @@ struct Scorer {
 
 impl Scorer {
     fn load(options: &BenchmarkOptions, selected: &Selected) -> Result<Self> {
-        let config = match (&options.run, &options.model) {
-            (Some(run), None) => crate::eval::read_run(run)?,
-            (None, Some(model)) => {
-                let mut config =
-                    TrainConfig::new(Task::Dpo, PathBuf::new(), model.clone(), PathBuf::new());
-                config.tokenizer = options.tokenizer.clone();
-                config
+        let (run, model_name, tokenizer) = match (&options.run, &options.model) {
+            (Some(dir), None) => {
+                let run = FinishedRun::open(dir)?;
+                let (model, tokenizer) = (run.config.model.clone(), run.config.tokenizer.clone());
+                (Some(run), model, tokenizer)
             }
+            (None, Some(model)) => (None, model.clone(), options.tokenizer.clone()),
             _ => return Err(Error::input("give exactly one of --run and --model")),
         };
-        let source = model::locate(&config.model)?;
-        let tokenizer = load_tokenizer(&config, &source)?;
+        let source = model::locate(&model_name)?;
+        let tokenizer = source.open_tokenizer(tokenizer.as_deref())?;
         let ArchConfig::Llama(arch) = source.arch(tokenizer.vocab_size())? else {
             return Err(Error::input(format!(
-                "--benchmark scores causal LMs; {} is an encoder",
-                config.model
+                "--benchmark scores causal LMs; {model_name} is an encoder"
             )));
         };
         if options.max_length > arch.max_position_embeddings {
@@ -116,21 +116,19 @@ impl Scorer {
                 crate::train::report_load(&report);
                 model
             }
-            None if options.run.is_some() => arch.init(&device),
+            None if run.is_some() => arch.init(&device),
             None => {
                 return Err(Error::input(format!(
-                    "--model {} has no trained weights to benchmark; give a pretrained model or --run",
-                    config.model
+                    "--model {model_name} has no trained weights to benchmark; give a pretrained \
+                     model or --run"
                 )));
             }
         };
-        if let Some(run) = &options.run {
-            if let Some(lora) = &config.lora {
-                model = lora.apply(model, &ArchConfig::Llama(arch.clone()), &[])?;
-            }
-            model = checkpoint::load_module(model, &run.join("model.bpk"))?;
+        if let Some(run) = &run {
+            let arch = ArchConfig::Llama(arch.clone());
+            model = run.load_weights(model, |model, lora| lora.apply(model, &arch, &[]))?;
         }
-        let chat = TokenizerFiles::of(&tokenizer, &source)?.chat_template()?;
+        let chat = tokenizer.chat_template()?;
         Ok(Self {
             model: model.valid(),
             tokenizer,
@@ -141,7 +139,7 @@ impl Scorer {
             name: options
                 .run
                 .as_ref()
-                .map_or(config.model.clone(), |r| r.display().to_string()),
+                .map_or(model_name, |r| r.display().to_string()),
         })
     }
 
@@ -184,7 +182,7 @@ impl Scorer {
                 &self.device,
                 crate::model::logps::ALL_POSITIONS,
             );
-            for (&i, value) in batch.iter().zip(to_host(sums)?) {
+            for (&i, value) in batch.iter().zip(read_blocking(sums)?) {
                 out[i] = f64::from(value);
             }
             progress.inc(batch.len() as u64);
@@ -199,20 +197,10 @@ impl Scorer {
 }
 
 fn progress_bar(total: usize, what: &str) -> indicatif::ProgressBar {
-    use std::io::IsTerminal;
-    if !std::io::stderr().is_terminal() {
+    crate::train::progress::terminal_bar(total, "sequences", what).unwrap_or_else(|| {
         eprintln!("{what}: scoring {total} sequences");
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(total as u64);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template(
-            "{msg} {bar:30} {pos}/{len} [{elapsed_precise}<{eta_precise}]",
-        )
-        .expect("valid template"),
-    );
-    bar.set_message(what.to_string());
-    bar
+        indicatif::ProgressBar::hidden()
+    })
 }
 
 /// An evenly spaced `limit` of `rows` (all of them without a limit).

@@ -20,8 +20,9 @@ use safetensors::Dtype;
 use safetensors::tensor::TensorView;
 use serde_json::{Value, json};
 
-use super::ArchConfig;
 use crate::error::{Error, Result};
+use crate::model::ArchConfig;
+use crate::tokenizer::TextTokenizer;
 
 /// A named f32 tensor on the host.
 pub struct HostTensor {
@@ -301,21 +302,12 @@ pub fn config_json(arch: &ArchConfig, head: &ExportHead) -> Value {
     value
 }
 
-/// What goes next to the weights.
-pub struct ExportTokenizer<'a> {
-    pub tokenizer: &'a tokenizers::Tokenizer,
-    pub bos: Option<String>,
-    pub eos: Option<String>,
-    pub pad: Option<String>,
-    pub chat_template: Option<String>,
-}
-
 /// Write `module` (of architecture `arch`) as a Hugging Face directory at `dir`.
 pub fn save_hf<M: Module>(
     module: &M,
     arch: &ArchConfig,
     head: &ExportHead,
-    tokenizer: Option<ExportTokenizer<'_>>,
+    tokenizer: &TextTokenizer,
     dir: &Path,
 ) -> Result<()> {
     let mut shapes = Shapes::default();
@@ -346,24 +338,25 @@ pub fn save_hf<M: Module>(
         "config.json",
         serde_json::to_vec_pretty(&config_json(arch, head)).expect("json"),
     )];
-    if let Some(tok) = tokenizer {
-        let json = tok
-            .tokenizer
+    // The built-in byte-level tokenizer has no files: the export is weights and config alone.
+    if let Some(hf) = tokenizer.hf() {
+        let json = hf
             .to_string(true)
             .map_err(|e| Error::runtime(format!("cannot serialize the tokenizer: {e}")))?;
         files.push(("tokenizer.json", json.into_bytes()));
         let mut config = serde_json::Map::new();
         config.insert("tokenizer_class".into(), json!("PreTrainedTokenizerFast"));
+        let texts = tokenizer.special_texts();
         for (key, token) in [
-            ("bos_token", tok.bos),
-            ("eos_token", tok.eos),
-            ("pad_token", tok.pad),
+            ("bos_token", texts.bos),
+            ("eos_token", texts.eos),
+            ("pad_token", texts.pad),
         ] {
             if let Some(token) = token {
                 config.insert(key.into(), json!(token));
             }
         }
-        if let Some(template) = tok.chat_template {
+        if let Some(template) = tokenizer.chat_template_source() {
             config.insert("chat_template".into(), json!(template));
         }
         files.push((
