@@ -5,7 +5,7 @@ use std::path::Path;
 
 use serde_json::json;
 
-use crate::common::{fairtune, jsonl, stderr, write};
+use crate::common::{self, TrainCommand, fairtune, jsonl, write};
 
 fn pairs_file(dir: &Path) -> String {
     let rows: Vec<_> = (0..8)
@@ -20,46 +20,22 @@ fn pairs_file(dir: &Path) -> String {
 }
 
 /// Run `fairtune train` (by default `--task dpo --model tiny-llama --steps 2`) on CPU with
-/// `extra` flags; expect failure with `code` and a single error line containing `needle`.
+/// `extra` flags (each flag followed by its value, if it takes one); expect failure with `code`
+/// and a single error line containing `needle`, and no report.
 #[track_caller]
 fn expect_error(dir: &Path, train: &str, extra: &[&str], code: i32, needle: &str) {
-    let out = dir.join("run");
-    let out = out.to_str().unwrap();
-    let mut args = vec!["train", "--backend", "cpu", "--train", train, "--out", out];
-    for (flag, default) in [
-        ("--task", "dpo"),
-        ("--model", "tiny-llama"),
-        ("--steps", "2"),
-    ] {
-        if !extra.contains(&flag) {
-            args.extend([flag, default]);
+    let mut command =
+        TrainCommand::new("dpo", "tiny-llama", train, dir.join("run")).set("--steps", 2);
+    let mut rest = extra.iter().peekable();
+    while let Some(flag) = rest.next() {
+        match rest.next_if(|value| !value.starts_with("--")) {
+            Some(value) => command = command.set(flag, value),
+            None => command = command.switch(flag),
         }
     }
-    args.extend_from_slice(extra);
-    let output = fairtune(&args);
-    let err = stderr(&output);
-    assert_eq!(
-        output.status.code(),
-        Some(code),
-        "exit code for {extra:?}; stderr:\n{err}"
-    );
-    let error_lines: Vec<&str> = err.lines().filter(|l| l.starts_with("error:")).collect();
-    assert_eq!(
-        error_lines.len(),
-        1,
-        "one error line for {extra:?}; stderr:\n{err}"
-    );
+    common::expect_error(&command.output(), code, needle);
     assert!(
-        error_lines[0].contains(needle),
-        "{:?} should mention {needle:?}",
-        error_lines[0]
-    );
-    assert!(
-        !err.contains("internal failure") && !err.contains("panicked"),
-        "no panic: {err}"
-    );
-    assert!(
-        !Path::new(out).join("report.json").exists(),
+        !command.out().join("report.json").exists(),
         "no report for a failed run"
     );
 }

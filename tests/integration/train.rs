@@ -4,7 +4,7 @@ use std::path::Path;
 
 use serde_json::{Value, json};
 
-use crate::common::{self, fairtune, jsonl, read_json, stderr, write};
+use crate::common::{self, TrainCommand, fairtune, jsonl, read_json, stderr, write};
 
 /// Preference pairs whose groups get very different chosen-completion log-probs: group "a"'s
 /// chosen completion is one fixed phrase (easy to learn), group "b"'s is different random text
@@ -41,54 +41,18 @@ fn gap_data(dir: &Path) -> (String, String) {
     (train.display().to_string(), eval.display().to_string())
 }
 
-fn train_args<'a>(
-    train: &'a str,
-    eval: &'a str,
-    out: &'a str,
-    backend: &'a str,
-    steps: &'a str,
-) -> Vec<&'a str> {
-    vec![
-        "train",
-        "--task",
-        "dpo",
-        "--model",
-        "tiny-llama",
-        "--train",
-        train,
-        "--eval",
-        eval,
-        "--out",
-        out,
-        "--backend",
-        backend,
-        "--steps",
-        steps,
-        "--batch-size",
-        "8",
-        "--lr",
-        "3e-3",
-        "--beta",
-        "0.5",
-        "--seed",
-        "7",
-        "--checkpoint-every",
-        "4",
-        "--eval-every",
-        "10",
-    ]
-}
-
-#[track_caller]
-fn run_ok(args: &[&str]) -> Value {
-    let output = fairtune(args);
-    assert!(
-        output.status.success(),
-        "fairtune {args:?} failed:\n{}",
-        stderr(&output)
-    );
-    let out = args[args.iter().position(|a| *a == "--out").unwrap() + 1];
-    read_json(&Path::new(out).join("report.json"))
+/// The DPO run most tests start from: tiny-llama on [`gap_data`], β 0.5, evaluated every 10
+/// steps, a checkpoint every 4.
+fn dpo_run(train: &str, eval: &str, out: impl AsRef<Path>, steps: usize) -> TrainCommand {
+    TrainCommand::new("dpo", "tiny-llama", train, out)
+        .set("--eval", eval)
+        .set("--steps", steps)
+        .set("--batch-size", 8)
+        .set("--lr", "3e-3")
+        .set("--beta", 0.5)
+        .set("--seed", 7)
+        .set("--checkpoint-every", 4)
+        .set("--eval-every", 10)
 }
 
 fn metrics(out: &Path) -> Vec<Value> {
@@ -147,13 +111,7 @@ fn dpo_runs_on_the_cpu_backend() {
     let dir = crate::common::tempdir();
     let (train, eval) = gap_data(dir.path());
     let out = dir.path().join("cpu");
-    let report = run_ok(&train_args(
-        &train,
-        &eval,
-        out.to_str().unwrap(),
-        "cpu",
-        "12",
-    ));
+    let report = dpo_run(&train, &eval, &out, 12).run();
     check_outputs(&out, &report, 12);
     assert_eq!(report["backend"], json!("cpu"));
     assert!(
@@ -185,24 +143,45 @@ fn dpo_runs_on_the_cpu_backend() {
     }
 }
 
+/// The same DPO run on wgpu and on the CPU backend, from the same pretrained weights (a
+/// random init would differ: each backend has its own generator): the same losses step by step,
+/// up to f32 rounding in another order of summation.
 #[test]
 fn dpo_runs_on_wgpu() {
     let Some(_) = common::wgpu() else { return };
     let dir = crate::common::tempdir();
     let (train, eval) = gap_data(dir.path());
-    let out = dir.path().join("wgpu");
-    let report = run_ok(&train_args(
-        &train,
-        &eval,
-        out.to_str().unwrap(),
-        "wgpu",
-        "12",
-    ));
-    check_outputs(&out, &report, 12);
+    let model = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/tiny-llama-chat"
+    );
+    let run = |backend: &str| {
+        let out = dir.path().join(backend);
+        let report = dpo_run(&train, &eval, &out, 6)
+            .set("--model", model)
+            .set("--max-length", 64)
+            .set("--max-prompt-length", 32)
+            .set("--backend", backend)
+            .run();
+        check_outputs(&out, &report, 6);
+        (report, metrics(&out))
+    };
+    let (report, gpu) = run("wgpu");
     assert!(
         report["backend"].as_str().unwrap().starts_with("wgpu/"),
         "{report}"
     );
+    let (_, cpu) = run("cpu");
+    for (step, (c, g)) in cpu.iter().zip(&gpu).enumerate() {
+        for key in ["loss", "fairness_F", "rewards/margins"] {
+            let (c, g) = (c[key].as_f64().unwrap(), g[key].as_f64().unwrap());
+            assert!(
+                (c - g).abs() < 1e-3 * c.abs().max(1.0),
+                "step {}: {key} cpu {c}, wgpu {g}",
+                step + 1
+            );
+        }
+    }
 }
 
 #[test]
@@ -224,25 +203,15 @@ fn resume_continues_a_killed_run_exactly() {
     let dir = crate::common::tempdir();
     let (train, eval) = gap_data(dir.path());
     let whole = dir.path().join("whole");
-    let whole_report = run_ok(&train_args(
-        &train,
-        &eval,
-        whole.to_str().unwrap(),
-        "cpu",
-        "10",
-    ));
+    let whole_report = dpo_run(&train, &eval, &whole, 10).run();
 
     let split = dir.path().join("split");
-    let split_out = split.to_str().unwrap();
-    let mut args = train_args(&train, &eval, split_out, "cpu", "10");
-    args.extend(["--halt-after", "6"]);
-    let halted = fairtune(&args);
+    let split_run = dpo_run(&train, &eval, &split, 10);
+    let halted = split_run.clone().set("--halt-after", 6).output();
     assert_eq!(halted.status.code(), Some(1), "{}", stderr(&halted));
     assert!(!split.join("report.json").exists());
     // Steps 5 and 6 ran after the step-4 checkpoint; the resumed run redoes them.
-    let mut args = train_args(&train, &eval, split_out, "cpu", "10");
-    args.push("--resume");
-    let split_report = run_ok(&args);
+    let split_report = split_run.clone().switch("--resume").run();
 
     let losses = |out: &Path| -> Vec<f64> {
         metrics(out)
@@ -259,16 +228,14 @@ fn resume_continues_a_killed_run_exactly() {
     assert_eq!(whole_report["fairness_F"], split_report["fairness_F"]);
 
     // Resuming a finished run, or with different settings, is refused.
-    let mut args = train_args(&train, &eval, split_out, "cpu", "10");
-    args.push("--resume");
-    let again = fairtune(&args);
+    let again = split_run.clone().switch("--resume").output();
     assert_eq!(again.status.code(), Some(2));
     assert!(stderr(&again).contains("already completed"));
-    let mut args = train_args(&train, &eval, split_out, "cpu", "12");
-    let beta = args.iter().position(|a| *a == "--beta").unwrap();
-    args[beta + 1] = "0.3";
-    args.push("--resume");
-    let changed = fairtune(&args);
+    let changed = split_run
+        .set("--steps", 12)
+        .set("--beta", 0.3)
+        .switch("--resume")
+        .output();
     assert_eq!(changed.status.code(), Some(2));
     assert!(stderr(&changed).contains("dpo"), "{}", stderr(&changed));
 }
@@ -301,9 +268,10 @@ fn lambda_cuts_the_gap(backend: &str) {
     let (train, eval) = gap_data(dir.path());
     let run = |lambda: &str| {
         let out = dir.path().join(format!("lambda-{lambda}"));
-        let mut args = train_args(&train, &eval, out.to_str().unwrap(), backend, "40");
-        args.extend(["--fairness-lambda", lambda]);
-        run_ok(&args)
+        dpo_run(&train, &eval, &out, 40)
+            .set("--backend", backend)
+            .set("--fairness-lambda", lambda)
+            .run()
     };
     let plain = run("0");
     let fair = run("300");
@@ -386,44 +354,23 @@ fn biased_reviews(dir: &Path) -> [String; 4] {
     .map(|p| p.display().to_string())
 }
 
-fn classify_args<'a>(
-    files: &'a [String; 4],
-    out: &'a str,
-    backend: &'a str,
-    steps: &'a str,
-    lambda: &'a str,
-) -> Vec<&'a str> {
-    vec![
-        "train",
-        "--task",
-        "classify",
-        "--model",
-        "tiny-bert",
-        "--train",
-        &files[0],
-        "--eval",
-        &files[1],
-        "--fairness-data",
-        &files[2],
-        "--fairness-eval",
-        &files[3],
-        "--out",
-        out,
-        "--backend",
-        backend,
-        "--steps",
-        steps,
-        "--lr",
-        "1e-3",
-        "--warmup-steps",
-        "10",
-        "--batch-size",
-        "16",
-        "--seed",
-        "3",
-        "--fairness-lambda",
-        lambda,
-    ]
+/// The classification run on [`biased_reviews`]: tiny-bert, its fairness sets, λ = `lambda`.
+fn classify_run(
+    files: &[String; 4],
+    out: impl AsRef<Path>,
+    steps: usize,
+    lambda: f64,
+) -> TrainCommand {
+    TrainCommand::new("classify", "tiny-bert", &files[0], out)
+        .set("--eval", &files[1])
+        .set("--fairness-data", &files[2])
+        .set("--fairness-eval", &files[3])
+        .set("--steps", steps)
+        .set("--lr", "1e-3")
+        .set("--warmup-steps", 10)
+        .set("--batch-size", 16)
+        .set("--seed", 3)
+        .set("--fairness-lambda", lambda)
 }
 
 /// A classifier that learned the leak scores neutral sentences very differently by group;
@@ -434,20 +381,8 @@ fn classify_lambda_cuts_the_gap_on_cpu() {
     let files = biased_reviews(dir.path());
     let plain_out = dir.path().join("plain");
     let fair_out = dir.path().join("fair");
-    let plain = run_ok(&classify_args(
-        &files,
-        plain_out.to_str().unwrap(),
-        "cpu",
-        "100",
-        "0",
-    ));
-    let fair = run_ok(&classify_args(
-        &files,
-        fair_out.to_str().unwrap(),
-        "cpu",
-        "100",
-        "20",
-    ));
+    let plain = classify_run(&files, &plain_out, 100, 0.0).run();
+    let fair = classify_run(&files, &fair_out, 100, 20.0).run();
     eprintln!(
         "classify: gap λ=0 {:.4} acc {}, λ=20 {:.4} acc {}",
         gap(&plain),
@@ -474,13 +409,9 @@ fn classify_runs_on_wgpu() {
     let dir = crate::common::tempdir();
     let files = biased_reviews(dir.path());
     let out = dir.path().join("wgpu");
-    let report = run_ok(&classify_args(
-        &files,
-        out.to_str().unwrap(),
-        "wgpu",
-        "6",
-        "5",
-    ));
+    let report = classify_run(&files, &out, 6, 5.0)
+        .set("--backend", "wgpu")
+        .run();
     assert!(
         report["fairness_F"].as_f64().unwrap().is_finite(),
         "{report}"
@@ -510,32 +441,14 @@ fn classify_fine_tunes_pretrained_minilm() {
     };
     let (train, eval) = (slice("train.jsonl", 320), slice("validation.jsonl", 200));
     let out = dir.path().join("minilm");
-    let args = [
-        "train",
-        "--task",
-        "classify",
-        "--model",
-        "all-minilm-l6-v2",
-        "--train",
-        &train,
-        "--eval",
-        &eval,
-        "--out",
-        out.to_str().unwrap(),
-        "--backend",
-        "cpu",
-        "--steps",
-        "40",
-        "--batch-size",
-        "16",
-        "--lr",
-        "2e-4",
-        "--warmup-steps",
-        "5",
-        "--max-length",
-        "64",
-    ];
-    let output = fairtune(&args);
+    let output = TrainCommand::new("classify", "all-minilm-l6-v2", &train, &out)
+        .set("--eval", &eval)
+        .set("--steps", 40)
+        .set("--batch-size", 16)
+        .set("--lr", "2e-4")
+        .set("--warmup-steps", 5)
+        .set("--max-length", 64)
+        .output();
     assert!(output.status.success(), "{}", stderr(&output));
     assert!(
         stderr(&output).contains(
@@ -554,16 +467,11 @@ fn dpo_with_lora_trains_adapters_only() {
     let dir = crate::common::tempdir();
     let (train, eval) = gap_data(dir.path());
     let out = dir.path().join("lora");
-    let mut args = train_args(&train, &eval, out.to_str().unwrap(), "cpu", "6");
-    args.extend([
-        "--lora-rank",
-        "4",
-        "--lora-targets",
-        "q,v,up",
-        "--lora-dropout",
-        "0.1",
-    ]);
-    let report = run_ok(&args);
+    let report = dpo_run(&train, &eval, &out, 6)
+        .set("--lora-rank", 4)
+        .set("--lora-targets", "q,v,up")
+        .set("--lora-dropout", 0.1)
+        .run();
     let (trainable, total) = (
         report["trainable_params"].as_u64().unwrap(),
         report["total_params"].as_u64().unwrap(),
@@ -593,15 +501,13 @@ fn reference_cache_is_reused_and_checked() {
     let dir = crate::common::tempdir();
     let (train, eval) = gap_data(dir.path());
     let cache = dir.path().join("reference.json");
-    let cache_arg = cache.to_str().unwrap().to_string();
     let run = |name: &str, cached: bool| {
         let out = dir.path().join(name);
-        let mut args = train_args(&train, &eval, out.to_str().unwrap(), "cpu", "4");
+        let mut command = dpo_run(&train, &eval, &out, 4);
         if cached {
-            args.extend(["--reference-cache", cache_arg.as_str()]);
+            command = command.set("--reference-cache", cache.display());
         }
-        let output = fairtune(&args);
-        (output, out)
+        (command.output(), out)
     };
     let (plain, plain_out) = run("plain", false);
     assert!(plain.status.success(), "{}", stderr(&plain));
@@ -625,15 +531,9 @@ fn reference_cache_is_reused_and_checked() {
     let text = std::fs::read_to_string(&train).unwrap();
     std::fs::write(&other, text.lines().take(20).collect::<Vec<_>>().join("\n")).unwrap();
     let out = dir.path().join("other-run");
-    let mut args = train_args(
-        other.to_str().unwrap(),
-        &eval,
-        out.to_str().unwrap(),
-        "cpu",
-        "2",
-    );
-    args.extend(["--reference-cache", cache_arg.as_str()]);
-    let refused = fairtune(&args);
+    let refused = dpo_run(other.to_str().unwrap(), &eval, &out, 2)
+        .set("--reference-cache", cache.display())
+        .output();
     assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
     assert!(
         stderr(&refused).contains("computed for other data or another model"),
@@ -649,13 +549,7 @@ fn eval_reports_task_and_group_metrics_of_a_run() {
     let dir = crate::common::tempdir();
     let files = biased_reviews(dir.path());
     let out = dir.path().join("plain");
-    let trained = run_ok(&classify_args(
-        &files,
-        out.to_str().unwrap(),
-        "cpu",
-        "60",
-        "0",
-    ));
+    let trained = classify_run(&files, &out, 60, 0.0).run();
     let eval = |data: &str, extra: &[&str]| {
         let report_path = dir.path().join("eval.json");
         let mut args = vec![
@@ -744,12 +638,12 @@ fn sweep_charts_the_trade_off_and_resumes() {
     let dir = crate::common::tempdir();
     let files = biased_reviews(dir.path());
     let out = dir.path().join("sweep");
-    let mut args = classify_args(&files, out.to_str().unwrap(), "cpu", "60", "0");
-    args[0] = "sweep";
-    let at = args.iter().position(|a| *a == "--fairness-lambda").unwrap();
-    args.drain(at..at + 2);
-    args.extend(["--lambdas", "0,20", "--tolerance", "0.2"]);
-    let first = fairtune(&args);
+    let sweep_command = classify_run(&files, &out, 60, 0.0)
+        .command("sweep")
+        .unset("--fairness-lambda")
+        .set("--lambdas", "0,20")
+        .set("--tolerance", 0.2);
+    let first = sweep_command.output();
     assert!(first.status.success(), "{}", stderr(&first));
     let sweep = read_json(&out.join("sweep.json"));
     let lambdas = sweep["lambdas"].as_array().unwrap();
@@ -772,7 +666,7 @@ fn sweep_charts_the_trade_off_and_resumes() {
     assert!(svg.contains("<svg") && svg.contains("suggested λ = 20") && svg.contains("λ=0"));
 
     // Again: both points reused, same answer.
-    let again = fairtune(&args);
+    let again = sweep_command.output();
     assert!(again.status.success(), "{}", stderr(&again));
     assert_eq!(
         stderr(&again).matches("reusing").count(),
@@ -796,12 +690,13 @@ fn gradient_checkpointing_trains_the_same_run() {
         ("plain", None),
         ("recomputed", Some("--gradient-checkpointing")),
     ] {
-        let out = dir.path().join(name).display().to_string();
-        let mut args = train_args(&train, &eval, &out, "cpu", "4");
-        args.extend(["--fairness-lambda", "1"]);
-        args.extend(extra);
-        run_ok(&args);
-        runs.push(metrics(Path::new(&out)));
+        let out = dir.path().join(name);
+        let mut command = dpo_run(&train, &eval, &out, 4).set("--fairness-lambda", 1);
+        if let Some(flag) = extra {
+            command = command.switch(flag);
+        }
+        command.run();
+        runs.push(metrics(&out));
     }
     assert_eq!(
         (runs[0].len(), runs[1].len()),
