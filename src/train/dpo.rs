@@ -458,6 +458,52 @@ impl DpoTask {
         Ok(())
     }
 
+    /// DPO on pairs `indices` of `split` — the one pair forward of training and evaluation: the
+    /// policy's log-probs of both completions in one packed forward (its layers kept on `tape`
+    /// when the run recomputes them), the reference's from the cache or the frozen model, and
+    /// the loss. `device` is the policy's (autodiff while training).
+    fn pair_forward(
+        &self,
+        model: &LlamaForCausalLM,
+        split: Split,
+        indices: &[usize],
+        device: &Device,
+        tape: Option<&mut LayerTape>,
+    ) -> PairForward {
+        let (pairs, cached) = match split {
+            Split::Train => (&self.train, self.cached.as_ref().map(|c| &c.train)),
+            Split::Eval => (&self.eval, self.cached.as_ref().map(|c| &c.eval)),
+        };
+        let sequences: Vec<&LmSequence> = indices
+            .iter()
+            .map(|&i| &pairs[i].chosen)
+            .chain(indices.iter().map(|&i| &pairs[i].rejected))
+            .collect();
+        let (sums, counts, num_tokens) =
+            Self::policy_logps(model, &sequences, Layout::Pairs, device, tape);
+        let policy = split_pairs(sums, counts, indices.len());
+        let reference = match cached {
+            Some(cached) => Some(Self::cached_pairs(
+                cached,
+                indices.iter().copied(),
+                &policy,
+                device,
+            )),
+            None => self.reference().map(|reference| {
+                let (sums, counts, _) =
+                    Self::logps(reference, &sequences, Layout::Pairs, &self.device);
+                split_pairs(sums, counts, indices.len())
+            }),
+        };
+        let output = dpo_loss(&self.config.dpo, &policy, reference.as_ref());
+        PairForward {
+            policy,
+            reference,
+            output,
+            num_tokens,
+        }
+    }
+
     /// The reference log-probs of `pairs` (pair indices into `cached`), with the policy's token
     /// counts (the sequences are the same).
     fn cached_pairs(
@@ -526,6 +572,22 @@ impl DpoTask {
     }
 }
 
+/// Which pairs a DPO forward is over.
+#[derive(Clone, Copy)]
+enum Split {
+    Train,
+    Eval,
+}
+
+/// What [`DpoTask::pair_forward`] computed.
+struct PairForward {
+    policy: PairLogps,
+    reference: Option<PairLogps>,
+    output: DpoOutput,
+    /// Real tokens through the policy.
+    num_tokens: usize,
+}
+
 fn split_pairs(sums: Tensor<1>, counts: Tensor<1>, pairs: usize) -> PairLogps {
     PairLogps {
         chosen: sums.clone().narrow(0, 0, pairs),
@@ -577,33 +639,16 @@ impl TaskRunner for DpoTask {
     fn step(&mut self, model: &LlamaForCausalLM, step: usize) -> StepOutput {
         let ad_device = self.device.clone().autodiff();
         let indices = self.sampler.batch(step, self.config.batch_size);
-        let pairs = indices.len();
-        let sequences: Vec<&LmSequence> = indices
-            .iter()
-            .map(|&i| &self.train[i].chosen)
-            .chain(indices.iter().map(|&i| &self.train[i].rejected))
-            .collect();
         let mut tape = self
             .config
             .gradient_checkpointing
             .then(|| LayerTape::new(super::step_seed(self.config.seed, step)));
-        let (sums, counts, mut num_tokens) =
-            Self::policy_logps(model, &sequences, Layout::Pairs, &ad_device, tape.as_mut());
-        let policy = split_pairs(sums, counts, pairs);
-        let reference = match &self.cached {
-            Some(cache) => Some(Self::cached_pairs(
-                &cache.train,
-                indices.iter().copied(),
-                &policy,
-                &ad_device,
-            )),
-            None => self.reference().map(|reference| {
-                let (sums, counts, _) =
-                    Self::logps(reference, &sequences, Layout::Pairs, &self.device);
-                split_pairs(sums, counts, pairs)
-            }),
-        };
-        let output = dpo_loss(&self.config.dpo, &policy, reference.as_ref());
+        let PairForward {
+            policy,
+            reference,
+            output,
+            mut num_tokens,
+        } = self.pair_forward(model, Split::Train, &indices, &ad_device, tape.as_mut());
 
         let fairness = match self.fairness.draw(step) {
             Some(drawn) => {
@@ -667,32 +712,14 @@ impl TaskRunner for DpoTask {
             return Ok(None);
         }
         let model = model.valid();
-        let mut outputs =
-            Vec::with_capacity(self.eval.len().div_ceil(self.config.batch_size.max(1)));
-        let size = self.config.batch_size.max(1);
-        for (index, chunk) in self.eval.chunks(size).enumerate() {
-            let sequences: Vec<&LmSequence> = chunk
-                .iter()
-                .map(|p| &p.chosen)
-                .chain(chunk.iter().map(|p| &p.rejected))
-                .collect();
-            let (sums, counts, _) = Self::logps(&model, &sequences, Layout::Pairs, &self.device);
-            let policy = split_pairs(sums, counts, chunk.len());
-            let reference = match &self.cached {
-                Some(cache) => Some(Self::cached_pairs(
-                    &cache.eval,
-                    index * size..index * size + chunk.len(),
-                    &policy,
-                    &self.device,
-                )),
-                None => self.reference().map(|reference| {
-                    let (sums, counts, _) =
-                        Self::logps(reference, &sequences, Layout::Pairs, &self.device);
-                    split_pairs(sums, counts, chunk.len())
-                }),
-            };
-            outputs.push(dpo_loss(&self.config.dpo, &policy, reference.as_ref()));
-        }
+        let indices: Vec<usize> = (0..self.eval.len()).collect();
+        let outputs = indices
+            .chunks(self.config.batch_size.max(1))
+            .map(|chunk| {
+                self.pair_forward(&model, Split::Eval, chunk, &self.device, None)
+                    .output
+            })
+            .collect();
         // One device read for the whole set.
         let output = DpoOutput::cat(outputs);
         let metrics = output.metrics();
