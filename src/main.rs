@@ -8,7 +8,7 @@ use fairtune::data::Truncation;
 use fairtune::data::sampler::DataOrder;
 use fairtune::device::{self, BackendChoice};
 use fairtune::model::lora::{LoraSettings, LoraTarget};
-use fairtune::objective::{DpoConfig, DpoLossKind, FairnessKind, FairnessScore};
+use fairtune::objective::{DpoConfig, DpoLossKind, FDivergence, FairnessKind, FairnessScore};
 use fairtune::train::schedule::Decay;
 use fairtune::train::{Task, TrainConfig};
 use fairtune::{Error, Result};
@@ -127,11 +127,29 @@ struct TrainArgs {
     /// DPO temperature β (> 0).
     #[arg(long, default_value_t = d().dpo.beta)]
     beta: f64,
-    #[arg(long, value_enum, default_value_t = d().dpo.loss)]
-    loss: DpoLossKind,
-    /// Label smoothing ε for sigmoid (cDPO), robust and simpo, in [0, 0.5).
+    /// The DPO loss, TRL's names: sigmoid, hinge, ipo, exo_pair, nca_pair, robust, bco_pair,
+    /// sppo_hard, aot, aot_unpaired, apo_zero, apo_down, discopop, sft, sigmoid_norm; and simpo.
+    /// Several (comma-separated) are summed, weighted by --loss-weights (MPO:
+    /// sigmoid,bco_pair,sft with 0.8,0.2,1.0).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = d().dpo.loss)]
+    loss: Vec<DpoLossKind>,
+    /// One weight per --loss (default: 1 each).
+    #[arg(long, value_delimiter = ',')]
+    loss_weights: Vec<f64>,
+    /// Label smoothing ε in [0, 0.5): sigmoid (as cDPO), robust, exo_pair (needs ε > 0), aot,
+    /// aot_unpaired and simpo.
     #[arg(long, default_value_t = d().dpo.label_smoothing)]
     label_smoothing: f64,
+    /// The divergence DPO's reward regularizes (f-DPO): reverse_kl (standard DPO),
+    /// forward_kl, js_divergence, alpha_divergence.
+    #[arg(long, value_enum, default_value_t = d().dpo.f_divergence)]
+    f_divergence: FDivergence,
+    /// α of --f-divergence alpha_divergence.
+    #[arg(long, default_value_t = d().dpo.f_alpha_divergence_coef)]
+    f_alpha_divergence_coef: f64,
+    /// DiscoPOP's temperature τ (--loss discopop).
+    #[arg(long, default_value_t = d().dpo.discopop_tau)]
+    discopop_tau: f64,
     /// SimPO's target margin γ.
     #[arg(long, default_value_t = d().dpo.simpo_gamma)]
     simpo_gamma: f64,
@@ -229,9 +247,13 @@ impl TrainArgs {
         config.dpo = DpoConfig {
             beta: self.beta,
             loss: self.loss,
+            loss_weights: self.loss_weights,
             label_smoothing: self.label_smoothing,
             simpo_gamma: self.simpo_gamma,
             sft_weight: self.sft_weight,
+            f_divergence: self.f_divergence,
+            f_alpha_divergence_coef: self.f_alpha_divergence_coef,
+            discopop_tau: self.discopop_tau,
         };
         config.lora = (self.lora_rank > 0).then(|| LoraSettings {
             rank: self.lora_rank,

@@ -1,67 +1,237 @@
-//! Direct Preference Optimization (Rafailov et al. 2023) and its family, with TRL's metrics.
+//! Direct Preference Optimization (Rafailov et al. 2023) and its family, with TRL's names,
+//! definitions (TRL 1.16's `DPOTrainer`) and metrics.
 //!
-//! With h = (log π(c) − log π_ref(c)) − (log π(r) − log π_ref(r)) per pair:
-//! - `sigmoid`: −(1−ε)·log σ(βh) − ε·log σ(−βh)   (ε = label smoothing: cDPO)
-//! - `robust`:  (−(1−ε)·log σ(βh) + ε·log σ(−βh)) / (1 − 2ε)   (Chowdhury et al. 2024)
-//! - `ipo`:     (h − 1/(2β))², log-probs averaged per token   (Azar et al. 2023)
-//! - `hinge`:   relu(1 − βh)   (SLiC, Zhao et al. 2023)
-//! - `simpo`:   −log σ(β·(avg log π(c) − avg log π(r)) − γ), no reference   (Meng et al. 2024)
+//! Per pair, with the log-ratios c = log π(c) − log π_ref(c), r = log π(r) − log π_ref(r)
+//! (sums over completion tokens), their f-divergence scores c', r' (`--f-divergence`; reverse
+//! KL, the default, leaves them as they are) and Δ = c' − r':
+//! - `sigmoid`: −log σ(βΔ); with label smoothing ε, cDPO's −(1−ε)·log σ(βΔ) − ε·log σ(−βΔ)
+//! - `hinge`: relu(1 − βΔ) (SLiC)          - `ipo`: (Δ/n − 1/(2β))², scores per token (IPO)
+//! - `robust`: (−(1−ε)·log σ(βΔ) + ε·log σ(−βΔ)) / (1 − 2ε) (Chowdhury et al. 2024)
+//! - `exo_pair`: KL(softmax(βΔ, 0) ‖ (1−ε, ε)) (EXO, Ji et al. 2024)
+//! - `nca_pair`: −log σ(βc) − ½·log σ(−βc) − ½·log σ(−βr) (NCA, Chen et al. 2024)
+//! - `bco_pair`: −log σ(βc) − log σ(−βr)   - `sppo_hard`: (c − 1/(2β))² + (r + 1/(2β))² (SPPO)
+//! - `aot`, `aot_unpaired`: the sigmoid loss between the batch's sorted log-ratio differences
+//!   (paired: sorted (log π(c) − log π(r)) against sorted reference ones; unpaired: sorted c
+//!   against sorted r) (AOT, Melnyk et al. 2024)
+//! - `apo_zero`: σ(−βc) + σ(βr); `apo_down`: σ(βc) + σ(−β(c − r)) (APO, D'Oosterlinck et al. 2024)
+//! - `discopop`: −log σ(βΔ)·(1 − m) + e^{−βΔ}·m, m = σ(βΔ/τ) (DiscoPOP, Chris Lu et al. 2024)
+//! - `sft`: the chosen completions' NLL per token over the batch
+//! - `sigmoid_norm`: −log σ(β·(c'/n_c − r'/n_r)), scores per token
+//! - `simpo` (not TRL's DPO; CPOTrainer's): −log σ(β·(avg log π(c) − avg log π(r)) − γ), no
+//!   reference (Meng et al. 2024)
 //!
-//! plus an optional SFT term α·NLL(chosen) per token (RPO). Implicit rewards are
-//! β·(log π − log π_ref) (SimPO: β·avg log π), detached; TRL's metric names are kept.
+//! A list of losses (`--loss sigmoid,bco_pair,sft --loss-weights 0.8,0.2,1.0`, TRL's MPO recipe)
+//! is the weighted sum of their batch means. `--sft-weight α` adds fairtune's own α·NLL per token
+//! of each chosen completion. Implicit rewards are β·c and β·r (SimPO alone: β·avg log π),
+//! detached. Every formula is computed so that large |β·Δ| neither overflows nor loses the small
+//! terms (log-sigmoids, e^{x + log σ(y)}), where TRL's own float32 code can give inf or NaN.
 
-use burn::tensor::Tensor;
 use burn::tensor::activation::relu;
+use burn::tensor::{Int, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum DpoLossKind {
     Sigmoid,
     Robust,
     Ipo,
     Hinge,
     Simpo,
+    #[value(name = "exo_pair", alias = "exo-pair")]
+    ExoPair,
+    #[value(name = "nca_pair", alias = "nca-pair")]
+    NcaPair,
+    #[value(name = "bco_pair", alias = "bco-pair")]
+    BcoPair,
+    #[value(name = "sppo_hard", alias = "sppo-hard")]
+    SppoHard,
+    Aot,
+    #[value(name = "aot_unpaired", alias = "aot-unpaired")]
+    AotUnpaired,
+    #[value(name = "apo_zero", alias = "apo-zero")]
+    ApoZero,
+    #[value(name = "apo_down", alias = "apo-down")]
+    ApoDown,
+    Discopop,
+    Sft,
+    #[value(name = "sigmoid_norm", alias = "sigmoid-norm")]
+    SigmoidNorm,
 }
 
 impl DpoLossKind {
-    /// IPO and SimPO work on per-token average log-probs; the others on sums.
-    pub fn averages_logps(self) -> bool {
-        matches!(self, DpoLossKind::Ipo | DpoLossKind::Simpo)
-    }
-
+    /// Every loss but SimPO compares with a reference model (`sft` does not use it, but TRL
+    /// still reports its rewards against one).
     pub fn needs_reference(self) -> bool {
         self != DpoLossKind::Simpo
     }
+
+    /// The losses TRL generalizes to an f-divergence (its reparameterization leaves a β·log Z(x)
+    /// that cancels only in the chosen − rejected difference).
+    fn takes_f_divergence(self) -> bool {
+        use DpoLossKind::*;
+        matches!(
+            self,
+            Sigmoid | SigmoidNorm | Hinge | Ipo | ExoPair | Robust | Discopop | Sft
+        )
+    }
+
+    /// TRL's name.
+    pub fn name(self) -> String {
+        use clap::ValueEnum;
+        self.to_possible_value()
+            .map_or_else(|| format!("{self:?}"), |v| v.get_name().to_string())
+    }
+}
+
+/// The divergence from the reference that DPO's implicit reward regularizes (f-DPO, Wang et al.
+/// 2023): what a log-ratio u = log π − log π_ref becomes before the loss, f'(e^u).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum FDivergence {
+    /// u itself: standard DPO.
+    #[default]
+    #[value(name = "reverse_kl", alias = "reverse-kl")]
+    ReverseKl,
+    /// 1 − e^{−u}.
+    #[value(name = "forward_kl", alias = "forward-kl")]
+    ForwardKl,
+    /// log 2 + log σ(u).
+    #[value(name = "js_divergence", alias = "js-divergence")]
+    JsDivergence,
+    /// (e^{(α−1)u} − 1)/(α − 1), the exponent clamped at 80 as TRL clamps it; u at α = 1.
+    #[value(name = "alpha_divergence", alias = "alpha-divergence")]
+    AlphaDivergence,
+}
+
+impl FDivergence {
+    fn is_reverse_kl(&self) -> bool {
+        *self == FDivergence::ReverseKl
+    }
+
+    fn score(self, u: Tensor<1>, alpha: f64) -> Tensor<1> {
+        match self {
+            FDivergence::ReverseKl => u,
+            FDivergence::ForwardKl => u.neg().exp().neg() + 1.0,
+            FDivergence::JsDivergence => log_sigmoid(u) + std::f64::consts::LN_2,
+            FDivergence::AlphaDivergence if (alpha - 1.0).abs() < 1e-6 => u,
+            FDivergence::AlphaDivergence => {
+                ((u * (alpha - 1.0)).clamp_max(80.0).exp() - 1.0) / (alpha - 1.0)
+            }
+        }
+    }
+}
+
+fn default_alpha() -> f64 {
+    0.5
+}
+
+fn default_tau() -> f64 {
+    0.05
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DpoConfig {
     pub beta: f64,
-    pub loss: DpoLossKind,
-    /// ε for `sigmoid` (cDPO), `robust` and `simpo`.
+    /// The loss, or several summed with `loss_weights` (written as one name when it is one).
+    #[serde(with = "one_or_many")]
+    pub loss: Vec<DpoLossKind>,
+    /// One weight per loss (empty: 1 each).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub loss_weights: Vec<f64>,
+    /// ε for `sigmoid` (cDPO), `robust`, `exo_pair`, `aot`, `aot_unpaired` and `simpo`.
     pub label_smoothing: f64,
     /// γ, SimPO's target reward margin.
     pub simpo_gamma: f64,
-    /// α of the SFT term on the chosen completion (0 = off).
+    /// α of fairtune's SFT term on the chosen completion (0 = off).
     pub sft_weight: f64,
+    #[serde(default, skip_serializing_if = "FDivergence::is_reverse_kl")]
+    pub f_divergence: FDivergence,
+    /// α of the α-divergence.
+    #[serde(default = "default_alpha", skip_serializing_if = "is_default_alpha")]
+    pub f_alpha_divergence_coef: f64,
+    /// DiscoPOP's temperature τ.
+    #[serde(default = "default_tau", skip_serializing_if = "is_default_tau")]
+    pub discopop_tau: f64,
+}
+
+fn is_default_alpha(alpha: &f64) -> bool {
+    *alpha == default_alpha()
+}
+
+fn is_default_tau(tau: &f64) -> bool {
+    *tau == default_tau()
+}
+
+/// A list serialized as its one element when it has one, so that configs written before lists
+/// existed (`"loss": "sigmoid"`) read, and fingerprint, as they did.
+mod one_or_many {
+    use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+    use super::DpoLossKind;
+
+    pub fn serialize<S: Serializer>(losses: &[DpoLossKind], s: S) -> Result<S::Ok, S::Error> {
+        match losses {
+            [one] => one.serialize(s),
+            many => many.serialize(s),
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<DpoLossKind>, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum OneOrMany {
+            One(DpoLossKind),
+            Many(Vec<DpoLossKind>),
+        }
+        Ok(match OneOrMany::deserialize(d)? {
+            OneOrMany::One(one) => vec![one],
+            OneOrMany::Many(many) => many,
+        })
+    }
 }
 
 impl Default for DpoConfig {
     fn default() -> Self {
         Self {
             beta: 0.1,
-            loss: DpoLossKind::Sigmoid,
+            loss: vec![DpoLossKind::Sigmoid],
+            loss_weights: Vec::new(),
             label_smoothing: 0.0,
             simpo_gamma: 0.5,
             sft_weight: 0.0,
+            f_divergence: FDivergence::ReverseKl,
+            f_alpha_divergence_coef: default_alpha(),
+            discopop_tau: default_tau(),
         }
     }
 }
 
 impl DpoConfig {
+    /// One loss with the other settings at their defaults.
+    pub fn with_loss(loss: DpoLossKind) -> Self {
+        Self {
+            loss: vec![loss],
+            ..Self::default()
+        }
+    }
+
+    /// Whether any of the losses compares with a reference model.
+    pub fn needs_reference(&self) -> bool {
+        self.loss.iter().any(|l| l.needs_reference())
+    }
+
+    /// Each loss with its weight.
+    pub fn weighted(&self) -> impl Iterator<Item = (DpoLossKind, f64)> + '_ {
+        let weight = |i: usize| self.loss_weights.get(i).copied().unwrap_or(1.0);
+        self.loss
+            .iter()
+            .enumerate()
+            .map(move |(i, &l)| (l, weight(i)))
+    }
+
     pub fn validate(&self) -> Result<()> {
         if !(self.beta.is_finite() && self.beta > 0.0) {
             return Err(Error::input(format!(
@@ -69,10 +239,60 @@ impl DpoConfig {
                 self.beta
             )));
         }
+        if self.loss.is_empty() {
+            return Err(Error::input("--loss needs at least one loss type"));
+        }
+        if let Some(dup) = self
+            .loss
+            .iter()
+            .enumerate()
+            .find(|(i, l)| self.loss[..*i].contains(l))
+        {
+            return Err(Error::input(format!(
+                "--loss names {} twice; give it one weight instead",
+                dup.1.name()
+            )));
+        }
+        if !self.loss_weights.is_empty() && self.loss_weights.len() != self.loss.len() {
+            return Err(Error::input(format!(
+                "--loss-weights has {} weights for {} losses; give one per loss",
+                self.loss_weights.len(),
+                self.loss.len()
+            )));
+        }
+        if let Some(bad) = self.loss_weights.iter().find(|w| !w.is_finite()) {
+            return Err(Error::input(format!(
+                "--loss-weights must be finite numbers, got {bad}"
+            )));
+        }
         if !(0.0..0.5).contains(&self.label_smoothing) {
             return Err(Error::input(format!(
                 "--label-smoothing must be in [0, 0.5), got {}",
                 self.label_smoothing
+            )));
+        }
+        if self.loss.contains(&DpoLossKind::ExoPair) && self.label_smoothing == 0.0 {
+            return Err(Error::input(
+                "--loss exo_pair needs --label-smoothing ε > 0 (the target distribution is \
+                 (1 − ε, ε); TRL suggests 1e-3)",
+            ));
+        }
+        if !self.f_divergence.is_reverse_kl()
+            && let Some(other) = self.loss.iter().find(|l| !l.takes_f_divergence())
+        {
+            return Err(Error::input(format!(
+                "--f-divergence applies to sigmoid, sigmoid_norm, hinge, ipo, exo_pair, robust, \
+                 discopop and sft, not to {}",
+                other.name()
+            )));
+        }
+        if !self.f_alpha_divergence_coef.is_finite() {
+            return Err(Error::input("--f-alpha-divergence-coef must be finite"));
+        }
+        if !(self.discopop_tau.is_finite() && self.discopop_tau > 0.0) {
+            return Err(Error::input(format!(
+                "--discopop-tau must be a positive number, got {}",
+                self.discopop_tau
             )));
         }
         if !self.simpo_gamma.is_finite() {
@@ -97,27 +317,14 @@ pub struct PairLogps {
     pub rejected_tokens: Tensor<1>,
 }
 
-impl PairLogps {
-    /// The log-probs the loss uses: sums, or per-token averages for IPO/SimPO.
-    fn as_used(&self, average: bool) -> (Tensor<1>, Tensor<1>) {
-        if average {
-            (
-                self.chosen.clone() / self.chosen_tokens.clone().clamp_min(1.0),
-                self.rejected.clone() / self.rejected_tokens.clone().clamp_min(1.0),
-            )
-        } else {
-            (self.chosen.clone(), self.rejected.clone())
-        }
-    }
-}
-
 /// The loss and, per pair, the detached quantities TRL's metrics are made of.
 #[derive(Clone, Debug)]
 pub struct DpoOutput {
-    /// Scalar `[1]`: mean over pairs (plus the SFT term).
+    /// Scalar `[1]`: the weighted sum of the losses' batch means (plus the SFT term).
     pub loss: Tensor<1>,
     pub chosen_rewards: Tensor<1>,
     pub rejected_rewards: Tensor<1>,
+    /// The policy's summed log-probs.
     pub chosen_logps: Tensor<1>,
     pub rejected_logps: Tensor<1>,
 }
@@ -130,54 +337,145 @@ pub fn log_sigmoid<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     x.clone().clamp_max(0.0) - x.abs().neg().exp().log1p()
 }
 
+/// σ(x) as e^{log σ(x)}: 1 − σ(x) is σ(−x), which keeps its small values.
+fn sigmoid(x: Tensor<1>) -> Tensor<1> {
+    log_sigmoid(x).exp()
+}
+
+/// `x` in ascending order (differentiable: the order is found on the detached values).
+fn sorted(x: Tensor<1>) -> Tensor<1> {
+    let order: Tensor<1, Int> = x.clone().detach().argsort(0);
+    x.select(0, order)
+}
+
+/// −(1−ε)·log σ(x) − ε·log σ(−x).
+fn smoothed_sigmoid_loss(x: Tensor<1>, eps: f64) -> Tensor<1> {
+    if eps == 0.0 {
+        return log_sigmoid(x).neg();
+    }
+    log_sigmoid(x.clone()) * -(1.0 - eps) - log_sigmoid(x.neg()) * eps
+}
+
 pub fn dpo_loss(
     config: &DpoConfig,
     policy: &PairLogps,
     reference: Option<&PairLogps>,
 ) -> DpoOutput {
-    let average = config.loss.averages_logps();
-    let (pi_c, pi_r) = policy.as_used(average);
     let beta = config.beta;
     let eps = config.label_smoothing;
-
-    let (losses, chosen_rewards, rejected_rewards) = if config.loss == DpoLossKind::Simpo {
-        let logits = (pi_c.clone() - pi_r.clone()) - config.simpo_gamma / beta;
-        let losses =
-            log_sigmoid(logits.clone() * beta) * -(1.0 - eps) - log_sigmoid(logits * -beta) * eps;
-        (
-            losses,
-            pi_c.clone().detach() * beta,
-            pi_r.clone().detach() * beta,
-        )
-    } else {
-        let reference = reference.expect("reference log-probs are required for this DPO loss");
-        let (ref_c, ref_r) = reference.as_used(average);
-        let (ref_c, ref_r) = (ref_c.detach(), ref_r.detach());
-        let h = (pi_c.clone() - ref_c.clone()) - (pi_r.clone() - ref_r.clone());
-        let losses = match config.loss {
-            DpoLossKind::Sigmoid => {
-                log_sigmoid(h.clone() * beta) * -(1.0 - eps) - log_sigmoid(h * -beta) * eps
-            }
-            DpoLossKind::Robust => {
-                (log_sigmoid(h.clone() * beta) * -(1.0 - eps) + log_sigmoid(h * -beta) * eps)
-                    / (1.0 - 2.0 * eps)
-            }
-            DpoLossKind::Ipo => (h - 1.0 / (2.0 * beta)).powi_scalar(2),
-            DpoLossKind::Hinge => relu((h * -beta) + 1.0),
-            DpoLossKind::Simpo => unreachable!(),
-        };
-        (
-            losses,
-            (pi_c.clone().detach() - ref_c) * beta,
-            (pi_r.clone().detach() - ref_r) * beta,
-        )
+    let (pi_c, pi_r) = (policy.chosen.clone(), policy.rejected.clone());
+    let n_c = policy.chosen_tokens.clone().clamp_min(1.0);
+    let n_r = policy.rejected_tokens.clone().clamp_min(1.0);
+    let reference = reference.map(|r| (r.chosen.clone().detach(), r.rejected.clone().detach()));
+    // The log-ratios c, r and their f-divergence scores.
+    let ratios = reference.as_ref().map(|(ref_c, ref_r)| {
+        let (c, r) = (pi_c.clone() - ref_c.clone(), pi_r.clone() - ref_r.clone());
+        let alpha = config.f_alpha_divergence_coef;
+        let scores = (
+            config.f_divergence.score(c.clone(), alpha),
+            config.f_divergence.score(r.clone(), alpha),
+        );
+        (c, r, scores)
+    });
+    let need = |kind: DpoLossKind| {
+        ratios.as_ref().unwrap_or_else(|| {
+            panic!(
+                "reference log-probs are required for the {} loss",
+                kind.name()
+            )
+        })
     };
 
-    let mut loss = losses.mean();
+    let mut loss: Option<Tensor<1>> = None;
+    for (kind, weight) in config.weighted() {
+        let term = match kind {
+            // A batch-level mean already: Σ NLL / Σ tokens.
+            DpoLossKind::Sft => {
+                (pi_c.clone().sum() / policy.chosen_tokens.clone().sum().clamp_min(1.0)).neg()
+            }
+            DpoLossKind::Simpo => {
+                let logits = (pi_c.clone() / n_c.clone() - pi_r.clone() / n_r.clone())
+                    - config.simpo_gamma / beta;
+                smoothed_sigmoid_loss(logits * beta, eps).mean()
+            }
+            _ => {
+                let (c, r, (cs, rs)) = need(kind);
+                let (c, r, cs, rs) = (c.clone(), r.clone(), cs.clone(), rs.clone());
+                let delta = cs.clone() - rs.clone();
+                let per_pair = match kind {
+                    DpoLossKind::Sigmoid => smoothed_sigmoid_loss(delta * beta, eps),
+                    DpoLossKind::Hinge => relu(delta * -beta + 1.0),
+                    DpoLossKind::Ipo => {
+                        (cs / n_c.clone() - rs / n_r.clone() - 1.0 / (2.0 * beta)).powi_scalar(2)
+                    }
+                    DpoLossKind::ExoPair => {
+                        let (log_qw, log_ql) = (
+                            log_sigmoid(delta.clone() * beta),
+                            log_sigmoid(delta * -beta),
+                        );
+                        log_qw.clone().exp() * (log_qw - (1.0 - eps).ln())
+                            + log_ql.clone().exp() * (log_ql - eps.ln())
+                    }
+                    DpoLossKind::NcaPair => {
+                        log_sigmoid(c.clone() * beta).neg()
+                            - log_sigmoid(c * -beta) * 0.5
+                            - log_sigmoid(r * -beta) * 0.5
+                    }
+                    DpoLossKind::Robust => {
+                        (log_sigmoid(delta.clone() * beta) * -(1.0 - eps)
+                            + log_sigmoid(delta * -beta) * eps)
+                            / (1.0 - 2.0 * eps)
+                    }
+                    DpoLossKind::BcoPair => log_sigmoid(c * beta).neg() - log_sigmoid(r * -beta),
+                    DpoLossKind::SppoHard => {
+                        (c - 0.5 / beta).powi_scalar(2) + (r + 0.5 / beta).powi_scalar(2)
+                    }
+                    DpoLossKind::Aot => {
+                        let (ref_c, ref_r) = reference.clone().expect("a reference with ratios");
+                        let gap = sorted(pi_c.clone() - pi_r.clone()) - sorted(ref_c - ref_r);
+                        smoothed_sigmoid_loss(gap * beta, eps)
+                    }
+                    DpoLossKind::AotUnpaired => {
+                        smoothed_sigmoid_loss((sorted(c) - sorted(r)) * beta, eps)
+                    }
+                    DpoLossKind::ApoZero => sigmoid(c * -beta) + sigmoid(r * beta),
+                    DpoLossKind::ApoDown => sigmoid(c.clone() * beta) + sigmoid((c - r) * -beta),
+                    DpoLossKind::Discopop => {
+                        let logits = delta * beta;
+                        let tau = config.discopop_tau;
+                        // e^{−x}·σ(x/τ) as e^{−x + log σ(x/τ)}: finite where e^{−x} is not.
+                        let exp_part =
+                            (logits.clone().neg() + log_sigmoid(logits.clone() / tau)).exp();
+                        let modulation = sigmoid(logits.clone() / tau);
+                        log_sigmoid(logits).neg() * (modulation.neg() + 1.0) + exp_part
+                    }
+                    DpoLossKind::SigmoidNorm => {
+                        log_sigmoid((cs / n_c.clone() - rs / n_r.clone()) * beta).neg()
+                    }
+                    DpoLossKind::Sft | DpoLossKind::Simpo => unreachable!("handled above"),
+                };
+                per_pair.mean()
+            }
+        };
+        let term = term * weight;
+        loss = Some(match loss {
+            Some(sum) => sum + term,
+            None => term,
+        });
+    }
+    let mut loss = loss.expect("validated: at least one loss");
     if config.sft_weight > 0.0 {
-        let nll = (policy.chosen.clone() / policy.chosen_tokens.clone().clamp_min(1.0)).neg();
+        let nll = (pi_c.clone() / n_c.clone()).neg();
         loss = loss + nll.mean() * config.sft_weight;
     }
+    let (chosen_rewards, rejected_rewards) = match &ratios {
+        Some((c, r, _)) => (c.clone().detach() * beta, r.clone().detach() * beta),
+        // Reference-free (SimPO, SFT): β·avg log π.
+        None => (
+            (pi_c.clone() / n_c).detach() * beta,
+            (pi_r.clone() / n_r).detach() * beta,
+        ),
+    };
     DpoOutput {
         loss,
         chosen_rewards,

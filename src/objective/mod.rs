@@ -6,5 +6,5 @@ pub mod dpo;
 pub mod fairness;
 pub mod losses;
 
-pub use dpo::{DPO_METRICS, DpoConfig, DpoLossKind, DpoOutput, PairLogps, dpo_loss};
+pub use dpo::{DPO_METRICS, DpoConfig, DpoLossKind, DpoOutput, FDivergence, PairLogps, dpo_loss};
 pub use fairness::{FairnessKind, FairnessScore, FairnessTerm, penalty};

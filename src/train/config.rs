@@ -180,7 +180,7 @@ impl TrainConfig {
             (Task::Classify | Task::Ner, FairnessScore::Reward | FairnessScore::Logp) => {
                 return bad("--fairness-score for classify must be prob".into());
             }
-            (Task::Dpo, FairnessScore::Reward) if !self.dpo.loss.needs_reference() => {
+            (Task::Dpo, FairnessScore::Reward) if !self.dpo.needs_reference() => {
                 return bad(
                     "--fairness-score reward needs a reference model; --loss simpo has none".into(),
                 );

@@ -611,7 +611,7 @@ impl TaskRunner for DpoTask {
     }
 
     fn prepare(&mut self, model: &LlamaForCausalLM, dir: RunDir<'_>) -> Result<()> {
-        if !self.config.dpo.loss.needs_reference() {
+        if !self.config.dpo.needs_reference() {
             return Ok(());
         }
         if self.config.lora.is_some() {

@@ -178,6 +178,21 @@ fn invalid_numbers() {
         2,
         "--fairness-lambda",
     );
+    expect_error(
+        dir.path(),
+        &train,
+        &["--loss", "sigmoid,bco_pair", "--loss-weights", "1"],
+        2,
+        "one per loss",
+    );
+    expect_error(dir.path(), &train, &["--loss", "exo_pair"], 2, "ε > 0");
+    expect_error(
+        dir.path(),
+        &train,
+        &["--loss", "aot", "--f-divergence", "js_divergence"],
+        2,
+        "not to aot",
+    );
     // clap's own usage errors also exit with 2.
     let output = fairtune(&["train", "--task", "nonsense"]);
     assert_eq!(output.status.code(), Some(2));

@@ -25,11 +25,9 @@ fn pairs() -> (PairLogps, PairLogps) {
 fn loss(loss: DpoLossKind, label_smoothing: f64, sft_weight: f64) -> f64 {
     let (policy, reference) = pairs();
     let config = DpoConfig {
-        beta: 0.1,
-        loss,
         label_smoothing,
-        simpo_gamma: 0.5,
         sft_weight,
+        ..DpoConfig::with_loss(loss)
     };
     to_vec(dpo_loss(&config, &policy, Some(&reference)).loss)[0] as f64
 }
@@ -73,13 +71,7 @@ fn ipo_loss_uses_per_token_averages() {
 #[test]
 fn simpo_needs_no_reference() {
     let (policy, _) = pairs();
-    let config = DpoConfig {
-        beta: 0.1,
-        loss: DpoLossKind::Simpo,
-        label_smoothing: 0.0,
-        simpo_gamma: 0.5,
-        sft_weight: 0.0,
-    };
+    let config = DpoConfig::with_loss(DpoLossKind::Simpo);
     // avg logps: c = [−2, −3], r = [−11/3, −1.5]; −log σ(0.1·Δ − 0.5), averaged = 0.971847122
     let output = dpo_loss(&config, &policy, None);
     assert_near(to_vec(output.loss)[0] as f64, 0.971_847_121_9);
@@ -179,6 +171,52 @@ fn invalid_settings_are_rejected() {
             ..DpoConfig::default()
         })
         .contains("--label-smoothing")
+    );
+    use DpoLossKind::*;
+    let losses = |loss: Vec<DpoLossKind>, weights: Vec<f64>| DpoConfig {
+        loss,
+        loss_weights: weights,
+        ..DpoConfig::default()
+    };
+    assert!(bad(losses(vec![], vec![])).contains("at least one"));
+    assert!(bad(losses(vec![Sigmoid, Sigmoid], vec![])).contains("twice"));
+    assert!(bad(losses(vec![Sigmoid, Sft], vec![1.0])).contains("one per loss"));
+    assert!(bad(losses(vec![Sigmoid], vec![f64::NAN])).contains("finite"));
+    assert!(bad(DpoConfig::with_loss(ExoPair)).contains("label-smoothing ε > 0"));
+    assert!(
+        bad(DpoConfig {
+            f_divergence: fairtune::objective::FDivergence::ForwardKl,
+            ..DpoConfig::with_loss(BcoPair)
+        })
+        .contains("not to bco_pair")
+    );
+    assert!(
+        bad(DpoConfig {
+            discopop_tau: 0.0,
+            ..DpoConfig::with_loss(Discopop)
+        })
+        .contains("--discopop-tau")
+    );
+}
+
+/// A config that names one loss is written as before lists of losses existed (so older runs
+/// keep their fingerprint), and both forms read back.
+#[test]
+fn a_single_loss_is_written_by_its_name() {
+    let one = serde_json::to_value(DpoConfig::default()).unwrap();
+    assert_eq!(one["loss"], "sigmoid");
+    assert!(one.get("loss_weights").is_none() && one.get("f_divergence").is_none());
+    let many = DpoConfig {
+        loss: vec![DpoLossKind::Sigmoid, DpoLossKind::BcoPair],
+        loss_weights: vec![0.8, 0.2],
+        ..DpoConfig::default()
+    };
+    let json = serde_json::to_value(&many).unwrap();
+    assert_eq!(json["loss"], serde_json::json!(["sigmoid", "bco_pair"]));
+    assert_eq!(serde_json::from_value::<DpoConfig>(json).unwrap(), many);
+    assert_eq!(
+        serde_json::from_value::<DpoConfig>(one).unwrap(),
+        DpoConfig::default()
     );
 }
 

@@ -20,4 +20,5 @@ mod ner;
 mod parity;
 mod playground;
 mod train;
+mod trl_losses;
 mod trl_parity;

@@ -717,3 +717,29 @@ fn gradient_checkpointing_trains_the_same_run() {
         }
     }
 }
+
+/// TRL's MPO recipe from the command line: a list of loss types with weights trains, and the
+/// run's config.json keeps the list.
+#[test]
+fn a_weighted_list_of_dpo_losses_trains() {
+    let dir = common::tempdir();
+    let (train, eval) = gap_data(dir.path());
+    let out = dir.path().join("mpo");
+    let report = dpo_run(&train, &eval, &out, 3)
+        .set("--loss", "sigmoid,bco_pair,sft")
+        .set("--loss-weights", "0.8,0.2,1.0")
+        .run();
+    assert!(
+        report["final_train_loss"].as_f64().unwrap().is_finite(),
+        "{report}"
+    );
+    let config = read_json(&out.join("config.json"));
+    assert_eq!(
+        config["config"]["dpo"]["loss"],
+        json!(["sigmoid", "bco_pair", "sft"])
+    );
+    assert_eq!(
+        config["config"]["dpo"]["loss_weights"],
+        json!([0.8, 0.2, 1.0])
+    );
+}
