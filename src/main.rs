@@ -150,6 +150,13 @@ struct TrainArgs {
     /// DiscoPOP's temperature τ (--loss discopop).
     #[arg(long, default_value_t = d().dpo.discopop_tau)]
     discopop_tau: f64,
+    /// Group-robust DPO (Ramesh et al. 2024): minimize the worst group's loss, each group's mean
+    /// weighted by exponentiated-gradient weights (every --train pair needs a "group").
+    #[arg(long)]
+    group_robust: bool,
+    /// Step size η of the group weights' update w_g ← w_g·exp(η·loss_g), renormalized.
+    #[arg(long, default_value_t = fairtune::objective::dpo::GROUP_ROBUST_STEP)]
+    group_robust_step: f64,
     /// SimPO's target margin γ.
     #[arg(long, default_value_t = d().dpo.simpo_gamma)]
     simpo_gamma: f64,
@@ -254,6 +261,7 @@ impl TrainArgs {
             f_divergence: self.f_divergence,
             f_alpha_divergence_coef: self.f_alpha_divergence_coef,
             discopop_tau: self.discopop_tau,
+            group_robust: self.group_robust.then_some(self.group_robust_step),
         };
         config.lora = (self.lora_rank > 0).then(|| LoraSettings {
             rank: self.lora_rank,

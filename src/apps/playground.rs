@@ -393,8 +393,8 @@ pub fn config(options: &Options) -> Result<TrainConfig> {
 
 /// A preset's training session, either task.
 pub enum Playground {
-    Classify(Session<ClassifyTask>),
-    Dpo(Session<DpoTask>),
+    Classify(Box<Session<ClassifyTask>>),
+    Dpo(Box<Session<DpoTask>>),
 }
 
 impl Playground {
@@ -402,16 +402,16 @@ impl Playground {
     pub fn start(options: &Options, selected: &Selected) -> Result<Self> {
         let config = config(options)?;
         Ok(match options.preset {
-            Preset::Classify => Self::Classify(session(
+            Preset::Classify => Self::Classify(Box::new(session(
                 &config,
                 selected,
                 ClassifyTask::load(&config, selected)?,
-            )?),
-            Preset::Dpo => Self::Dpo(session(
+            )?)),
+            Preset::Dpo => Self::Dpo(Box::new(session(
                 &config,
                 selected,
                 DpoTask::load(&config, selected)?,
-            )?),
+            )?)),
         })
     }
 

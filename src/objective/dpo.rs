@@ -78,6 +78,15 @@ impl DpoLossKind {
         )
     }
 
+    /// A loss of the whole batch rather than a mean of per-pair losses (`sft` pools the tokens;
+    /// the `aot` losses pair sorted values across pairs).
+    pub fn is_batch_level(self) -> bool {
+        matches!(
+            self,
+            DpoLossKind::Sft | DpoLossKind::Aot | DpoLossKind::AotUnpaired
+        )
+    }
+
     /// TRL's name.
     pub fn name(self) -> String {
         use clap::ValueEnum;
@@ -124,6 +133,9 @@ impl FDivergence {
     }
 }
 
+/// The default step size η of group-robust DPO's weights.
+pub const GROUP_ROBUST_STEP: f64 = 0.1;
+
 fn default_alpha() -> f64 {
     0.5
 }
@@ -155,6 +167,10 @@ pub struct DpoConfig {
     /// DiscoPOP's temperature τ.
     #[serde(default = "default_tau", skip_serializing_if = "is_default_tau")]
     pub discopop_tau: f64,
+    /// Group-robust DPO (Ramesh et al. 2024) with this step size η of its exponentiated-gradient
+    /// group weights; `None`: the plain mean over pairs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group_robust: Option<f64>,
 }
 
 fn is_default_alpha(alpha: &f64) -> bool {
@@ -205,6 +221,7 @@ impl Default for DpoConfig {
             f_divergence: FDivergence::ReverseKl,
             f_alpha_divergence_coef: default_alpha(),
             discopop_tau: default_tau(),
+            group_robust: None,
         }
     }
 }
@@ -295,6 +312,20 @@ impl DpoConfig {
                 self.discopop_tau
             )));
         }
+        if let Some(step) = self.group_robust {
+            if !(step.is_finite() && step > 0.0) {
+                return Err(Error::input(format!(
+                    "--group-robust-step must be a positive number, got {step}"
+                )));
+            }
+            if let Some(batch_level) = self.loss.iter().find(|l| l.is_batch_level()) {
+                return Err(Error::input(format!(
+                    "--group-robust weighs each pair's loss by its group; {} is a loss of the \
+                     whole batch",
+                    batch_level.name()
+                )));
+            }
+        }
         if !self.simpo_gamma.is_finite() {
             return Err(Error::input("--simpo-gamma must be finite"));
         }
@@ -322,6 +353,9 @@ pub struct PairLogps {
 pub struct DpoOutput {
     /// Scalar `[1]`: the weighted sum of the losses' batch means (plus the SFT term).
     pub loss: Tensor<1>,
+    /// Each pair's share: the weighted sum of the per-pair losses (and the SFT term), whose mean
+    /// is `loss` when no loss is of the whole batch. Group-robust DPO weighs it by group.
+    pub per_pair: Tensor<1>,
     pub chosen_rewards: Tensor<1>,
     pub rejected_rewards: Tensor<1>,
     /// The policy's summed log-probs.
@@ -387,6 +421,7 @@ pub fn dpo_loss(
     };
 
     let mut loss: Option<Tensor<1>> = None;
+    let mut per_pair_sum: Option<Tensor<1>> = None;
     for (kind, weight) in config.weighted() {
         let term = match kind {
             // A batch-level mean already: Σ NLL / Σ tokens.
@@ -396,7 +431,13 @@ pub fn dpo_loss(
             DpoLossKind::Simpo => {
                 let logits = (pi_c.clone() / n_c.clone() - pi_r.clone() / n_r.clone())
                     - config.simpo_gamma / beta;
-                smoothed_sigmoid_loss(logits * beta, eps).mean()
+                let per_pair = smoothed_sigmoid_loss(logits * beta, eps);
+                let weighted = per_pair.clone() * weight;
+                per_pair_sum = Some(match per_pair_sum {
+                    Some(sum) => sum + weighted,
+                    None => weighted,
+                });
+                per_pair.mean()
             }
             _ => {
                 let (c, r, (cs, rs)) = need(kind);
@@ -454,6 +495,13 @@ pub fn dpo_loss(
                     }
                     DpoLossKind::Sft | DpoLossKind::Simpo => unreachable!("handled above"),
                 };
+                if !kind.is_batch_level() {
+                    let weighted = per_pair.clone() * weight;
+                    per_pair_sum = Some(match per_pair_sum {
+                        Some(sum) => sum + weighted,
+                        None => weighted,
+                    });
+                }
                 per_pair.mean()
             }
         };
@@ -464,9 +512,11 @@ pub fn dpo_loss(
         });
     }
     let mut loss = loss.expect("validated: at least one loss");
+    let mut per_pair = per_pair_sum.unwrap_or_else(|| pi_c.zeros_like());
     if config.sft_weight > 0.0 {
         let nll = (pi_c.clone() / n_c.clone()).neg();
-        loss = loss + nll.mean() * config.sft_weight;
+        loss = loss + nll.clone().mean() * config.sft_weight;
+        per_pair = per_pair + nll * config.sft_weight;
     }
     let (chosen_rewards, rejected_rewards) = match &ratios {
         Some((c, r, _)) => (c.clone().detach() * beta, r.clone().detach() * beta),
@@ -478,6 +528,7 @@ pub fn dpo_loss(
     };
     DpoOutput {
         loss,
+        per_pair,
         chosen_rewards,
         rejected_rewards,
         chosen_logps: pi_c.detach(),
@@ -522,12 +573,14 @@ impl DpoOutput {
         let total = pairs.iter().sum::<usize>().max(1) as f64;
         let mut loss = None;
         let (mut cr, mut rr, mut cl, mut rl) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let mut per_pair = Vec::new();
         for (output, n) in outputs.into_iter().zip(pairs) {
             let weighted = output.loss.detach() * (n as f64 / total);
             loss = Some(match loss {
                 Some(sum) => sum + weighted,
                 None => weighted,
             });
+            per_pair.push(output.per_pair);
             cr.push(output.chosen_rewards);
             rr.push(output.rejected_rewards);
             cl.push(output.chosen_logps);
@@ -535,6 +588,7 @@ impl DpoOutput {
         }
         DpoOutput {
             loss: loss.expect("at least one batch"),
+            per_pair: Tensor::cat(per_pair, 0),
             chosen_rewards: Tensor::cat(cr, 0),
             rejected_rewards: Tensor::cat(rr, 0),
             chosen_logps: Tensor::cat(cl, 0),

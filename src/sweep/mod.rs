@@ -130,11 +130,6 @@ pub fn run(base: &TrainConfig, options: &SweepOptions, selected: &Selected) -> R
             "--lambdas must be non-negative numbers, got {bad}"
         )));
     }
-    if base.task == Task::Ner {
-        return Err(Error::input(
-            "--task ner has no fairness score yet, so there is nothing to sweep λ over",
-        ));
-    }
     if !(options.tolerance.is_finite() && options.tolerance >= 0.0) {
         return Err(Error::input("--tolerance must be a non-negative number"));
     }

@@ -28,6 +28,9 @@ pub struct TrainState {
     /// Fingerprint of the settings that must not change across a resume.
     pub fingerprint: String,
     pub tokens_seen: u64,
+    /// The task's own state ([`super::TaskRunner::save_state`]), if it has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<serde_json::Value>,
 }
 
 /// Save a module's weights to `path` atomically.

@@ -349,7 +349,7 @@ impl TaskRunner for ClassifyTask {
         StepOutput {
             task_loss,
             fairness,
-            metrics: vec![("accuracy", accuracy)],
+            metrics: vec![("accuracy".into(), accuracy)],
             num_tokens,
         }
     }

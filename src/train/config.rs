@@ -177,8 +177,21 @@ impl TrainConfig {
             return bad("--gradient-checkpointing is for --task dpo (the decoder models)".into());
         }
         match (self.task, self.fairness_score()) {
-            (Task::Classify | Task::Ner, FairnessScore::Reward | FairnessScore::Logp) => {
+            (Task::Classify, FairnessScore::Reward | FairnessScore::Logp) => {
                 return bad("--fairness-score for classify must be prob".into());
+            }
+            (Task::Ner, _) if self.fairness == FairnessKind::Eo => {
+                return bad(
+                    "--task ner takes --fairness dp: its fairness examples are sentences, with \
+                     no label of their own to condition on"
+                        .into(),
+                );
+            }
+            (Task::Ner, FairnessScore::Reward) => {
+                return bad(
+                    "--fairness-score for ner is prob or logp (of the entity words' gold tags)"
+                        .into(),
+                );
             }
             (Task::Dpo, FairnessScore::Reward) if !self.dpo.needs_reference() => {
                 return bad(

@@ -63,6 +63,8 @@ pub struct DpoTask {
     /// The layer inputs of this step's policy forwards, under `--gradient-checkpointing`, from
     /// `step` to `backward`.
     tape: Option<LayerTape>,
+    /// Group-robust DPO's weights over the groups (on the simplex), updated every step.
+    group_weights: Option<Tensor<1>>,
 }
 
 /// The reference model's log-prob sums of each pair, and what they were computed for.
@@ -308,6 +310,28 @@ impl DpoTask {
                 .collect()
         };
         let fairness_eval = fairness.report_set(explicit, chosen_of(&eval), || chosen_of(&train));
+        let group_weights = match config.dpo.group_robust {
+            None => None,
+            Some(_) => {
+                if let Some(pair) = train_examples.iter().find(|p| p.group.is_none()) {
+                    return Err(pair.origin.error(
+                        "--group-robust weighs the loss by group: every --train pair needs a \
+                         \"group\"",
+                    ));
+                }
+                if groups.len() < 2 {
+                    return Err(Error::input(format!(
+                        "--group-robust needs at least two groups; the data has {}",
+                        groups.len()
+                    )));
+                }
+                let uniform = vec![1.0 / groups.len() as f32; groups.len()];
+                Some(Tensor::from_floats(
+                    uniform.as_slice(),
+                    &selected.device.clone().autodiff(),
+                ))
+            }
+        };
 
         Ok(Self {
             config: config.clone(),
@@ -324,6 +348,7 @@ impl DpoTask {
             reference: None,
             cached: None,
             tape: None,
+            group_weights,
             tokenizer,
         })
     }
@@ -572,6 +597,46 @@ impl DpoTask {
     }
 }
 
+/// One step of group-robust DPO (Ramesh et al. 2024, "Group Robust Preference Optimization in
+/// Reward-free RLHF", Algorithm 1 as its authors' code runs it): each group's mean pair loss in
+/// the batch (the group-statistics op: WGSL on wgpu), then the weights w_g ← w_g·exp(η·loss_g)
+/// over the groups present, renormalized, and the loss Σ_g w_g·loss_g with the new, detached
+/// weights — the gradient of a weighted worst-group objective.
+struct GroupRobust {
+    loss: Tensor<1>,
+    /// Detached, `[groups]`, 0 for a group without pairs in the batch.
+    group_losses: Tensor<1>,
+    /// The updated weights (detached).
+    weights: Tensor<1>,
+}
+
+fn group_robust(
+    per_pair: Tensor<1>,
+    groups: &[i64],
+    weights: Tensor<1>,
+    step_size: f64,
+    device: &Device,
+) -> GroupRobust {
+    let num_groups = weights.dims()[0];
+    let stats = crate::group_stats::group_stats_with(
+        per_pair,
+        int_vector(groups, device),
+        num_groups,
+        crate::group_stats::GroupStatsImpl::Auto,
+    );
+    let sums = stats.clone().narrow(0, 0, 1).reshape([num_groups]);
+    let counts = stats.narrow(0, 1, 1).reshape([num_groups]).detach();
+    let present = counts.clone().greater_elem(0.0).float();
+    let means = sums / counts.clamp_min(1.0);
+    let raised = weights * (means.clone().detach() * present * step_size).exp();
+    let weights = (raised.clone() / raised.sum()).detach();
+    GroupRobust {
+        loss: (weights.clone() * means.clone()).sum().reshape([1]),
+        group_losses: means.detach(),
+        weights,
+    }
+}
+
 /// Which pairs a DPO forward is over.
 #[derive(Clone, Copy)]
 enum Split {
@@ -689,8 +754,31 @@ impl TaskRunner for DpoTask {
             groups,
             labels: labels.map(|labels: Vec<i64>| int_vector(&labels, &ad_device)),
         });
-        let task_loss = output.loss.clone();
-        let metrics = output.metrics();
+        let mut metrics: Vec<(String, Tensor<1>)> = output
+            .metrics()
+            .into_iter()
+            .map(|(name, value)| (name.to_string(), value))
+            .collect();
+        let task_loss = match self.group_weights.take() {
+            None => output.loss.clone(),
+            Some(weights) => {
+                let groups: Vec<i64> = indices.iter().map(|&i| self.train[i].group).collect();
+                let robust = group_robust(
+                    output.per_pair.clone(),
+                    &groups,
+                    weights,
+                    self.config.dpo.group_robust.expect("group-robust"),
+                    &ad_device,
+                );
+                for (g, name) in self.groups.names.iter().enumerate() {
+                    let at = |t: &Tensor<1>| t.clone().narrow(0, g, 1);
+                    metrics.push((format!("group_loss/{name}"), at(&robust.group_losses)));
+                    metrics.push((format!("group_weight/{name}"), at(&robust.weights)));
+                }
+                self.group_weights = Some(robust.weights);
+                robust.loss
+            }
+        };
         self.tape = tape;
         StepOutput {
             task_loss,
@@ -725,11 +813,40 @@ impl TaskRunner for DpoTask {
         let metrics = output.metrics();
         let mut parts = vec![output.loss];
         parts.extend(metrics.iter().map(|(_, value)| value.clone()));
+        // With groups on the eval pairs, each pair's margin too, for the per-group accuracies.
+        let grouped = self.eval.iter().any(|p| p.group >= 0);
+        if grouped {
+            parts.push(output.chosen_rewards.clone() - output.rejected_rewards.clone());
+        }
         let values = read_async(Tensor::cat(parts, 0)).await?;
         let mut map = Map::new();
         map.insert("loss".into(), json!(values[0] as f64));
         for ((name, _), value) in metrics.iter().zip(&values[1..]) {
             map.insert((*name).into(), json!(*value as f64));
+        }
+        if grouped {
+            // TRL's reward accuracy (margin > 0) within each group; the worst group's is what
+            // group-robust DPO raises.
+            let margins = &values[1 + metrics.len()..];
+            let mut accuracy = Map::new();
+            let mut worst = f64::INFINITY;
+            for (g, name) in self.groups.names.iter().enumerate() {
+                let of: Vec<f32> = self
+                    .eval
+                    .iter()
+                    .zip(margins)
+                    .filter(|(p, _)| p.group == g as i64)
+                    .map(|(_, &m)| m)
+                    .collect();
+                if of.is_empty() {
+                    continue;
+                }
+                let share = of.iter().filter(|&&m| m > 0.0).count() as f64 / of.len() as f64;
+                worst = worst.min(share);
+                accuracy.insert(name.clone(), json!(share));
+            }
+            map.insert("group_reward_accuracy".into(), Value::Object(accuracy));
+            map.insert("worst_group_reward_accuracy".into(), json!(worst));
         }
         Ok(Some(map))
     }
@@ -771,5 +888,27 @@ impl TaskRunner for DpoTask {
 
     fn fairness_labels(&self) -> Option<usize> {
         self.num_labels
+    }
+
+    fn save_state(&self) -> Result<Option<Value>> {
+        let Some(weights) = &self.group_weights else {
+            return Ok(None);
+        };
+        Ok(Some(
+            json!({"group_weights": read_blocking(weights.clone())?}),
+        ))
+    }
+
+    fn load_state(&mut self, state: &Value) -> Result<()> {
+        let Some(weights) = &mut self.group_weights else {
+            return Ok(());
+        };
+        let saved: Vec<f32> = state
+            .get("group_weights")
+            .and_then(|w| serde_json::from_value(w.clone()).ok())
+            .filter(|w: &Vec<f32>| w.len() == weights.dims()[0])
+            .ok_or_else(|| Error::input("the checkpoint's group weights do not fit this run"))?;
+        *weights = Tensor::from_floats(saved.as_slice(), &weights.device());
+        Ok(())
     }
 }

@@ -54,7 +54,7 @@ pub struct StepOutput {
     pub task_loss: Tensor<1>,
     pub fairness: Option<FairnessBatch>,
     /// Scalar `[1]` metrics to log (detached), e.g. TRL's `rewards/margins`.
-    pub metrics: Vec<(&'static str, Tensor<1>)>,
+    pub metrics: Vec<(String, Tensor<1>)>,
     /// Real tokens through the policy this step.
     pub num_tokens: usize,
 }
@@ -99,6 +99,15 @@ pub trait TaskRunner {
     fn groups(&self) -> &GroupVocab;
     /// Label count when the penalty is equalized odds.
     fn fairness_labels(&self) -> Option<usize>;
+    /// What the task carries from step to step besides the model (group-robust DPO's group
+    /// weights), saved with every checkpoint so that a resumed run continues exactly.
+    fn save_state(&self) -> Result<Option<Value>> {
+        Ok(None)
+    }
+    /// Restore what [`Self::save_state`] saved.
+    fn load_state(&mut self, _state: &Value) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Where a session keeps its files.

@@ -13,7 +13,11 @@ use burn::module::Module;
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde_json::{Map, Value, json};
 
-use super::{FairnessSet, RunDir, StepOutput, TaskRunner, TrainConfig, read_async, report_load};
+use super::fairness_source::{FairnessSource, check_cells};
+use super::{
+    FairnessBatch, FairnessSet, RunDir, StepOutput, TaskRunner, TrainConfig, read_async,
+    report_load,
+};
 use crate::data::batch::encoder_batch;
 use crate::data::records::{self, TokenExample};
 use crate::data::sampler::EpochSampler;
@@ -24,6 +28,7 @@ use crate::metrics::entity_scores;
 use crate::model::io::export::ExportHead;
 use crate::model::lora::LoraSettings;
 use crate::model::{self, ArchConfig, BertClassifier, BertConfig, BertHead, ModelSource};
+use crate::objective::FairnessScore;
 use crate::objective::losses::token_cross_entropy;
 use crate::tokenizer::TextTokenizer;
 
@@ -35,6 +40,20 @@ struct Sentence {
     /// Token index of each kept word's first subword.
     word_starts: Vec<usize>,
     tags: Vec<String>,
+    /// Group id (−1: none, or no entity word to score).
+    group: i64,
+}
+
+impl Sentence {
+    /// The token positions of its (kept) entity words' first subwords: where its fairness score
+    /// is read.
+    fn entity_positions(&self) -> impl Iterator<Item = usize> + '_ {
+        self.word_starts
+            .iter()
+            .zip(&self.tags)
+            .filter(|(_, tag)| *tag != "O")
+            .map(|(&position, _)| position)
+    }
 }
 
 pub struct NerTask {
@@ -47,6 +66,10 @@ pub struct NerTask {
     train: Vec<Sentence>,
     eval: Vec<Sentence>,
     sampler: EpochSampler,
+    fairness: FairnessSource<Sentence>,
+    /// The set the report's fairness numbers (F, group means, per-group entity recall) are
+    /// measured on.
+    fairness_eval: Option<(String, Vec<Sentence>)>,
     groups: GroupVocab,
     tokenizer: TextTokenizer,
 }
@@ -55,6 +78,7 @@ fn encode(
     encoder: &Encoder,
     rows: &[TokenExample],
     labels: &[String],
+    groups: &GroupVocab,
     path: &Path,
     max_length: usize,
 ) -> Result<Vec<Sentence>> {
@@ -76,12 +100,24 @@ fn encode(
                     word_starts.push(position);
                 }
             }
-            Ok(Sentence {
+            let mut sentence = Sentence {
                 ids,
                 labels: token_labels,
                 word_starts,
                 tags: row.tags.clone(),
-            })
+                group: -1,
+            };
+            if let Some(group) = &row.group
+                && sentence.entity_positions().next().is_some()
+            {
+                sentence.group = groups.id(group).ok_or_else(|| {
+                    row.origin.error(format!(
+                        "group {group:?} is not among the fairness groups ({})",
+                        groups.names.join(", ")
+                    ))
+                })? as i64;
+            }
+            Ok(sentence)
         })
         .collect::<Result<Vec<_>>>()?;
     if let Some(warning) = stats.warning(&path.display().to_string(), max_length) {
@@ -92,15 +128,6 @@ fn encode(
 
 impl NerTask {
     pub fn load(config: &TrainConfig, selected: &Selected) -> Result<Self> {
-        if config.fairness_lambda > 0.0
-            || config.fairness_data.is_some()
-            || config.fairness_eval.is_some()
-        {
-            return Err(Error::input(
-                "--task ner has no fairness score yet: drop --fairness-lambda, \
-                 --fairness-data and --fairness-eval",
-            ));
-        }
         let source = model::locate(&config.model)?;
         let tokenizer = source.open_tokenizer(config.tokenizer.as_deref())?;
         let arch = source.arch(tokenizer.vocab_size())?;
@@ -121,26 +148,65 @@ impl NerTask {
             .map(records::read_token_classification)
             .transpose()?
             .unwrap_or_default();
+        let read = |path: &Option<std::path::PathBuf>| {
+            path.as_deref()
+                .map(records::read_token_classification)
+                .transpose()
+        };
+        let (fairness_rows, fairness_eval_rows) =
+            (read(&config.fairness_data)?, read(&config.fairness_eval)?);
+        // Groups as classify finds them: the separate set's, else the training rows'.
+        let groups = match &fairness_rows {
+            Some(rows) => GroupVocab::from_names(rows.iter().filter_map(|r| r.group.as_deref())),
+            None => GroupVocab::from_names(train_rows.iter().filter_map(|r| r.group.as_deref())),
+        };
+        check_cells(&groups, None)?;
         let mut tags: Vec<String> = train_rows
             .iter()
             .chain(&eval_rows)
+            .chain(fairness_rows.iter().flatten())
+            .chain(fairness_eval_rows.iter().flatten())
             .flat_map(|r| r.tags.iter().cloned())
             .filter(|t| t != "O")
             .collect::<std::collections::BTreeSet<_>>()
             .into_iter()
             .collect();
         tags.insert(0, "O".into());
-        let train = encode(
-            &encoder,
-            &train_rows,
-            &tags,
-            &config.train,
-            config.max_length,
-        )?;
+        let encode_file = |rows: &[TokenExample], path: &Path| {
+            encode(&encoder, rows, &tags, &groups, path, config.max_length)
+        };
+        // A fairness file's every sentence needs a group and an entity word to score.
+        let fairness_file = |rows: &[TokenExample], path: &Path, flag: &str| {
+            let sentences = encode_file(rows, path)?;
+            if let Some((row, _)) = rows.iter().zip(&sentences).find(|(_, s)| s.group < 0) {
+                return Err(row.origin.error(format!(
+                    "a {flag} sentence needs a \"group\" and an entity (a tag other than O) \
+                     to score"
+                )));
+            }
+            Ok(sentences)
+        };
+        let train = encode_file(&train_rows, &config.train)?;
         let eval = match &config.eval {
-            Some(path) => encode(&encoder, &eval_rows, &tags, path, config.max_length)?,
+            Some(path) => encode_file(&eval_rows, path)?,
             None => Vec::new(),
         };
+        let separate = match (&fairness_rows, &config.fairness_data) {
+            (Some(rows), Some(path)) => {
+                let sentences = fairness_file(rows, path, "--fairness-data")?;
+                let ids = sentences.iter().map(|s| s.group as usize).collect();
+                Some((sentences, ids))
+            }
+            _ => None,
+        };
+        let train_has_groups = train.iter().any(|s| s.group >= 0);
+        let fairness = FairnessSource::new(config, separate, train_has_groups, &groups)?;
+        let explicit = match (&fairness_eval_rows, &config.fairness_eval) {
+            (Some(rows), Some(path)) => Some(fairness_file(rows, path, "--fairness-eval")?),
+            _ => None,
+        };
+        let grouped = |set: &[Sentence]| set.iter().filter(|s| s.group >= 0).cloned().collect();
+        let fairness_eval = fairness.report_set(explicit, grouped(&eval), || grouped(&train));
         Ok(Self {
             config: config.clone(),
             arch,
@@ -151,7 +217,9 @@ impl NerTask {
             sampler: EpochSampler::new(train.len(), config.seed).with_order(config.data_order),
             train,
             eval,
-            groups: GroupVocab::from_names([]),
+            fairness,
+            fairness_eval,
+            groups,
             tokenizer,
         })
     }
@@ -181,6 +249,78 @@ impl NerTask {
     }
 }
 
+impl NerTask {
+    /// Each sentence's fairness score (Mishra et al. 2020's question: are one group's names
+    /// recognized less well?): the mean over its entity words of P(gold tag) at the word's first
+    /// subword (`logp`: of log P(gold tag)). Differentiable in `logits` `[rows, width, labels]`.
+    fn scores(&self, logits: Tensor<3>, batch: &[&Sentence], device: &Device) -> Tensor<1> {
+        let [rows, width, _] = logits.dims();
+        let mut gold = vec![0i64; rows * width];
+        let mut mask = vec![0f32; rows * width];
+        for (row, sentence) in batch.iter().enumerate() {
+            for position in sentence.entity_positions() {
+                gold[row * width + position] = sentence.labels[position];
+                mask[row * width + position] = 1.0;
+            }
+        }
+        let gold = Tensor::<3, Int>::from_data(TensorData::new(gold, [rows, width, 1]), device);
+        let mask = Tensor::<2>::from_data(TensorData::new(mask, [rows, width]), device);
+        let logp = burn::tensor::activation::log_softmax(logits, 2)
+            .gather(2, gold)
+            .reshape([rows, width]);
+        let value = match self.config.fairness_score() {
+            FairnessScore::Logp => logp,
+            _ => logp.exp(),
+        };
+        let count = mask.clone().sum_dim(1).clamp_min(1.0);
+        ((value * mask).sum_dim(1) / count).reshape([rows])
+    }
+
+    /// The predicted tag of every word of `sentences` (words cut by --max-length: "O"), with the
+    /// mean token cross-entropy per sentence summed.
+    async fn predict(
+        &self,
+        model: &BertClassifier,
+        sentences: &[Sentence],
+    ) -> Result<(Vec<Vec<String>>, f64)> {
+        let mut predicted = Vec::with_capacity(sentences.len());
+        let mut loss_sum = 0.0f64;
+        for chunk in sentences.chunks(self.config.batch_size) {
+            let batch: Vec<&Sentence> = chunk.iter().collect();
+            let (logits, labels, _) = Self::forward(model, &batch, self.pad, &self.device);
+            let [rows, width, _] = logits.dims();
+            loss_sum += read_async(token_cross_entropy(logits.clone(), labels).reshape([1])).await?
+                [0] as f64
+                * rows as f64;
+            let best: Vec<i64> = logits
+                .argmax(2)
+                .reshape([rows * width])
+                .into_data_async()
+                .await
+                .map_err(|e| Error::runtime(format!("reading predictions failed: {e:?}")))?
+                .convert::<i64>()
+                .try_into_vec::<i64>()
+                .map_err(|e| Error::runtime(format!("reading predictions failed: {e:?}")))?;
+            for (row, sentence) in chunk.iter().enumerate() {
+                let mut tags: Vec<String> = sentence
+                    .word_starts
+                    .iter()
+                    .map(|&position| self.labels[best[row * width + position] as usize].clone())
+                    .collect();
+                tags.resize(sentence.tags.len(), "O".into());
+                predicted.push(tags);
+            }
+        }
+        Ok((predicted, loss_sum))
+    }
+}
+
+fn as_strs(tags: &[Vec<String>]) -> Vec<Vec<&str>> {
+    tags.iter()
+        .map(|t| t.iter().map(String::as_str).collect())
+        .collect()
+}
+
 impl TaskRunner for NerTask {
     type Model = BertClassifier;
 
@@ -204,7 +344,7 @@ impl TaskRunner for NerTask {
         let ad_device = self.device.clone().autodiff();
         let indices = self.sampler.batch(step, self.config.batch_size);
         let batch: Vec<&Sentence> = indices.iter().map(|&i| &self.train[i]).collect();
-        let (logits, labels, num_tokens) = Self::forward(model, &batch, self.pad, &ad_device);
+        let (logits, labels, mut num_tokens) = Self::forward(model, &batch, self.pad, &ad_device);
         let scored = labels.clone().greater_equal_elem(0).float();
         let [rows, width, _] = logits.dims();
         let hits = logits
@@ -215,72 +355,91 @@ impl TaskRunner for NerTask {
             .float()
             * scored.clone();
         let accuracy = (hits.sum() / scored.sum().clamp_min(1.0)).reshape([1]);
+        let in_batch = matches!(self.fairness, FairnessSource::InBatch);
+        let fairness = match self.fairness.draw(step) {
+            Some(drawn) => {
+                let drawn: Vec<&Sentence> = drawn.iter().collect();
+                let (logits, _, tokens) = Self::forward(model, &drawn, self.pad, &ad_device);
+                num_tokens += tokens;
+                Some(FairnessBatch {
+                    scores: self.scores(logits, &drawn, &ad_device),
+                    groups: drawn.iter().map(|s| s.group).collect(),
+                    labels: None,
+                })
+            }
+            None if in_batch => Some(FairnessBatch {
+                scores: self.scores(logits.clone(), &batch, &ad_device),
+                groups: batch.iter().map(|s| s.group).collect(),
+                labels: None,
+            }),
+            None => None,
+        };
         let task_loss = token_cross_entropy(logits, labels).reshape([1]);
         StepOutput {
             task_loss,
-            fairness: None,
-            metrics: vec![("token_accuracy", accuracy)],
+            fairness,
+            metrics: vec![("token_accuracy".into(), accuracy)],
             num_tokens,
         }
     }
 
     async fn evaluate(&mut self, model: &BertClassifier) -> Result<Option<Map<String, Value>>> {
-        if self.eval.is_empty() {
-            return Ok(None);
-        }
         let model = model.valid();
-        let mut predicted: Vec<Vec<&str>> = Vec::with_capacity(self.eval.len());
-        let (mut loss_sum, mut correct, mut words) = (0.0f64, 0usize, 0usize);
-        for chunk in self.eval.chunks(self.config.batch_size) {
-            let batch: Vec<&Sentence> = chunk.iter().collect();
-            let (logits, labels, _) = Self::forward(&model, &batch, self.pad, &self.device);
-            let [rows, width, _] = logits.dims();
-            loss_sum += read_async(token_cross_entropy(logits.clone(), labels).reshape([1])).await?
-                [0] as f64
-                * rows as f64;
-            let best: Vec<i64> = logits
-                .argmax(2)
-                .reshape([rows * width])
-                .into_data_async()
-                .await
-                .map_err(|e| Error::runtime(format!("reading predictions failed: {e:?}")))?
-                .convert::<i64>()
-                .try_into_vec::<i64>()
-                .map_err(|e| Error::runtime(format!("reading predictions failed: {e:?}")))?;
-            for (row, sentence) in chunk.iter().enumerate() {
-                let mut tags: Vec<&str> = sentence
-                    .word_starts
-                    .iter()
-                    .map(|&position| self.labels[best[row * width + position] as usize].as_str())
+        let mut map = Map::new();
+        if !self.eval.is_empty() {
+            let (predicted, loss_sum) = self.predict(&model, &self.eval).await?;
+            let truth: Vec<Vec<String>> = self.eval.iter().map(|s| s.tags.clone()).collect();
+            let (correct, words) = truth
+                .iter()
+                .zip(&predicted)
+                .flat_map(|(t, p)| t.iter().zip(p))
+                .fold((0usize, 0usize), |(c, n), (t, p)| {
+                    (c + usize::from(t == p), n + 1)
+                });
+            let scores = entity_scores(&as_strs(&truth), &as_strs(&predicted));
+            map.insert("entity_f1".into(), json!(scores.micro.f1));
+            map.insert("entity_precision".into(), json!(scores.micro.precision));
+            map.insert("entity_recall".into(), json!(scores.micro.recall));
+            map.insert(
+                "token_accuracy".into(),
+                json!(correct as f64 / words.max(1) as f64),
+            );
+            map.insert("loss".into(), json!(loss_sum / self.eval.len() as f64));
+            map.insert("per_type".into(), json!(scores.per_type));
+        }
+        // Entity recall per group on the fairness set, and its gap: how well each group's
+        // entities (names) are found.
+        if let Some((_, sentences)) = &self.fairness_eval {
+            let (predicted, _) = self.predict(&model, sentences).await?;
+            let mut recall = Map::new();
+            let mut values = Vec::new();
+            for (group, name) in self.groups.names.iter().enumerate() {
+                let rows: Vec<usize> = (0..sentences.len())
+                    .filter(|&i| sentences[i].group == group as i64)
                     .collect();
-                correct += tags
+                if rows.is_empty() {
+                    continue;
+                }
+                let truth: Vec<Vec<&str>> = rows
                     .iter()
-                    .zip(&sentence.tags)
-                    .filter(|(p, t)| **p == t.as_str())
-                    .count();
-                words += sentence.tags.len();
-                // Words cut by --max-length are predicted "O".
-                tags.resize(sentence.tags.len(), "O");
-                predicted.push(tags);
+                    .map(|&i| sentences[i].tags.iter().map(String::as_str).collect())
+                    .collect();
+                let guess: Vec<Vec<&str>> = rows
+                    .iter()
+                    .map(|&i| predicted[i].iter().map(String::as_str).collect())
+                    .collect();
+                let r = entity_scores(&truth, &guess).micro.recall;
+                recall.insert(name.clone(), json!(r));
+                values.push(r);
+            }
+            let gap = values.iter().cloned().fold(f64::NEG_INFINITY, f64::max)
+                - values.iter().cloned().fold(f64::INFINITY, f64::min);
+            map.insert("group_entity_recall".into(), Value::Object(recall));
+            if values.len() > 1 {
+                map.insert("entity_recall_gap".into(), json!(gap));
             }
         }
-        let truth: Vec<Vec<&str>> = self
-            .eval
-            .iter()
-            .map(|s| s.tags.iter().map(String::as_str).collect())
-            .collect();
-        let scores = entity_scores(&truth, &predicted);
-        let mut map = Map::new();
-        map.insert("entity_f1".into(), json!(scores.micro.f1));
-        map.insert("entity_precision".into(), json!(scores.micro.precision));
-        map.insert("entity_recall".into(), json!(scores.micro.recall));
-        map.insert(
-            "token_accuracy".into(),
-            json!(correct as f64 / words.max(1) as f64),
-        );
-        map.insert("loss".into(), json!(loss_sum / self.eval.len() as f64));
-        map.insert("per_type".into(), json!(scores.per_type));
-        Ok(Some(map))
+        Ok((!map.is_empty()).then_some(map))
     }
 
     fn apply_lora(&self, model: BertClassifier, lora: &LoraSettings) -> Result<BertClassifier> {
@@ -301,8 +460,23 @@ impl TaskRunner for NerTask {
         )
     }
 
-    async fn fairness_eval(&mut self, _: &BertClassifier) -> Result<Option<FairnessSet>> {
-        Ok(None)
+    async fn fairness_eval(&mut self, model: &BertClassifier) -> Result<Option<FairnessSet>> {
+        let Some((name, sentences)) = &self.fairness_eval else {
+            return Ok(None);
+        };
+        let model = model.valid();
+        let mut scores = Vec::with_capacity(sentences.len());
+        for chunk in sentences.chunks(self.config.batch_size) {
+            let batch: Vec<&Sentence> = chunk.iter().collect();
+            let (logits, _, _) = Self::forward(&model, &batch, self.pad, &self.device);
+            scores.extend(read_async(self.scores(logits, &batch, &self.device)).await?);
+        }
+        Ok(Some(FairnessSet {
+            name: name.clone(),
+            scores,
+            groups: sentences.iter().map(|s| s.group).collect(),
+            labels: None,
+        }))
     }
 
     fn groups(&self) -> &GroupVocab {

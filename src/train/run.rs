@@ -191,6 +191,7 @@ fn train<T: TaskRunner>(config: &TrainConfig, selected: &Selected, task: T) -> R
                 step: done,
                 fingerprint: config.fingerprint(),
                 tokens_seen,
+                task: session.task.save_state()?,
             };
             checkpoint::save(out, session.model(), &session.optimizer, &state)?;
         }
@@ -240,12 +241,14 @@ fn train<T: TaskRunner>(config: &TrainConfig, selected: &Selected, task: T) -> R
             held_out: pollster::block_on(held_out(&mut task, &model, &selected.device))?,
         })
     })();
+    let task_state = task.save_state();
     drop(task);
     if trained {
         let state = TrainState {
             step: config.steps,
             fingerprint: config.fingerprint(),
             tokens_seen,
+            task: task_state?,
         };
         checkpoint::save(out, &model, &optimizer, &state)?;
     }

@@ -171,6 +171,9 @@ impl<T: TaskRunner> Session<T> {
     /// Continue from a checkpoint directory: its weights, optimizer state and step.
     pub(super) fn resume(&mut self, dir: &Path) -> Result<TrainState> {
         let state = checkpoint::read_state(dir)?;
+        if let Some(task_state) = &state.task {
+            self.task.load_state(task_state)?;
+        }
         let model = self.model.take().expect("a model between steps");
         self.model = Some(checkpoint::load_module(model, &dir.join("model.bpk"))?);
         let optimizer = std::mem::replace(&mut self.optimizer, AdamWConfig::new().init());
@@ -307,7 +310,7 @@ async fn read_step(
         parts.push(fairness.penalty.clone().detach());
     }
     for (name, tensor) in &output.metrics {
-        names.push((*name).into());
+        names.push(name.clone());
         parts.push(tensor.clone().detach());
     }
     let cells = objective

@@ -124,6 +124,7 @@ fn trl_metrics() {
                 }),
             )
             .loss,
+            per_pair: pick(&output.per_pair),
             chosen_rewards: pick(&output.chosen_rewards),
             rejected_rewards: pick(&output.rejected_rewards),
             chosen_logps: pick(&output.chosen_logps),

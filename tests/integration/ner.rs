@@ -153,7 +153,29 @@ fn ner_refuses_bad_rows_and_fairness() {
     let output = TrainCommand::new("ner", "tiny-bert", &good, &out)
         .set("--fairness-lambda", 1)
         .output();
-    common::expect_error(&output, 2, "no fairness score");
+    common::expect_error(&output, 2, "no fairness examples");
+    let output = TrainCommand::new("ner", "tiny-bert", &good, &out)
+        .set("--fairness", "eo")
+        .output();
+    common::expect_error(&output, 2, "--fairness dp");
+    let output = TrainCommand::new("ner", "tiny-bert", &good, &out)
+        .set("--fairness-score", "reward")
+        .output();
+    common::expect_error(&output, 2, "prob or logp");
+    // A fairness sentence without an entity has nothing to score.
+    let no_entity = write(
+        dir.path(),
+        "no-entity.jsonl",
+        "{\"tokens\": [\"a\"], \"tags\": [\"O\"], \"group\": \"x\"}\n",
+    );
+    let output = TrainCommand::new("ner", "tiny-bert", &good, &out)
+        .set("--fairness-data", no_entity.display())
+        .output();
+    common::expect_error(
+        &output,
+        2,
+        "no-entity.jsonl:1: a --fairness-data sentence needs",
+    );
 }
 
 /// A WNUT-16 slice through all-MiniLM-L6-v2 (fetched if missing).
@@ -196,4 +218,99 @@ fn ner_runs_on_a_wnut16_slice_with_minilm() {
     let config = read_json(&out.join("hf/config.json"));
     assert_eq!(config["id2label"]["0"], "O");
     assert!(out.join("hf/tokenizer.json").exists());
+}
+
+/// Sentences naming a person of group "a" or "b" (first names by group), among filler words.
+/// `biased`: the annotators tagged group b's names as O in two of three training sentences.
+fn names_data(count: usize, seed: usize, biased: bool, with_group: bool) -> Vec<Value> {
+    let names = [
+        ("a", ["alice", "carol", "emma", "grace"]),
+        ("b", ["bilal", "dmitri", "fatima", "kwame"]),
+    ];
+    let frames = [
+        ("we met", "at the station"),
+        ("i saw", "near the lake"),
+        ("then", "left early"),
+        ("ask", "about the plan"),
+    ];
+    (0..count)
+        .map(|i| {
+            let k = i * 7 + seed;
+            let (group, first) = names[k % 2];
+            let name = first[(k / 2) % 4];
+            let (before, after) = frames[(k / 8) % 4];
+            let missed = biased && group == "b" && !k.is_multiple_of(3);
+            let mut tokens: Vec<&str> = before.split(' ').collect();
+            let mut tags = vec!["O"; tokens.len()];
+            tokens.push(name);
+            tags.push(if missed { "O" } else { "B-per" });
+            for word in after.split(' ') {
+                tokens.push(word);
+                tags.push("O");
+            }
+            let mut row = json!({"tokens": tokens, "tags": tags});
+            if with_group {
+                row["group"] = json!(group);
+            }
+            row
+        })
+        .collect()
+}
+
+/// The tutorial's case: λ·F on a NER model. Annotators missed most of group b's names, so at
+/// λ = 0 the model recognizes them less (a gap in P(gold tag) and in entity recall on a fairly
+/// tagged fairness set); λ > 0 on a separate group-tagged set narrows both.
+#[test]
+fn ner_fairness_penalty_narrows_the_recall_gap() {
+    let dir = common::tempdir();
+    let train = write(
+        dir.path(),
+        "train.jsonl",
+        &jsonl(&names_data(160, 0, true, false)),
+    );
+    let fair = write(
+        dir.path(),
+        "fair.jsonl",
+        &jsonl(&names_data(64, 1, false, true)),
+    );
+    let fair_eval = write(
+        dir.path(),
+        "fair-eval.jsonl",
+        &jsonl(&names_data(64, 5, false, true)),
+    );
+    let run = |lambda: f64| {
+        let out = dir.path().join(format!("lambda-{lambda}"));
+        TrainCommand::new("ner", "tiny-bert", &train, &out)
+            .set("--eval", fair_eval.display())
+            .set("--fairness-data", fair.display())
+            .set("--fairness-eval", fair_eval.display())
+            .set("--fairness-lambda", lambda)
+            .set("--steps", 60)
+            .set("--batch-size", 16)
+            .set("--lr", "3e-3")
+            .set("--seed", 3)
+            .run()
+    };
+    let (plain, fair) = (run(0.0), run(10.0));
+    let number = |report: &Value, key: &str| report[key].as_f64().unwrap();
+    eprintln!(
+        "ner fairness: λ=0 gap {:.3} recall {} gap {:.3}; λ=10 gap {:.3} recall {} gap {:.3}",
+        number(&plain, "group_gap"),
+        plain["group_entity_recall"],
+        number(&plain, "entity_recall_gap"),
+        number(&fair, "group_gap"),
+        fair["group_entity_recall"],
+        number(&fair, "entity_recall_gap"),
+    );
+    assert_eq!(plain["fairness_set"], json!("fairness-eval"));
+    assert!(number(&plain, "group_gap") > 0.2, "{plain}");
+    assert!(
+        number(&fair, "group_gap") < 0.5 * number(&plain, "group_gap"),
+        "λ=10: {fair} vs λ=0: {plain}"
+    );
+    assert!(
+        number(&fair, "entity_recall_gap") < number(&plain, "entity_recall_gap"),
+        "{fair} vs {plain}"
+    );
+    assert_eq!(plain["group_counts"]["a"], 32);
 }

@@ -743,3 +743,120 @@ fn a_weighted_list_of_dpo_losses_trains() {
         json!([0.8, 0.2, 1.0])
     );
 }
+
+/// Preference pairs of two groups that want opposite answers ("north" says yes, "south" no),
+/// the south a 1-in-8 minority in training; evaluation has as many pairs of each group.
+fn minority_data(dir: &Path) -> (String, String) {
+    let things = [
+        "the soup",
+        "this film",
+        "her plan",
+        "the trip",
+        "our hotel",
+        "his essay",
+        "the game",
+        "that song",
+        "the class",
+        "my bike",
+        "the park",
+        "this book",
+    ];
+    let pair = |group: &str, i: usize| {
+        let (yes, no) = (" yes, it is good.", " no, it is bad.");
+        let (chosen, rejected) = if group == "north" {
+            (yes, no)
+        } else {
+            (no, yes)
+        };
+        json!({"prompt": format!("[{group}] is {} good?", things[i % things.len()]),
+               "chosen": chosen, "rejected": rejected, "group": group})
+    };
+    let train: Vec<Value> = (0..96)
+        .map(|i| pair(if i % 8 == 7 { "south" } else { "north" }, i))
+        .collect();
+    let eval: Vec<Value> = (0..48)
+        .map(|i| pair(if i % 2 == 0 { "north" } else { "south" }, i + 5))
+        .collect();
+    (
+        write(dir, "minority-train.jsonl", &jsonl(&train))
+            .display()
+            .to_string(),
+        write(dir, "minority-eval.jsonl", &jsonl(&eval))
+            .display()
+            .to_string(),
+    )
+}
+
+/// Group-robust DPO (Ramesh et al. 2024): where plain DPO learns the majority's preference first
+/// and leaves the minority's behind, the worst group's held-out reward accuracy rises (a mean
+/// over six seeds: one short run is all-or-nothing on this data); the group losses and weights
+/// are logged, and a resumed run continues with the saved weights.
+#[test]
+fn group_robust_dpo_raises_the_worst_group() {
+    let dir = common::tempdir();
+    let (train, eval) = minority_data(dir.path());
+    let run = |name: String, seed: u64, robust: bool| {
+        let mut command = dpo_run(&train, &eval, dir.path().join(name), 12)
+            .set("--seed", seed)
+            .set("--lr", "1e-3")
+            .set("--max-length", 64)
+            .set("--max-prompt-length", 32);
+        if robust {
+            command = command
+                .switch("--group-robust")
+                .set("--group-robust-step", 1.0);
+        }
+        command
+    };
+    let worst = |r: &Value| r["worst_group_reward_accuracy"].as_f64().unwrap();
+    let (mut plain, mut robust) = (Vec::new(), Vec::new());
+    for seed in 1..=6 {
+        plain.push(worst(&run(format!("plain-{seed}"), seed, false).run()));
+        robust.push(worst(&run(format!("robust-{seed}"), seed, true).run()));
+    }
+    let mean = |v: &[f64]| v.iter().sum::<f64>() / v.len() as f64;
+    eprintln!(
+        "group-robust DPO: worst-group reward accuracy {:.3} → {:.3} (plain {plain:?}, robust \
+         {robust:?})",
+        mean(&plain),
+        mean(&robust)
+    );
+    assert!(
+        mean(&robust) > mean(&plain) + 0.2,
+        "{robust:?} vs {plain:?}"
+    );
+    let robust_run = run("robust-1".into(), 1, true);
+    let last = metrics(&robust_run.out()).pop().unwrap();
+    let (north, south) = (
+        last["group_weight/north"].as_f64().unwrap(),
+        last["group_weight/south"].as_f64().unwrap(),
+    );
+    assert!((north + south - 1.0).abs() < 1e-5, "{last}");
+    assert!(last["group_loss/south"].as_f64().is_some(), "{last}");
+
+    // Killed after step 6 and resumed from the step-4 checkpoint: the same losses as the run
+    // that went through, so the weights came back with the checkpoint.
+    let split = run("split".into(), 1, true);
+    let halted = split.clone().set("--halt-after", 6).output();
+    assert_eq!(halted.status.code(), Some(1), "{}", stderr(&halted));
+    split.clone().switch("--resume").run();
+    let losses = |out: &Path| -> Vec<f64> {
+        metrics(out)
+            .iter()
+            .map(|m| m["loss"].as_f64().unwrap())
+            .collect()
+    };
+    assert_eq!(losses(&split.out()), losses(&robust_run.out()));
+
+    // Refused: a training pair without a group.
+    let ungrouped = write(
+        dir.path(),
+        "ungrouped.jsonl",
+        &jsonl(&[json!({"prompt": "q", "chosen": " a", "rejected": " b"})]),
+    );
+    let ungrouped = ungrouped.to_str().unwrap();
+    let refused = dpo_run(ungrouped, ungrouped, dir.path().join("bad"), 2)
+        .switch("--group-robust")
+        .output();
+    common::expect_error(&refused, 2, "every --train pair needs a \"group\"");
+}
