@@ -150,6 +150,10 @@ struct TrainArgs {
     /// DiscoPOP's temperature τ (--loss discopop).
     #[arg(long, default_value_t = d().dpo.discopop_tau)]
     discopop_tau: f64,
+    /// LD-DPO's α in [0, 1] (TRL's ld_alpha): a completion's tokens beyond its pair's shorter
+    /// completion count α times, against DPO's preference for length.
+    #[arg(long)]
+    ld_alpha: Option<f64>,
     /// Group-robust DPO (Ramesh et al. 2024): minimize the worst group's loss, each group's mean
     /// weighted by exponentiated-gradient weights (every --train pair needs a "group").
     #[arg(long)]
@@ -262,6 +266,7 @@ impl TrainArgs {
             f_alpha_divergence_coef: self.f_alpha_divergence_coef,
             discopop_tau: self.discopop_tau,
             group_robust: self.group_robust.then_some(self.group_robust_step),
+            ld_alpha: self.ld_alpha,
         };
         config.lora = (self.lora_rank > 0).then(|| LoraSettings {
             rank: self.lora_rank,

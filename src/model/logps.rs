@@ -41,6 +41,29 @@ pub fn sequence_logps_with(
     chunk: usize,
     tape: Option<&mut LayerTape>,
 ) -> (Tensor<1>, Tensor<1>, usize) {
+    sequence_logps_weighted(model, sequences, groups, device, chunk, tape, None)
+}
+
+/// The weights LD-DPO (Liu et al. 2024, TRL's `ld_alpha`) puts on completion tokens: each
+/// sequence's first `shared[row]` completion tokens count 1, the rest `alpha` (the part of the
+/// longer completion of a pair that the shorter one has no counterpart for).
+#[derive(Clone, Copy)]
+pub struct TailWeights<'a> {
+    pub shared: &'a [usize],
+    pub alpha: f64,
+}
+
+/// [`sequence_logps_with`] with the completion tokens weighted by `tail` (LD-DPO) when given;
+/// the counts stay the plain token counts.
+pub fn sequence_logps_weighted(
+    model: &LlamaForCausalLM,
+    sequences: &[&LmSequence],
+    groups: &[Vec<usize>],
+    device: &Device,
+    chunk: usize,
+    tape: Option<&mut LayerTape>,
+    tail: Option<TailWeights<'_>>,
+) -> (Tensor<1>, Tensor<1>, usize) {
     let packing = pack(sequences, groups);
     let rows = sequences.len();
     // Token t is scored (when it is a completion token) from the hidden state of token t − 1.
@@ -82,8 +105,13 @@ pub fn sequence_logps_with(
     // Per-sequence sums as a product with the [rows, n] membership matrix: deterministic, and
     // plain matmul under autodiff.
     let mut membership = vec![0f32; rows * n];
+    let mut seen = vec![0usize; rows];
     for (i, &row) in owner.iter().enumerate() {
-        membership[row * n + i] = 1.0;
+        membership[row * n + i] = match tail {
+            Some(tail) if seen[row] >= tail.shared[row] => tail.alpha as f32,
+            _ => 1.0,
+        };
+        seen[row] += 1;
     }
     let membership = Tensor::<2>::from_data(TensorData::new(membership, [rows, n]), device);
     let sums = membership

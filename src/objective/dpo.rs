@@ -171,6 +171,10 @@ pub struct DpoConfig {
     /// group weights; `None`: the plain mean over pairs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group_robust: Option<f64>,
+    /// LD-DPO's α (TRL's `ld_alpha`): the log-probs of a completion's tokens beyond the length
+    /// of its pair's shorter completion count α times (a pair's sums, policy and reference).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ld_alpha: Option<f64>,
 }
 
 fn is_default_alpha(alpha: &f64) -> bool {
@@ -222,6 +226,7 @@ impl Default for DpoConfig {
             f_alpha_divergence_coef: default_alpha(),
             discopop_tau: default_tau(),
             group_robust: None,
+            ld_alpha: None,
         }
     }
 }
@@ -325,6 +330,13 @@ impl DpoConfig {
                     batch_level.name()
                 )));
             }
+        }
+        if let Some(alpha) = self.ld_alpha
+            && !(0.0..=1.0).contains(&alpha)
+        {
+            return Err(Error::input(format!(
+                "--ld-alpha must be in [0, 1], got {alpha}"
+            )));
         }
         if !self.simpo_gamma.is_finite() {
             return Err(Error::input("--simpo-gamma must be finite"));

@@ -22,7 +22,10 @@ use crate::data::{Encoder, GroupVocab, LmSequence, Origin, TruncationStats};
 use crate::device::Selected;
 use crate::error::{Error, Result};
 use crate::fsutil::write_atomic;
-use crate::model::logps::{ALL_POSITIONS, pair_groups, sequence_logps_with, single_groups};
+use crate::model::logps::{
+    ALL_POSITIONS, TailWeights, pair_groups, sequence_logps_weighted, sequence_logps_with,
+    single_groups,
+};
 use crate::model::lora::LoraSettings;
 use crate::model::recompute::LayerTape;
 use crate::model::{self, ArchConfig, LlamaConfig, LlamaForCausalLM, ModelSource};
@@ -387,8 +390,48 @@ impl DpoTask {
         )
     }
 
+    /// Summed log-probs of a batch of pairs' sequences (`[chosen…, rejected…]`), LD-DPO's tail
+    /// weights applied when the run asks for them.
+    fn pair_logps(
+        &self,
+        model: &LlamaForCausalLM,
+        sequences: &[&LmSequence],
+        device: &Device,
+        tape: Option<&mut LayerTape>,
+    ) -> (Tensor<1>, Tensor<1>, usize) {
+        let shared: Vec<usize>;
+        let tail = match self.config.dpo.ld_alpha {
+            Some(alpha) => {
+                let pairs = sequences.len() / 2;
+                let length = |s: &LmSequence| s.completion.iter().skip(1).filter(|&&c| c).count();
+                let lengths: Vec<usize> = (0..pairs)
+                    .map(|i| length(sequences[i]).min(length(sequences[pairs + i])))
+                    .collect();
+                shared = lengths.iter().chain(&lengths).copied().collect();
+                Some(TailWeights {
+                    shared: &shared,
+                    alpha,
+                })
+            }
+            None => None,
+        };
+        sequence_logps_weighted(
+            model,
+            sequences,
+            &groups(Layout::Pairs, sequences.len()),
+            device,
+            ALL_POSITIONS,
+            tape,
+            tail,
+        )
+    }
+
     fn fingerprint(&self) -> String {
         let mut h = fnv1a(0xcbf2_9ce4_8422_2325, self.config.model.as_bytes());
+        // Reference sums with LD-DPO's weights are other numbers.
+        if let Some(alpha) = self.config.dpo.ld_alpha {
+            h = fnv1a(h, &alpha.to_le_bytes());
+        }
         h = fnv1a(
             h,
             serde_json::to_string(&self.arch)
@@ -417,8 +460,7 @@ impl DpoTask {
                 .map(|p| &p.chosen)
                 .chain(chunk.iter().map(|p| &p.rejected))
                 .collect();
-            let sums =
-                read_blocking(Self::logps(reference, &sequences, Layout::Pairs, &self.device).0)?;
+            let sums = read_blocking(self.pair_logps(reference, &sequences, &self.device, None).0)?;
             let (chosen, rejected) = sums.split_at(chunk.len());
             out.extend(chosen.iter().zip(rejected).map(|(&c, &r)| [c, r]));
         }
@@ -504,8 +546,7 @@ impl DpoTask {
             .map(|&i| &pairs[i].chosen)
             .chain(indices.iter().map(|&i| &pairs[i].rejected))
             .collect();
-        let (sums, counts, num_tokens) =
-            Self::policy_logps(model, &sequences, Layout::Pairs, device, tape);
+        let (sums, counts, num_tokens) = self.pair_logps(model, &sequences, device, tape);
         let policy = split_pairs(sums, counts, indices.len());
         let reference = match cached {
             Some(cached) => Some(Self::cached_pairs(
@@ -515,8 +556,7 @@ impl DpoTask {
                 device,
             )),
             None => self.reference().map(|reference| {
-                let (sums, counts, _) =
-                    Self::logps(reference, &sequences, Layout::Pairs, &self.device);
+                let (sums, counts, _) = self.pair_logps(reference, &sequences, &self.device, None);
                 split_pairs(sums, counts, indices.len())
             }),
         };

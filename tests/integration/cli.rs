@@ -186,6 +186,14 @@ fn invalid_numbers() {
         "one per loss",
     );
     expect_error(dir.path(), &train, &["--loss", "exo_pair"], 2, "ε > 0");
+    expect_error(dir.path(), &train, &["--ld-alpha", "2"], 2, "--ld-alpha");
+    expect_error(
+        dir.path(),
+        &train,
+        &["--group-robust", "--loss", "sigmoid,sft"],
+        2,
+        "sft is a loss of the whole batch",
+    );
     expect_error(
         dir.path(),
         &train,

@@ -308,3 +308,89 @@ fn packed_completion_logps_match_full_logits() {
         }
     }
 }
+
+/// LD-DPO's weights (TRL's `ld_alpha`): each completion's first min(len chosen, len rejected)
+/// tokens count once, the longer completion's tail α times — the packed sums equal the plain
+/// full-logits sums over the shared and the tail positions, combined as TRL combines them.
+#[test]
+fn ld_alpha_weights_the_longer_completions_tail() {
+    use fairtune::data::LmSequence;
+    use fairtune::data::batch::lm_batch;
+    use fairtune::model::logps::{TailWeights, pair_groups, sequence_logps_weighted};
+    use fairtune::model::{self, ArchConfig};
+    use fairtune::objective::losses::completion_logps;
+
+    let device = common::cpu();
+    let (ArchConfig::Llama(config), _) = model::resolve("tiny-llama", 264).unwrap() else {
+        unreachable!()
+    };
+    device.seed(9);
+    let model = config.init(&device);
+    let sequence = |prompt: &[u32], completion: &[u32]| LmSequence {
+        tokens: prompt.iter().chain(completion).copied().collect(),
+        completion: (0..prompt.len() + completion.len())
+            .map(|i| i >= prompt.len())
+            .collect(),
+    };
+    // Two pairs: chosen longer in the first, rejected longer in the second.
+    let seqs = [
+        sequence(&[10, 11, 12], &[20, 21, 22, 23, 24]),
+        sequence(&[30, 31], &[40, 41]),
+        sequence(&[10, 11, 12], &[50, 51]),
+        sequence(&[30, 31], &[60, 61, 62, 63]),
+    ];
+    let shared = [2usize, 2, 2, 2];
+    let alpha = 0.3;
+    let refs: Vec<&LmSequence> = seqs.iter().collect();
+    let (weighted, counts, _) = sequence_logps_weighted(
+        &model,
+        &refs,
+        &pair_groups(2),
+        &device,
+        usize::MAX,
+        None,
+        Some(TailWeights {
+            shared: &shared,
+            alpha,
+        }),
+    );
+    // The plain path, once over the shared positions and once over the tails.
+    let batch = lm_batch(&refs, 0, &device);
+    let logits = model.forward(batch.input_ids.clone());
+    let mask_of = |keep: &dyn Fn(usize, usize) -> bool| {
+        let [rows, width] = batch.completion_mask.dims();
+        let mask = to_vec(batch.completion_mask.clone());
+        let mut out = vec![0f32; rows * width];
+        for row in 0..rows {
+            let mut k = 0;
+            for t in 0..width {
+                if mask[row * width + t] > 0.0 {
+                    out[row * width + t] = if keep(row, k) { 1.0 } else { 0.0 };
+                    k += 1;
+                }
+            }
+        }
+        burn::tensor::Tensor::<2>::from_data(
+            burn::tensor::TensorData::new(out, [rows, width]),
+            &device,
+        )
+    };
+    let part = |keep: &dyn Fn(usize, usize) -> bool| {
+        to_vec(completion_logps(logits.clone(), batch.input_ids.clone(), mask_of(keep)).0)
+    };
+    let head = part(&|row, k| k < shared[row]);
+    let tail = part(&|row, k| k >= shared[row]);
+    let got = to_vec(weighted);
+    for row in 0..4 {
+        let want = head[row] + alpha as f32 * tail[row];
+        assert!(
+            (got[row] - want).abs() < 1e-4,
+            "row {row}: {got:?} vs {want}"
+        );
+    }
+    assert_eq!(
+        to_vec(counts),
+        vec![5.0, 2.0, 2.0, 4.0],
+        "counts stay unweighted"
+    );
+}

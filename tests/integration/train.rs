@@ -718,8 +718,8 @@ fn gradient_checkpointing_trains_the_same_run() {
     }
 }
 
-/// TRL's MPO recipe from the command line: a list of loss types with weights trains, and the
-/// run's config.json keeps the list.
+/// TRL's MPO recipe from the command line, with LD-DPO's length weighting: a list of loss types
+/// with weights trains, and the run's config.json keeps the list.
 #[test]
 fn a_weighted_list_of_dpo_losses_trains() {
     let dir = common::tempdir();
@@ -728,6 +728,7 @@ fn a_weighted_list_of_dpo_losses_trains() {
     let report = dpo_run(&train, &eval, &out, 3)
         .set("--loss", "sigmoid,bco_pair,sft")
         .set("--loss-weights", "0.8,0.2,1.0")
+        .set("--ld-alpha", 0.5)
         .run();
     assert!(
         report["final_train_loss"].as_f64().unwrap().is_finite(),
@@ -742,6 +743,7 @@ fn a_weighted_list_of_dpo_losses_trains() {
         config["config"]["dpo"]["loss_weights"],
         json!([0.8, 0.2, 1.0])
     );
+    assert_eq!(config["config"]["dpo"]["ld_alpha"], json!(0.5));
 }
 
 /// Preference pairs of two groups that want opposite answers ("north" says yes, "south" no),
