@@ -8,7 +8,9 @@ use fairtune::data::Truncation;
 use fairtune::data::sampler::DataOrder;
 use fairtune::device::{self, BackendChoice};
 use fairtune::model::lora::{LoraSettings, LoraTarget};
-use fairtune::objective::{DpoConfig, DpoLossKind, FDivergence, FairnessKind, FairnessScore};
+use fairtune::objective::{
+    DpoConfig, DpoLossKind, FDivergence, FairnessKind, FairnessScore, PenaltyForm,
+};
 use fairtune::train::schedule::Decay;
 use fairtune::train::{Task, TrainConfig};
 use fairtune::{Error, Result};
@@ -187,9 +189,14 @@ struct TrainArgs {
     /// Projections that get adapters (default: all the model has: q,k,v,o,gate,up,down).
     #[arg(long, value_enum, value_delimiter = ',')]
     lora_targets: Vec<LoraTarget>,
-    /// dp: demographic parity; eo: equalized odds (needs labels on the fairness examples).
+    /// The statistic F equalizes across groups: dp (demographic parity: the mean score), eo
+    /// (equalized odds: within each label), tpr (equal opportunity), fpr, ppv (predictive
+    /// parity), accuracy; all but dp need a "label" on the fairness examples.
     #[arg(long, value_enum, default_value_t = d().fairness)]
     fairness: FairnessKind,
+    /// F's form: squared (½ Σ (m_g − m̄)²) or norm (fairret's Σ |m_g / m_all − 1|).
+    #[arg(long, value_enum, default_value_t = d().fairness_penalty)]
+    fairness_penalty: PenaltyForm,
     /// λ in loss = task + λ·F (≥ 0).
     #[arg(long, default_value_t = d().fairness_lambda)]
     fairness_lambda: f64,
@@ -277,6 +284,7 @@ impl TrainArgs {
         config.reference_cache = self.reference_cache;
         config.gradient_checkpointing = self.gradient_checkpointing;
         config.fairness = self.fairness;
+        config.fairness_penalty = self.fairness_penalty;
         config.fairness_lambda = self.fairness_lambda;
         config.fairness_score = self.fairness_score;
         config.positive_class = self.positive_class;

@@ -7,4 +7,6 @@ pub mod fairness;
 pub mod losses;
 
 pub use dpo::{DPO_METRICS, DpoConfig, DpoLossKind, DpoOutput, FDivergence, PairLogps, dpo_loss};
-pub use fairness::{FairnessKind, FairnessScore, FairnessTerm, penalty};
+pub use fairness::{
+    FairnessKind, FairnessScore, FairnessSpec, FairnessTerm, PenaltyForm, fairness_term, penalty,
+};

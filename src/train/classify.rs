@@ -45,7 +45,8 @@ pub struct ClassifyTask {
     fairness: FairnessSource<Encoded>,
     fairness_eval: Option<(String, Vec<Encoded>)>,
     groups: GroupVocab,
-    eo_labels: Option<usize>,
+    /// The label count, when the penalty's statistic reads labels.
+    fairness_labels: Option<usize>,
     tokenizer: TextTokenizer,
 }
 
@@ -85,11 +86,17 @@ fn encode(
     Ok(encoded)
 }
 
-fn require_labels(examples: &[Encoded], rows: &[ClassifyExample], what: &str) -> Result<()> {
+fn require_labels(
+    examples: &[Encoded],
+    rows: &[ClassifyExample],
+    what: &str,
+    kind: FairnessKind,
+) -> Result<()> {
     for (example, row) in examples.iter().zip(rows) {
         if example.group >= 0 && example.label.is_none() {
             return Err(row.origin.error(format!(
-                "--fairness eo needs a \"label\" on every {what} example"
+                "--fairness {} needs a \"label\" on every {what} example",
+                kind.name()
             )));
         }
     }
@@ -154,7 +161,8 @@ impl ClassifyTask {
             config.max_length,
         )?;
 
-        let eo = config.fairness == FairnessKind::Eo;
+        // Every statistic but demographic parity reads the fairness examples' labels.
+        let labelled = config.fairness.needs_labels();
         // A group-tagged fairness file (`--fairness-data` or `--fairness-eval`), encoded.
         let fairness_file =
             |rows: &[ClassifyExample], path: &Path, flag: &str| -> Result<Vec<Encoded>> {
@@ -166,8 +174,8 @@ impl ClassifyTask {
                     path,
                     config.max_length,
                 )?;
-                if eo {
-                    require_labels(&examples, rows, flag)?;
+                if labelled {
+                    require_labels(&examples, rows, flag, config.fairness)?;
                 }
                 Ok(examples)
             };
@@ -180,7 +188,7 @@ impl ClassifyTask {
             _ => None,
         };
         let train_has_groups = train.iter().any(|e| e.group >= 0);
-        check_cells(&groups, eo.then_some(num_labels))?;
+        check_cells(&groups, config.fairness.label_rows(Some(num_labels)))?;
         let fairness = FairnessSource::new(config, separate, train_has_groups, &groups)?;
 
         let eval = match &config.eval {
@@ -224,7 +232,7 @@ impl ClassifyTask {
             fairness,
             fairness_eval,
             groups,
-            eo_labels: eo.then_some(num_labels),
+            fairness_labels: labelled.then_some(num_labels),
             tokenizer,
         })
     }
@@ -428,7 +436,11 @@ impl TaskRunner for ClassifyTask {
         &self.groups
     }
 
+    fn fairness_spec(&self) -> crate::objective::FairnessSpec {
+        self.config.fairness_spec()
+    }
+
     fn fairness_labels(&self) -> Option<usize> {
-        self.eo_labels
+        self.fairness_labels
     }
 }

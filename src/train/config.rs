@@ -13,7 +13,11 @@ use crate::device::BackendChoice;
 use crate::error::{Error, Result};
 use crate::fsutil::write_atomic;
 use crate::model::lora::LoraSettings;
-use crate::objective::{DpoConfig, FairnessKind, FairnessScore};
+use crate::objective::{DpoConfig, FairnessKind, FairnessScore, FairnessSpec, PenaltyForm};
+
+fn is_squared(form: &PenaltyForm) -> bool {
+    *form == PenaltyForm::Squared
+}
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
@@ -74,6 +78,9 @@ pub struct TrainConfig {
     pub gradient_checkpointing: bool,
 
     pub fairness: FairnessKind,
+    /// F's form: squared deviations (the default) or fairret's norm.
+    #[serde(default, skip_serializing_if = "is_squared")]
+    pub fairness_penalty: PenaltyForm,
     pub fairness_lambda: f64,
     /// Default: `prob` for classify, `logp` for dpo.
     pub fairness_score: Option<FairnessScore>,
@@ -120,6 +127,7 @@ impl TrainConfig {
             reference_cache: None,
             gradient_checkpointing: false,
             fairness: FairnessKind::Dp,
+            fairness_penalty: PenaltyForm::Squared,
             fairness_lambda: 0.0,
             fairness_score: None,
             positive_class: 1,
@@ -127,6 +135,15 @@ impl TrainConfig {
             log_every: 1,
             checkpoint_every: 50,
             halt_after: None,
+        }
+    }
+
+    /// What the penalty equalizes and how.
+    pub fn fairness_spec(&self) -> FairnessSpec {
+        FairnessSpec {
+            kind: self.fairness,
+            form: self.fairness_penalty,
+            positive: self.positive_class,
         }
     }
 
@@ -180,12 +197,26 @@ impl TrainConfig {
             (Task::Classify, FairnessScore::Reward | FairnessScore::Logp) => {
                 return bad("--fairness-score for classify must be prob".into());
             }
-            (Task::Ner, _) if self.fairness == FairnessKind::Eo => {
+            (Task::Ner, _) if self.fairness.needs_labels() => {
                 return bad(
                     "--task ner takes --fairness dp: its fairness examples are sentences, with \
                      no label of their own to condition on"
                         .into(),
                 );
+            }
+            (_, score)
+                if matches!(
+                    self.fairness,
+                    FairnessKind::Tpr
+                        | FairnessKind::Fpr
+                        | FairnessKind::Ppv
+                        | FairnessKind::Accuracy
+                ) && score != FairnessScore::Prob =>
+            {
+                return bad(format!(
+                    "--fairness {} treats the score as a probability: use --fairness-score prob",
+                    self.fairness.name()
+                ));
             }
             (Task::Ner, FairnessScore::Reward) => {
                 return bad(

@@ -176,14 +176,19 @@ fn warn(stats: &TruncationStats, what: &Path, max_length: usize) {
 }
 
 /// Check equalized-odds labels: present on every example, within `0..num_labels`.
-fn check_labels(examples: &[(Option<i64>, &Origin)], what: &str) -> Result<usize> {
+fn check_labels(
+    examples: &[(Option<i64>, &Origin)],
+    what: &str,
+    kind: FairnessKind,
+) -> Result<usize> {
     let mut max = 0;
     for (label, origin) in examples {
         match label {
             Some(l) => max = max.max(*l),
             None => {
                 return Err(origin.error(format!(
-                    "--fairness eo needs a \"label\" on every {what} example"
+                    "--fairness {} needs a \"label\" on every {what} example",
+                    kind.name()
                 )));
             }
         }
@@ -232,7 +237,8 @@ impl DpoTask {
             config.max_length,
         )?;
 
-        let eo = config.fairness == FairnessKind::Eo;
+        // Every statistic but demographic parity reads the fairness examples' labels.
+        let eo = config.fairness.needs_labels();
         let mut num_labels = None;
         let separate = match fairness_examples {
             Some(rows) => {
@@ -246,7 +252,7 @@ impl DpoTask {
                         .iter()
                         .map(|r| (r.label.map(|l| l as i64), &r.origin))
                         .collect();
-                    num_labels = Some(check_labels(&labels, "--fairness-data")?);
+                    num_labels = Some(check_labels(&labels, "--fairness-data", config.fairness)?);
                 }
                 let ids = examples.iter().map(|e| e.group as usize).collect();
                 Some((examples, ids))
@@ -256,7 +262,8 @@ impl DpoTask {
         let train_has_groups = train.iter().any(|p| p.group >= 0);
         if eo && separate.is_none() && train_has_groups {
             return Err(Error::input(
-                "--fairness eo needs labels: preference pairs have none; give --fairness-data rows with \"label\"",
+                "this --fairness statistic needs labels: preference pairs have none; give \
+                 --fairness-data rows with \"label\"",
             ));
         }
         check_cells(&groups, num_labels)?;
@@ -286,7 +293,7 @@ impl DpoTask {
                         .iter()
                         .map(|r| (r.label.map(|l| l as i64), &r.origin))
                         .collect();
-                    let found = check_labels(&labels, "--fairness-eval")?;
+                    let found = check_labels(&labels, "--fairness-eval", config.fairness)?;
                     if found > n {
                         return Err(Error::input(format!(
                             "{}: labels go up to {} but training saw only 0..{}",
@@ -924,6 +931,10 @@ impl TaskRunner for DpoTask {
 
     fn groups(&self) -> &GroupVocab {
         &self.groups
+    }
+
+    fn fairness_spec(&self) -> crate::objective::FairnessSpec {
+        self.config.fairness_spec()
     }
 
     fn fairness_labels(&self) -> Option<usize> {

@@ -22,8 +22,14 @@ pub async fn held_out<T: TaskRunner>(
         report.metrics = metrics.into_iter().collect();
     }
     if let Some(set) = task.fairness_eval(model).await? {
-        let summary =
-            summarize_fairness(&set, task.groups(), task.fairness_labels(), device).await?;
+        let summary = summarize_fairness(
+            &set,
+            task.groups(),
+            task.fairness_labels(),
+            task.fairness_spec(),
+            device,
+        )
+        .await?;
         report.fairness_set = Some(set.name);
         report.fairness_f = Some(summary.f);
         report.group_means = summary.means;
@@ -43,12 +49,14 @@ pub fn cell_names(groups: &GroupVocab, labels: Option<usize>) -> Vec<String> {
     }
 }
 
-/// F, per-group means and counts, and the demographic-parity gap over a whole fairness set.
-/// F is computed by the same op as in training (on the run's device).
+/// F, the per-group statistic (`group_means`: the mean score for demographic parity, the TPR for
+/// equal opportunity, …) and counts, and its gap over a whole fairness set. F is computed by the
+/// same op as in training (on the run's device).
 pub async fn summarize_fairness(
     set: &FairnessSet,
     groups: &GroupVocab,
     labels: Option<usize>,
+    spec: crate::objective::FairnessSpec,
     device: &Device,
 ) -> Result<FairnessSummary> {
     use crate::data::batch::int_vector;
@@ -58,13 +66,14 @@ pub async fn summarize_fairness(
         (Some(num_labels), Some(values)) => Some((int_vector(values, device), num_labels)),
         (Some(_), None) => {
             return Err(Error::input(format!(
-                "equalized odds needs a \"label\" on every example of the fairness set ({})",
-                set.name
+                "--fairness {:?} needs a \"label\" on every example of the fairness set ({})",
+                spec.kind, set.name
             )));
         }
         _ => None,
     };
-    let term = crate::objective::penalty(
+    let term = crate::objective::fairness_term(
+        spec,
         scores,
         group_ids,
         groups.len(),
@@ -76,7 +85,10 @@ pub async fn summarize_fairness(
     let counts = read_async(term.cell_counts).await?;
     let mut group_means = BTreeMap::new();
     let mut group_counts = BTreeMap::new();
-    for (cell, name) in cell_names(groups, labels).into_iter().enumerate() {
+    for (cell, name) in cell_names(groups, spec.kind.label_rows(labels))
+        .into_iter()
+        .enumerate()
+    {
         if counts[cell] > 0.0 {
             group_means.insert(name.clone(), means[cell] as f64);
             group_counts.insert(name, counts[cell] as u64);

@@ -97,8 +97,10 @@ pub trait TaskRunner {
     /// Scores of the report's fairness set: (scores, group ids, labels), or `None` without one.
     async fn fairness_eval(&mut self, model: &Self::Model) -> Result<Option<FairnessSet>>;
     fn groups(&self) -> &GroupVocab;
-    /// Label count when the penalty is equalized odds.
+    /// Label count when the penalty's statistic uses labels (every one but demographic parity).
     fn fairness_labels(&self) -> Option<usize>;
+    /// What the penalty equalizes, and how (the run's `--fairness`, `--fairness-penalty`).
+    fn fairness_spec(&self) -> crate::objective::FairnessSpec;
     /// What the task carries from step to step besides the model (group-robust DPO's group
     /// weights), saved with every checkpoint so that a resumed run continues exactly.
     fn save_state(&self) -> Result<Option<Value>> {

@@ -483,6 +483,10 @@ impl TaskRunner for NerTask {
         &self.groups
     }
 
+    fn fairness_spec(&self) -> crate::objective::FairnessSpec {
+        self.config.fairness_spec()
+    }
+
     fn fairness_labels(&self) -> Option<usize> {
         None
     }

@@ -17,7 +17,7 @@ use super::{InitOn, RunDir, StepOutput, TaskRunner, TrainConfig, read_async, sch
 use crate::data::GroupVocab;
 use crate::device::Selected;
 use crate::error::{Error, Result};
-use crate::objective::FairnessTerm;
+use crate::objective::{FairnessSpec, FairnessTerm};
 
 /// `loss = task + λ·F` for one step, with F's parts.
 struct Objective {
@@ -29,13 +29,15 @@ impl Objective {
     fn of(
         output: &StepOutput,
         num_groups: usize,
-        eo_labels: Option<usize>,
+        labels: Option<usize>,
+        spec: FairnessSpec,
         lambda: f64,
         device: &Device,
     ) -> Self {
         let fairness = output.fairness.as_ref().map(|batch| {
-            let labels = eo_labels.zip(batch.labels.clone()).map(|(n, l)| (l, n));
-            crate::objective::penalty(
+            let labels = labels.zip(batch.labels.clone()).map(|(n, l)| (l, n));
+            crate::objective::fairness_term(
+                spec,
                 batch.scores.clone(),
                 crate::data::batch::int_vector(&batch.groups, device),
                 num_groups.max(1),
@@ -225,6 +227,7 @@ impl<T: TaskRunner> Session<T> {
             &output,
             self.task.groups().len(),
             self.task.fairness_labels(),
+            config.fairness_spec(),
             config.fairness_lambda,
             &self.device,
         );
@@ -235,7 +238,7 @@ impl<T: TaskRunner> Session<T> {
             &objective,
             squared_norm,
             self.task.groups(),
-            self.task.fairness_labels(),
+            config.fairness.label_rows(self.task.fairness_labels()),
         )
         .await;
         let (values, group_stats, grad_norm) = match read {

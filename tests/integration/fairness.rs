@@ -190,3 +190,130 @@ fn gradient_matches_finite_differences_through_the_wgsl_kernels() {
     check_gradient_against_finite_differences(&wgpu.device, GroupStatsImpl::Wgsl, false);
     check_gradient_against_finite_differences(&wgpu.device, GroupStatsImpl::Wgsl, true);
 }
+
+/// Every statistic and both penalty forms on the host, in f64, written from their definitions:
+/// per group g, m_g = Σ a_i / Σ b_i over the group's examples (dp: a = s, b = 1; tpr: over the
+/// positives; fpr: over the negatives; accuracy: a = s·y + (1−s)(1−y); ppv: a = s·y, b = s);
+/// squared: ½ Σ_g (m_g − mean_g m_g)²; norm: Σ_g |m_g / c − 1|, c = Σ a / Σ b over all examples.
+fn host_statistic(
+    kind: &str,
+    norm: bool,
+    scores: &[f64],
+    groups: &[i64],
+    y: &[bool],
+    g: usize,
+) -> f64 {
+    let (mut a, mut b, mut n) = (vec![0.0; g], vec![0.0; g], vec![0usize; g]);
+    for i in 0..scores.len() {
+        if groups[i] < 0 {
+            continue;
+        }
+        let (s, pos) = (scores[i], y[i]);
+        let (ai, bi) = match kind {
+            "dp" => (s, 1.0),
+            "tpr" if pos => (s, 1.0),
+            "fpr" if !pos => (s, 1.0),
+            "tpr" | "fpr" => continue,
+            "accuracy" => (if pos { s } else { 1.0 - s }, 1.0),
+            "ppv" => (if pos { s } else { 0.0 }, s),
+            _ => unreachable!(),
+        };
+        let k = groups[i] as usize;
+        a[k] += ai;
+        b[k] += bi;
+        n[k] += 1;
+    }
+    let present: Vec<usize> = (0..g).filter(|&k| n[k] > 0).collect();
+    let m: Vec<f64> = present.iter().map(|&k| a[k] / b[k]).collect();
+    if norm {
+        let pooled = a.iter().sum::<f64>() / b.iter().sum::<f64>();
+        m.iter().map(|x| (x / pooled - 1.0).abs()).sum()
+    } else {
+        let mean = m.iter().sum::<f64>() / m.len() as f64;
+        0.5 * m.iter().map(|x| (x - mean).powi(2)).sum::<f64>()
+    }
+}
+
+fn check_statistics(device: &Device, implementation: GroupStatsImpl) {
+    use fairtune::objective::{FairnessKind, FairnessSpec, PenaltyForm, fairness_term};
+    let device = &device.clone().autodiff();
+    let mut rng = StdRng::seed_from_u64(11);
+    let (n, num_groups) = (48usize, 4usize);
+    let scores: Vec<f32> = (0..n).map(|_| rng.random_range(0.05f32..0.95)).collect();
+    let groups: Vec<i64> = (0..n)
+        .map(|i| {
+            if i % 11 == 0 {
+                -1
+            } else {
+                rng.random_range(0..3)
+            }
+        })
+        .collect();
+    // Labels 0..3 with positive class 2: y = [label == 2].
+    let labels: Vec<i64> = (0..n).map(|_| rng.random_range(0..3)).collect();
+    let y: Vec<bool> = labels.iter().map(|&l| l == 2).collect();
+    for (kind, name) in [
+        (FairnessKind::Dp, "dp"),
+        (FairnessKind::Tpr, "tpr"),
+        (FairnessKind::Fpr, "fpr"),
+        (FairnessKind::Ppv, "ppv"),
+        (FairnessKind::Accuracy, "accuracy"),
+    ] {
+        for (form, norm) in [(PenaltyForm::Squared, false), (PenaltyForm::Norm, true)] {
+            let spec = FairnessSpec {
+                kind,
+                form,
+                positive: 2,
+            };
+            let s = floats(&scores, device).require_grad();
+            let term = fairness_term(
+                spec,
+                s.clone(),
+                ints(&groups, device),
+                num_groups,
+                Some((ints(&labels, device), 3)),
+                implementation,
+            );
+            let value = to_vec(term.penalty.clone())[0] as f64;
+            let mut grads = term.penalty.backward();
+            let grad = to_vec(burn::tensor::Tensor::from_inner(
+                s.grad_remove(&mut grads).expect("a gradient"),
+            ));
+            let as_f64: Vec<f64> = scores.iter().map(|&x| x as f64).collect();
+            let host = |s: &[f64]| host_statistic(name, norm, s, &groups, &y, num_groups);
+            let what = format!("{name} {form:?}");
+            assert!(
+                (value - host(&as_f64)).abs() < 1e-5 * host(&as_f64).abs().max(1.0),
+                "{what}: F = {value}, want {}",
+                host(&as_f64)
+            );
+            let step = 1e-4;
+            let numeric: Vec<f64> = (0..n)
+                .map(|i| {
+                    let (mut plus, mut minus) = (as_f64.clone(), as_f64.clone());
+                    plus[i] += step;
+                    minus[i] -= step;
+                    (host(&plus) - host(&minus)) / (2.0 * step)
+                })
+                .collect();
+            let scale = numeric.iter().fold(0.0f64, |m, g| m.max(g.abs()));
+            for (i, (&got, &want)) in grad.iter().zip(&numeric).enumerate() {
+                assert!(
+                    (got as f64 - want).abs() <= 1e-3 * scale.max(1e-3),
+                    "{what} ∂F/∂s[{i}]: autodiff {got}, finite differences {want}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn every_statistic_matches_its_definition_and_finite_differences() {
+    check_statistics(&common::cpu(), GroupStatsImpl::Reference);
+}
+
+#[test]
+fn every_statistic_runs_through_the_wgsl_kernels() {
+    let Some(wgpu) = common::wgpu() else { return };
+    check_statistics(&wgpu.device, GroupStatsImpl::Wgsl);
+}

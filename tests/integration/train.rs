@@ -862,3 +862,98 @@ fn group_robust_dpo_raises_the_worst_group() {
         .output();
     common::expect_error(&refused, 2, "every --train pair needs a \"group\"");
 }
+
+/// Labelled reviews tagged with the group their text names. Two in three say plainly what they
+/// mean; the rest are neutral ("the room was fine"), and their labels follow the group (80% of
+/// the northern guests' neutral reviews are labelled positive, 20% of the southern ones'), so a
+/// model learns the group as a cue where the words say nothing: TPR, FPR, precision and
+/// accuracy then differ by group. Train and eval, every group × label cell filled.
+fn grouped_reviews(dir: &Path) -> (String, String) {
+    let mut state = 7u64;
+    let mut next = |n: u64| {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 33) % n
+    };
+    let (pos, neg, neutral) = (
+        ["great", "lovely", "excellent", "superb"],
+        ["awful", "terrible", "poor", "rude"],
+        ["fine", "okay", "average", "normal"],
+    );
+    let rows: Vec<Value> = (0..600)
+        .map(|i| {
+            let who = if next(2) == 0 { "northern" } else { "southern" };
+            let (word, label) = match i % 3 {
+                0 => (pos[next(4) as usize], 1),
+                1 => (neg[next(4) as usize], 0),
+                _ => {
+                    let likely = if who == "northern" { 8 } else { 2 };
+                    (neutral[next(4) as usize], i64::from(next(10) < likely))
+                }
+            };
+            json!({"text": format!("the {who} guest said the room was {word}"),
+                   "label": label, "group": who})
+        })
+        .collect();
+    (
+        write(dir, "grouped-train.jsonl", &jsonl(&rows[..400]))
+            .display()
+            .to_string(),
+        write(dir, "grouped-eval.jsonl", &jsonl(&rows[400..]))
+            .display()
+            .to_string(),
+    )
+}
+
+/// Each statistic that needs labels (equal opportunity, FPR parity, predictive parity, accuracy
+/// parity): the classifier that learned the identity word as a cue shows a gap in it at λ = 0,
+/// and λ > 0 with that statistic cuts the gap; the report's group means are that statistic.
+#[test]
+fn each_fairness_statistic_cuts_its_own_gap() {
+    let dir = common::tempdir();
+    let (train, eval) = grouped_reviews(dir.path());
+    let run = |kind: &str, form: &str, lambda: f64| {
+        TrainCommand::new(
+            "classify",
+            "tiny-bert",
+            &train,
+            dir.path().join(format!("{kind}-{form}-{lambda}")),
+        )
+        .set("--eval", &eval)
+        .set("--steps", 150)
+        .set("--lr", "2e-3")
+        .set("--warmup-steps", 10)
+        .set("--batch-size", 16)
+        .set("--seed", 3)
+        .set("--fairness", kind)
+        .set("--fairness-penalty", form)
+        .set("--fairness-lambda", lambda)
+        .run()
+    };
+    for (kind, form, lambda) in [
+        ("tpr", "squared", 100.0),
+        ("fpr", "squared", 100.0),
+        ("ppv", "squared", 100.0),
+        ("accuracy", "squared", 1000.0),
+        ("tpr", "norm", 0.5),
+    ] {
+        let (plain, fair) = (run(kind, form, 0.0), run(kind, form, lambda));
+        eprintln!(
+            "--fairness {kind} --fairness-penalty {form}: gap {:.3} at λ = 0, {:.3} at λ = {lambda} \
+             (accuracy {} → {})",
+            gap(&plain),
+            gap(&fair),
+            plain["accuracy"],
+            fair["accuracy"]
+        );
+        assert!(
+            gap(&plain) > 0.03,
+            "{kind}: no gap to cut at λ = 0: {plain}"
+        );
+        assert!(
+            gap(&fair) < 0.5 * gap(&plain),
+            "{kind} {form}: {fair} vs {plain}"
+        );
+    }
+}
