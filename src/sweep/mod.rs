@@ -52,6 +52,23 @@ pub struct LambdaSummary {
     pub pareto: bool,
 }
 
+/// The x axis of the Pareto plot: the gap of the statistic the runs equalize.
+fn gap_label(base: &TrainConfig) -> String {
+    use crate::objective::FairnessKind::*;
+    let statistic = match base.fairness {
+        Dp => "group mean score",
+        Eo => "group mean score within a label",
+        Tpr => "group TPR",
+        Fpr => "group FPR",
+        Ppv => "group precision",
+        Accuracy => "group accuracy",
+    };
+    format!(
+        "group gap (max − min {statistic}, --fairness {})",
+        base.fairness.name()
+    )
+}
+
 /// The task metric a sweep trades against the gap.
 pub fn metric_name(task: Task) -> &'static str {
     RunReport::task_columns(task)[0].0
@@ -188,6 +205,7 @@ pub fn run(base: &TrainConfig, options: &SweepOptions, selected: &Selected) -> R
             summaries: &summaries,
             points: &points,
             metric: metric_key,
+            gap: &gap_label(base),
             suggested,
             title: &format!("fairness / {metric_key} trade-off over λ"),
         },
@@ -196,6 +214,7 @@ pub fn run(base: &TrainConfig, options: &SweepOptions, selected: &Selected) -> R
     )?;
     let report = json!({
         "metric": metric_key,
+        "fairness": base.fairness,
         "tolerance": options.tolerance,
         "suggested_lambda": suggested,
         "lambdas": summaries,

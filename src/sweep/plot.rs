@@ -27,6 +27,8 @@ pub struct ParetoPlot<'a> {
     pub summaries: &'a [LambdaSummary],
     pub points: &'a [Point],
     pub metric: &'a str,
+    /// What the gap is of: the x axis's label.
+    pub gap: &'a str,
     pub suggested: Option<f64>,
     pub title: &'a str,
 }
@@ -51,7 +53,7 @@ fn draw<DB: DrawingBackend>(
         .build_cartesian_2d(0.0..max_gap, (lo - pad)..(hi + pad))?;
     chart
         .configure_mesh()
-        .x_desc("group gap (max − min group mean score)  ← fairer")
+        .x_desc(format!("{}  ← fairer", plot.gap))
         .y_desc(format!("{}  ↑ better", plot.metric))
         .label_style(("sans-serif", 14))
         .axis_desc_style(("sans-serif", 16))

@@ -664,6 +664,11 @@ fn sweep_charts_the_trade_off_and_resumes() {
     );
     let svg = std::fs::read_to_string(out.join("pareto.svg")).unwrap();
     assert!(svg.contains("<svg") && svg.contains("suggested λ = 20") && svg.contains("λ=0"));
+    assert!(
+        svg.contains("--fairness dp"),
+        "the axis names the statistic"
+    );
+    assert_eq!(sweep["fairness"], json!("dp"));
 
     // Again: both points reused, same answer.
     let again = sweep_command.output();
