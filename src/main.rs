@@ -130,7 +130,8 @@ struct TrainArgs {
     #[arg(long, default_value_t = d().dpo.beta)]
     beta: f64,
     /// The DPO loss, TRL's names: sigmoid, hinge, ipo, exo_pair, nca_pair, robust, bco_pair,
-    /// sppo_hard, aot, aot_unpaired, apo_zero, apo_down, discopop, sft, sigmoid_norm; and simpo.
+    /// sppo_hard, aot, aot_unpaired, apo_zero, apo_down, discopop, sft, sigmoid_norm; simpo and
+    /// orpo (TRL's CPO and ORPO trainers' objectives, no reference model).
     /// Several (comma-separated) are summed, weighted by --loss-weights (MPO:
     /// sigmoid,bco_pair,sft with 0.8,0.2,1.0).
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = d().dpo.loss)]

@@ -19,6 +19,8 @@
 //! - `sigmoid_norm`: −log σ(β·(c'/n_c − r'/n_r)), scores per token
 //! - `simpo` (not TRL's DPO; CPOTrainer's): −log σ(β·(avg log π(c) − avg log π(r)) − γ), no
 //!   reference (Meng et al. 2024)
+//! - `orpo` (TRL's ORPOTrainer): the chosen tokens' NLL − β·log σ(log odds(c) − log odds(r)),
+//!   odds of the average log-prob p̄: p̄ − log(1 − e^p̄); no reference (Hong et al. 2024)
 //!
 //! A list of losses (`--loss sigmoid,bco_pair,sft --loss-weights 0.8,0.2,1.0`, TRL's MPO recipe)
 //! is the weighted sum of their batch means. `--sft-weight α` adds fairtune's own α·NLL per token
@@ -59,13 +61,16 @@ pub enum DpoLossKind {
     Sft,
     #[value(name = "sigmoid_norm", alias = "sigmoid-norm")]
     SigmoidNorm,
+    /// ORPO (Hong et al. 2024; TRL's ORPOTrainer): the chosen NLL minus β·log σ(log odds ratio)
+    /// of the per-token average log-probs. No reference model.
+    Orpo,
 }
 
 impl DpoLossKind {
     /// Every loss but SimPO compares with a reference model (`sft` does not use it, but TRL
     /// still reports its rewards against one).
     pub fn needs_reference(self) -> bool {
-        self != DpoLossKind::Simpo
+        !matches!(self, DpoLossKind::Simpo | DpoLossKind::Orpo)
     }
 
     /// The losses TRL generalizes to an f-divergence (its reparameterization leaves a β·log Z(x)
@@ -83,7 +88,7 @@ impl DpoLossKind {
     pub fn is_batch_level(self) -> bool {
         matches!(
             self,
-            DpoLossKind::Sft | DpoLossKind::Aot | DpoLossKind::AotUnpaired
+            DpoLossKind::Sft | DpoLossKind::Aot | DpoLossKind::AotUnpaired | DpoLossKind::Orpo
         )
     }
 
@@ -388,6 +393,28 @@ fn sigmoid(x: Tensor<1>) -> Tensor<1> {
     log_sigmoid(x).exp()
 }
 
+/// log(1 − eˣ) for x < 0, as TRL's `log1mexp`: log1p(−eˣ) below −ln 2, log(−expm1(x)) above
+/// (expm1 by its series near 0, where eˣ − 1 would cancel). Each branch sees only its own range,
+/// so the other's infinities never reach the gradient.
+fn log1mexp(x: Tensor<1>) -> Tensor<1> {
+    let ln2 = std::f64::consts::LN_2;
+    let low = x.clone().lower_elem(-ln2);
+    let far = x.clone().clamp_max(-ln2).exp().neg().log1p();
+    let near = x.clone().clamp_min(-ln2);
+    let small = near.clone().abs().lower_elem(0.1);
+    let series = {
+        // x + x²/2 + x³/6 + x⁴/24 + x⁵/120 + x⁶/720, by Horner's rule.
+        let mut sum = near.clone() / 720.0 + 1.0 / 120.0;
+        for c in [1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0] {
+            sum = sum * near.clone() + c;
+        }
+        sum * near.clone()
+    };
+    let expm1 = (near.clone().exp() - 1.0).mask_where(small, series);
+    let near = expm1.neg().log();
+    near.mask_where(low, far)
+}
+
 /// `x` in ascending order (differentiable: the order is found on the detached values).
 fn sorted(x: Tensor<1>) -> Tensor<1> {
     let order: Tensor<1, Int> = x.clone().detach().argsort(0);
@@ -439,6 +466,14 @@ pub fn dpo_loss(
             // A batch-level mean already: Σ NLL / Σ tokens.
             DpoLossKind::Sft => {
                 (pi_c.clone().sum() / policy.chosen_tokens.clone().sum().clamp_min(1.0)).neg()
+            }
+            DpoLossKind::Orpo => {
+                let (avg_c, avg_r) = (pi_c.clone() / n_c.clone(), pi_r.clone() / n_r.clone());
+                let log_odds =
+                    (avg_c.clone() - avg_r.clone()) - (log1mexp(avg_c) - log1mexp(avg_r));
+                let nll =
+                    (pi_c.clone().sum() / policy.chosen_tokens.clone().sum().clamp_min(1.0)).neg();
+                nll - (log_sigmoid(log_odds) * beta).mean()
             }
             DpoLossKind::Simpo => {
                 let logits = (pi_c.clone() / n_c.clone() - pi_r.clone() / n_r.clone())
@@ -505,7 +540,9 @@ pub fn dpo_loss(
                     DpoLossKind::SigmoidNorm => {
                         log_sigmoid((cs / n_c.clone() - rs / n_r.clone()) * beta).neg()
                     }
-                    DpoLossKind::Sft | DpoLossKind::Simpo => unreachable!("handled above"),
+                    DpoLossKind::Sft | DpoLossKind::Simpo | DpoLossKind::Orpo => {
+                        unreachable!("handled above")
+                    }
                 };
                 if !kind.is_batch_level() {
                     let weighted = per_pair.clone() * weight;

@@ -962,3 +962,24 @@ fn each_fairness_statistic_cuts_its_own_gap() {
         );
     }
 }
+
+/// ORPO from the command line: no reference model is kept (nothing saved for it), and the
+/// rewards are β·avg log π, rising for the chosen completions.
+#[test]
+fn orpo_trains_without_a_reference() {
+    let dir = common::tempdir();
+    let (train, eval) = gap_data(dir.path());
+    let out = dir.path().join("orpo");
+    let report = dpo_run(&train, &eval, &out, 6).set("--loss", "orpo").run();
+    assert!(
+        report["final_train_loss"].as_f64().unwrap().is_finite(),
+        "{report}"
+    );
+    assert!(
+        !out.join("reference.bpk").exists(),
+        "ORPO needs no reference"
+    );
+    let lines = metrics(&out);
+    let chosen = |i: usize| lines[i]["rewards/chosen"].as_f64().unwrap();
+    assert!(chosen(5) > chosen(0), "{:?}", (chosen(0), chosen(5)));
+}
