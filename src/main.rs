@@ -201,7 +201,8 @@ struct TrainArgs {
     /// λ in loss = task + λ·F (≥ 0).
     #[arg(long, default_value_t = d().fairness_lambda)]
     fairness_lambda: f64,
-    /// Score F equalizes (default: prob for classify, logp for dpo).
+    /// Score F equalizes (default: prob for classify and ner, logp for dpo); for dpo also reward
+    /// (a completion's), reward_margin and reward_accuracy (σ of it) of the --train pairs.
     #[arg(long, value_enum)]
     fairness_score: Option<FairnessScore>,
     /// The class whose probability is the classifier's score.

@@ -92,6 +92,33 @@ pub enum FairnessScore {
     Reward,
     /// LM: mean completion-token log-prob under the policy.
     Logp,
+    /// Preference pairs: the reward margin β·((log π − log π_ref)(c) − (log π − log π_ref)(r)),
+    /// so F equalizes how strongly each group's preferences are learned.
+    #[serde(rename = "reward_margin")]
+    #[value(name = "reward_margin", alias = "reward-margin")]
+    RewardMargin,
+    /// Preference pairs: σ(reward margin), the smooth reward accuracy, so F equalizes how well
+    /// each group's preferences are learned.
+    #[serde(rename = "reward_accuracy")]
+    #[value(name = "reward_accuracy", alias = "reward-accuracy")]
+    RewardAccuracy,
+}
+
+impl FairnessScore {
+    /// Its `--fairness-score` name.
+    pub fn name(self) -> String {
+        use clap::ValueEnum;
+        self.to_possible_value()
+            .map_or_else(|| format!("{self:?}"), |v| v.get_name().to_string())
+    }
+
+    /// A score of a preference pair (its margin), not of one completion.
+    pub fn of_pairs(self) -> bool {
+        matches!(
+            self,
+            FairnessScore::RewardMargin | FairnessScore::RewardAccuracy
+        )
+    }
 }
 
 /// F and what it was made of.

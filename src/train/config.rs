@@ -194,7 +194,7 @@ impl TrainConfig {
             return bad("--gradient-checkpointing is for --task dpo (the decoder models)".into());
         }
         match (self.task, self.fairness_score()) {
-            (Task::Classify, FairnessScore::Reward | FairnessScore::Logp) => {
+            (Task::Classify, score) if score != FairnessScore::Prob => {
                 return bad("--fairness-score for classify must be prob".into());
             }
             (Task::Ner, _) if self.fairness.needs_labels() => {
@@ -218,13 +218,23 @@ impl TrainConfig {
                     self.fairness.name()
                 ));
             }
-            (Task::Ner, FairnessScore::Reward) => {
+            (Task::Ner, score) if !matches!(score, FairnessScore::Prob | FairnessScore::Logp) => {
                 return bad(
                     "--fairness-score for ner is prob or logp (of the entity words' gold tags)"
                         .into(),
                 );
             }
-            (Task::Dpo, FairnessScore::Reward) if !self.dpo.needs_reference() => {
+            (Task::Dpo, score) if score.of_pairs() && self.fairness_data.is_some() => {
+                return bad(format!(
+                    "--fairness-score {} scores preference pairs: put \"group\" on the \
+                     --train (and --eval) pairs instead of --fairness-data",
+                    score.name()
+                ));
+            }
+            (Task::Dpo, score)
+                if (score == FairnessScore::Reward || score.of_pairs())
+                    && !self.dpo.needs_reference() =>
+            {
                 return bad(
                     "--fairness-score reward needs a reference model; --loss simpo has none".into(),
                 );

@@ -595,6 +595,49 @@ impl DpoTask {
         }
     }
 
+    /// A pair's fairness score (`reward_margin`, `reward_accuracy`): its reward margin
+    /// β·((π − π_ref)(c) − (π − π_ref)(r)), or σ of it; differentiable in the policy.
+    fn pair_score(&self, policy: &PairLogps, reference: &PairLogps) -> Tensor<1> {
+        let margin = ((policy.chosen.clone() - reference.chosen.clone().detach())
+            - (policy.rejected.clone() - reference.rejected.clone().detach()))
+            * self.config.dpo.beta;
+        match self.config.fairness_score() {
+            FairnessScore::RewardAccuracy => crate::objective::dpo::log_sigmoid(margin).exp(),
+            _ => margin,
+        }
+    }
+
+    /// The pair scores of the report's fairness set: the grouped --eval pairs, else the grouped
+    /// --train pairs.
+    async fn pair_fairness_eval(&self, model: &LlamaForCausalLM) -> Result<Option<FairnessSet>> {
+        let grouped = |pairs: &[Pair]| -> Vec<usize> {
+            (0..pairs.len()).filter(|&i| pairs[i].group >= 0).collect()
+        };
+        let (name, split, indices) = match grouped(&self.eval) {
+            eval if !eval.is_empty() => ("eval", Split::Eval, eval),
+            _ => ("train", Split::Train, grouped(&self.train)),
+        };
+        if indices.is_empty() {
+            return Ok(None);
+        }
+        let pairs = match split {
+            Split::Eval => &self.eval,
+            Split::Train => &self.train,
+        };
+        let mut scores = Vec::with_capacity(indices.len());
+        for chunk in indices.chunks(self.config.batch_size.max(1)) {
+            let forward = self.pair_forward(model, split, chunk, &self.device, None);
+            let reference = forward.reference.as_ref().expect("validated: a reference");
+            scores.extend(read_async(self.pair_score(&forward.policy, reference)).await?);
+        }
+        Ok(Some(FairnessSet {
+            name: name.into(),
+            scores,
+            groups: indices.iter().map(|&i| pairs[i].group).collect(),
+            labels: None,
+        }))
+    }
+
     /// The fairness score of completions from their policy (and, for `reward`, reference) log-probs.
     fn score(
         &self,
@@ -609,6 +652,9 @@ impl DpoTask {
             FairnessScore::Reward => {
                 (sums - reference_sums.expect("reference log-probs for reward scores"))
                     * self.config.dpo.beta
+            }
+            FairnessScore::RewardMargin | FairnessScore::RewardAccuracy => {
+                unreachable!("pair scores go through pair_score")
             }
         }
     }
@@ -785,6 +831,13 @@ impl TaskRunner for DpoTask {
                     .collect::<Vec<_>>();
                 Some((scores, groups, Some(labels)))
             }
+            None if matches!(self.fairness, FairnessSource::InBatch)
+                && self.config.fairness_score().of_pairs() =>
+            {
+                let groups: Vec<i64> = indices.iter().map(|&i| self.train[i].group).collect();
+                let reference = reference.as_ref().expect("validated: a reference");
+                Some((self.pair_score(&policy, reference), groups, None))
+            }
             None if matches!(self.fairness, FairnessSource::InBatch) => {
                 let groups: Vec<i64> = indices.iter().map(|&i| self.train[i].group).collect();
                 let scores = self.score(
@@ -916,6 +969,9 @@ impl TaskRunner for DpoTask {
     }
 
     async fn fairness_eval(&mut self, model: &LlamaForCausalLM) -> Result<Option<FairnessSet>> {
+        if self.config.fairness_score().of_pairs() {
+            return self.pair_fairness_eval(&model.valid()).await;
+        }
         let Some((name, examples)) = &self.fairness_eval else {
             return Ok(None);
         };

@@ -983,3 +983,49 @@ fn orpo_trains_without_a_reference() {
     let chosen = |i: usize| lines[i]["rewards/chosen"].as_f64().unwrap();
     assert!(chosen(5) > chosen(0), "{:?}", (chosen(0), chosen(5)));
 }
+
+/// Parity of what DPO learns for each group: with `--fairness-score reward_margin` (or
+/// `reward_accuracy`, σ of it) F equalizes the groups' reward margins on their own preference
+/// pairs; on [`gap_data`], where one group's preference is easy and the other's is noise, λ = 0
+/// opens a margin gap that λ > 0 closes.
+#[test]
+fn reward_margin_and_accuracy_parity_for_preference_pairs() {
+    let dir = common::tempdir();
+    let (train, eval) = gap_data(dir.path());
+    for (score, lambda) in [("reward_margin", 30.0), ("reward_accuracy", 300.0)] {
+        let run = |lambda: f64| {
+            dpo_run(
+                &train,
+                &eval,
+                dir.path().join(format!("{score}-{lambda}")),
+                24,
+            )
+            .set("--fairness-score", score)
+            .set("--fairness-lambda", lambda)
+            .run()
+        };
+        let (plain, fair) = (run(0.0), run(lambda));
+        eprintln!(
+            "--fairness-score {score}: gap {:.3} at λ = 0, {:.3} at λ = {lambda}; reward accuracy \
+             {} → {}",
+            gap(&plain),
+            gap(&fair),
+            plain["rewards/accuracies"],
+            fair["rewards/accuracies"]
+        );
+        assert_eq!(plain["fairness_set"], json!("eval"));
+        assert!(gap(&plain) > 0.05, "{score}: {plain}");
+        assert!(gap(&fair) < 0.5 * gap(&plain), "{score}: {fair} vs {plain}");
+    }
+    // Pair scores are of --train pairs: a set of completions cannot carry them.
+    let completions = write(
+        dir.path(),
+        "completions.jsonl",
+        &jsonl(&[json!({"prompt": "a", "completion": " b", "group": "a"})]),
+    );
+    let refused = dpo_run(&train, &eval, dir.path().join("bad"), 2)
+        .set("--fairness-score", "reward_margin")
+        .set("--fairness-data", completions.display())
+        .output();
+    common::expect_error(&refused, 2, "scores preference pairs");
+}
