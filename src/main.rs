@@ -153,6 +153,15 @@ struct TrainArgs {
     /// DiscoPOP's temperature τ (--loss discopop).
     #[arg(long, default_value_t = d().dpo.discopop_tau)]
     discopop_tau: f64,
+    /// TR-DPO: update the reference every --ref-model-sync-steps steps to
+    /// α·policy + (1 − α)·reference (α = --ref-model-mixup-alpha; 1: a hard copy). With LoRA the
+    /// reference then becomes a full copy of the model (more memory).
+    #[arg(long)]
+    sync_ref_model: bool,
+    #[arg(long, default_value_t = fairtune::objective::dpo::REF_MIXUP_ALPHA)]
+    ref_model_mixup_alpha: f64,
+    #[arg(long, default_value_t = fairtune::objective::dpo::REF_SYNC_STEPS)]
+    ref_model_sync_steps: usize,
     /// LD-DPO's α in [0, 1] (TRL's ld_alpha): a completion's tokens beyond its pair's shorter
     /// completion count α times, against DPO's preference for length.
     #[arg(long)]
@@ -276,6 +285,10 @@ impl TrainArgs {
             discopop_tau: self.discopop_tau,
             group_robust: self.group_robust.then_some(self.group_robust_step),
             ld_alpha: self.ld_alpha,
+            sync_ref: self.sync_ref_model.then_some(fairtune::objective::RefSync {
+                mixup_alpha: self.ref_model_mixup_alpha,
+                steps: self.ref_model_sync_steps,
+            }),
         };
         config.lora = (self.lora_rank > 0).then(|| LoraSettings {
             rank: self.lora_rank,

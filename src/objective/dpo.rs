@@ -180,7 +180,22 @@ pub struct DpoConfig {
     /// of its pair's shorter completion count α times (a pair's sums, policy and reference).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ld_alpha: Option<f64>,
+    /// TR-DPO's reference updates (Gorbatovski et al. 2024, TRL's `sync_ref_model`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sync_ref: Option<RefSync>,
 }
+
+/// TR-DPO: every `steps` steps the reference becomes α·policy + (1 − α)·reference (α = 1: a
+/// hard copy), as TRL's `SyncRefModelCallback` does it.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RefSync {
+    pub mixup_alpha: f64,
+    pub steps: usize,
+}
+
+/// TRL's defaults for TR-DPO: `ref_model_mixup_alpha` 0.6, `ref_model_sync_steps` 512.
+pub const REF_MIXUP_ALPHA: f64 = 0.6;
+pub const REF_SYNC_STEPS: usize = 512;
 
 fn is_default_alpha(alpha: &f64) -> bool {
     *alpha == default_alpha()
@@ -232,6 +247,7 @@ impl Default for DpoConfig {
             discopop_tau: default_tau(),
             group_robust: None,
             ld_alpha: None,
+            sync_ref: None,
         }
     }
 }
@@ -334,6 +350,22 @@ impl DpoConfig {
                      whole batch",
                     batch_level.name()
                 )));
+            }
+        }
+        if let Some(sync) = self.sync_ref {
+            if !(sync.mixup_alpha > 0.0 && sync.mixup_alpha <= 1.0) {
+                return Err(Error::input(format!(
+                    "--ref-model-mixup-alpha must be in (0, 1], got {}",
+                    sync.mixup_alpha
+                )));
+            }
+            if sync.steps == 0 {
+                return Err(Error::input("--ref-model-sync-steps must be at least 1"));
+            }
+            if !self.needs_reference() {
+                return Err(Error::input(
+                    "--sync-ref-model updates a reference model; these losses have none",
+                ));
             }
         }
         if let Some(alpha) = self.ld_alpha

@@ -6,7 +6,9 @@ pub mod dpo;
 pub mod fairness;
 pub mod losses;
 
-pub use dpo::{DPO_METRICS, DpoConfig, DpoLossKind, DpoOutput, FDivergence, PairLogps, dpo_loss};
+pub use dpo::{
+    DPO_METRICS, DpoConfig, DpoLossKind, DpoOutput, FDivergence, PairLogps, RefSync, dpo_loss,
+};
 pub use fairness::{
     FairnessKind, FairnessScore, FairnessSpec, FairnessTerm, PenaltyForm, fairness_term, penalty,
 };

@@ -68,6 +68,7 @@ pub fn save<M: Module>(
     model: &M,
     optimizer: &ModuleOptimizer,
     state: &TrainState,
+    task_files: impl FnOnce(&Path) -> Result<()>,
 ) -> Result<PathBuf> {
     let dir = checkpoints_dir(out);
     fs::create_dir_all(&dir).map_err(|e| io(&dir, "create directory", e))?;
@@ -94,6 +95,7 @@ pub fn save<M: Module>(
     let state_json = serde_json::to_vec_pretty(state).expect("state serializes");
     fs::write(&state_path, state_json).map_err(|e| io(&state_path, "write", e))?;
     sync_file(&state_path)?;
+    task_files(&tmp)?;
     sync_dir(&tmp);
 
     let final_dir = dir.join(&name);

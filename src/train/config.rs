@@ -187,6 +187,13 @@ impl TrainConfig {
             return bad("--log-every must be at least 1".into());
         }
         self.dpo.validate()?;
+        if self.dpo.sync_ref.is_some() && self.reference_cache.is_some() {
+            return bad(
+                "--sync-ref-model changes the reference during training; its log-probs cannot \
+                 be cached (drop --reference-cache)"
+                    .into(),
+            );
+        }
         if let Some(lora) = &self.lora {
             lora.validate()?;
         }

@@ -690,6 +690,50 @@ impl DpoTask {
     }
 }
 
+/// TR-DPO's update, as TRL's `SyncRefModelCallback` does it: every parameter of `target`
+/// becomes (1 − α)·target + α·source, parameter by parameter in module order (`source` is the
+/// policy with any LoRA adapters folded in, so the two have the same parameters).
+fn mix_parameters(
+    target: LlamaForCausalLM,
+    source: &LlamaForCausalLM,
+    alpha: f64,
+) -> LlamaForCausalLM {
+    use burn::module::{ModuleMapper, ModuleVisitor, Param};
+    struct Collect(Vec<Tensor<1>>);
+    impl ModuleVisitor for Collect {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let value = param.val();
+            let n = value.shape().num_elements();
+            self.0.push(value.reshape([n]));
+        }
+    }
+    struct Mix {
+        source: std::vec::IntoIter<Tensor<1>>,
+        alpha: f64,
+    }
+    impl ModuleMapper for Mix {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            let source = self.source.next().expect("the same parameters");
+            let alpha = self.alpha;
+            param.map(|value| {
+                let shape = value.shape();
+                assert_eq!(
+                    shape.num_elements(),
+                    source.dims()[0],
+                    "TR-DPO mixes models of the same shape"
+                );
+                value * (1.0 - alpha) + source.reshape(shape) * alpha
+            })
+        }
+    }
+    let mut collect = Collect(Vec::new());
+    source.visit(&mut collect);
+    target.map(&mut Mix {
+        source: collect.0.into_iter(),
+        alpha,
+    })
+}
+
 /// One step of group-robust DPO (Ramesh et al. 2024, "Group Robust Preference Optimization in
 /// Reward-free RLHF", Algorithm 1 as its authors' code runs it): each group's mean pair loss in
 /// the batch (the group-statistics op: WGSL on wgpu), then the weights w_g ← w_g·exp(η·loss_g)
@@ -774,8 +818,19 @@ impl TaskRunner for DpoTask {
         }
         if self.config.lora.is_some() {
             // The adapters go on after this: the reference is the loaded model itself, sharing
-            // its (frozen) weights with the policy's base. Nothing to save or reload.
-            self.reference = Some(model.valid());
+            // its (frozen) weights with the policy's base. Nothing to save or reload — unless
+            // TR-DPO updated it, when a finished run's export left it in reference.bpk.
+            self.reference = Some(match dir {
+                RunDir::Existing(out)
+                    if self.config.dpo.sync_ref.is_some() && out.join("reference.bpk").exists() =>
+                {
+                    checkpoint::load_module(
+                        self.arch.init(&self.device),
+                        &out.join("reference.bpk"),
+                    )?
+                }
+                _ => model.valid(),
+            });
             return self.load_reference_cache();
         }
         let reference = match dir {
@@ -795,6 +850,15 @@ impl TaskRunner for DpoTask {
     }
 
     fn step(&mut self, model: &LlamaForCausalLM, step: usize) -> StepOutput {
+        // TR-DPO: after every `steps` optimizer steps (TRL's on_step_end at global_step % steps).
+        if let Some(sync) = self.config.dpo.sync_ref
+            && step > 0
+            && step.is_multiple_of(sync.steps)
+        {
+            let policy = model.valid().materialize();
+            let reference = self.reference.take().expect("a reference to update");
+            self.reference = Some(mix_parameters(reference, &policy, sync.mixup_alpha));
+        }
         let ad_device = self.device.clone().autodiff();
         let indices = self.sampler.batch(step, self.config.batch_size);
         let mut tape = self
@@ -957,6 +1021,12 @@ impl TaskRunner for DpoTask {
     }
 
     fn export(&self, model: &LlamaForCausalLM, out: &Path) -> Result<()> {
+        // The reference TR-DPO ended with, for `eval --run` to compare against what training did.
+        if self.config.dpo.sync_ref.is_some()
+            && let Some(reference) = &self.reference
+        {
+            checkpoint::save_module(reference, &out.join("reference.bpk"))?;
+        }
         super::export_run(
             model,
             &model.valid().materialize(),
@@ -995,6 +1065,26 @@ impl TaskRunner for DpoTask {
 
     fn fairness_labels(&self) -> Option<usize> {
         self.num_labels
+    }
+
+    fn save_files(&self, dir: &Path) -> Result<()> {
+        match (&self.config.dpo.sync_ref, &self.reference) {
+            (Some(_), Some(reference)) => {
+                checkpoint::save_module(reference, &dir.join("reference.bpk"))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn load_files(&mut self, dir: &Path) -> Result<()> {
+        let path = dir.join("reference.bpk");
+        if self.config.dpo.sync_ref.is_some() && path.exists() {
+            self.reference = Some(checkpoint::load_module(
+                self.arch.init(&self.device),
+                &path,
+            )?);
+        }
+        Ok(())
     }
 
     fn save_state(&self) -> Result<Option<Value>> {

@@ -110,6 +110,15 @@ pub trait TaskRunner {
     fn load_state(&mut self, _state: &Value) -> Result<()> {
         Ok(())
     }
+    /// Files of the task's own to put into a checkpoint directory being written (TR-DPO's
+    /// updated reference model).
+    fn save_files(&self, _dir: &Path) -> Result<()> {
+        Ok(())
+    }
+    /// Read back what [`Self::save_files`] wrote into the checkpoint `dir`.
+    fn load_files(&mut self, _dir: &Path) -> Result<()> {
+        Ok(())
+    }
 }
 
 /// Where a session keeps its files.

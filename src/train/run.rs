@@ -193,7 +193,9 @@ fn train<T: TaskRunner>(config: &TrainConfig, selected: &Selected, task: T) -> R
                 tokens_seen,
                 task: session.task.save_state()?,
             };
-            checkpoint::save(out, session.model(), &session.optimizer, &state)?;
+            checkpoint::save(out, session.model(), &session.optimizer, &state, |dir| {
+                session.task.save_files(dir)
+            })?;
         }
         if config.halt_after == Some(done) && done < config.steps {
             // Test hook: stop as a killed process would, after the step's checkpoint (if any).
@@ -250,7 +252,8 @@ fn train<T: TaskRunner>(config: &TrainConfig, selected: &Selected, task: T) -> R
             tokens_seen,
             task: task_state?,
         };
-        checkpoint::save(out, &model, &optimizer, &state)?;
+        // A finished run is not resumed: the task's files are not needed in its last checkpoint.
+        checkpoint::save(out, &model, &optimizer, &state, |_| Ok(()))?;
     }
     let report = outputs?;
     write_atomic(

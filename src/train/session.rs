@@ -176,6 +176,7 @@ impl<T: TaskRunner> Session<T> {
         if let Some(task_state) = &state.task {
             self.task.load_state(task_state)?;
         }
+        self.task.load_files(dir)?;
         let model = self.model.take().expect("a model between steps");
         self.model = Some(checkpoint::load_module(model, &dir.join("model.bpk"))?);
         let optimizer = std::mem::replace(&mut self.optimizer, AdamWConfig::new().init());

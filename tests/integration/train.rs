@@ -1029,3 +1029,79 @@ fn reward_margin_and_accuracy_parity_for_preference_pairs() {
         .output();
     common::expect_error(&refused, 2, "scores preference pairs");
 }
+
+/// TR-DPO (`--sync-ref-model`): with α = 1 every 3 steps the reference becomes the policy, so the
+/// step after each sync starts with rewards of exactly 0 — with full fine-tuning and with LoRA
+/// (whose reference then becomes a copy of the merged model); a run killed between syncs resumes
+/// with the synced reference from its checkpoint; `eval --run` compares against the final one.
+#[test]
+fn tr_dpo_syncs_the_reference() {
+    let dir = common::tempdir();
+    let (train, eval) = gap_data(dir.path());
+    let synced = |name: &str, lora: bool| {
+        let mut command = dpo_run(&train, &eval, dir.path().join(name), 8)
+            .switch("--sync-ref-model")
+            .set("--ref-model-mixup-alpha", 1.0)
+            .set("--ref-model-sync-steps", 3);
+        if lora {
+            command = command.set("--lora-rank", 4);
+        }
+        command
+    };
+    for lora in [false, true] {
+        let name = if lora { "lora" } else { "full" };
+        let command = synced(name, lora);
+        let report = command.run();
+        let lines = metrics(&command.out());
+        for (step, line) in lines.iter().enumerate() {
+            let reward = line["rewards/chosen"].as_f64().unwrap().abs()
+                + line["rewards/rejected"].as_f64().unwrap().abs();
+            // Steps 1, 4, 7 (after 0, 3, 6 updates) start with policy = reference.
+            if step % 3 == 0 {
+                assert!(reward < 1e-5, "{name} step {}: {line}", step + 1);
+            } else {
+                assert!(reward > 1e-4, "{name} step {}: {line}", step + 1);
+            }
+        }
+        // `eval --run` on the eval file reproduces the run's own numbers: same final reference.
+        let evaluated = dir.path().join(format!("{name}-eval.json"));
+        let output = fairtune(&[
+            "eval",
+            "--run",
+            command.out().to_str().unwrap(),
+            "--data",
+            &eval,
+            "--backend",
+            "cpu",
+            "--out",
+            evaluated.to_str().unwrap(),
+        ]);
+        assert!(output.status.success(), "{}", stderr(&output));
+        let evaluated = read_json(&evaluated);
+        let (a, b) = (
+            evaluated["rewards/margins"].as_f64().unwrap(),
+            report["rewards/margins"].as_f64().unwrap(),
+        );
+        assert!((a - b).abs() < 1e-4, "{name}: eval {a} vs run {b}");
+    }
+
+    // Killed after step 5 (checkpoint at 4, after the sync before step 4): resumed, the same
+    // losses as the run that went through.
+    let split = synced("split", false);
+    let halted = split.clone().set("--halt-after", 5).output();
+    assert_eq!(halted.status.code(), Some(1), "{}", stderr(&halted));
+    split.clone().switch("--resume").run();
+    let losses = |out: &Path| -> Vec<f64> {
+        metrics(out)
+            .iter()
+            .map(|m| m["loss"].as_f64().unwrap())
+            .collect()
+    };
+    assert_eq!(losses(&split.out()), losses(&dir.path().join("full")));
+
+    // The reference cache cannot hold a reference that changes.
+    let refused = synced("cached", false)
+        .set("--reference-cache", dir.path().join("cache.json").display())
+        .output();
+    common::expect_error(&refused, 2, "drop --reference-cache");
+}
