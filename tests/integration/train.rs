@@ -63,6 +63,24 @@ fn metrics(out: &Path) -> Vec<Value> {
         .collect()
 }
 
+/// `train` and `eval` rows written as `NAME-train.jsonl` and `NAME-eval.jsonl`; their paths.
+fn write_split(dir: &Path, name: &str, train: &[Value], eval: &[Value]) -> (String, String) {
+    let path = |part: &str, rows: &[Value]| {
+        write(dir, &format!("{name}-{part}.jsonl"), &jsonl(rows))
+            .display()
+            .to_string()
+    };
+    (path("train", train), path("eval", eval))
+}
+
+/// Each step's loss in `out/metrics.jsonl`.
+fn losses(out: &Path) -> Vec<f64> {
+    metrics(out)
+        .iter()
+        .map(|m| m["loss"].as_f64().unwrap())
+        .collect()
+}
+
 fn check_outputs(out: &Path, report: &Value, steps: usize) {
     let lines = metrics(out);
     assert_eq!(lines.len(), steps, "one metrics line per step");
@@ -213,12 +231,6 @@ fn resume_continues_a_killed_run_exactly() {
     // Steps 5 and 6 ran after the step-4 checkpoint; the resumed run redoes them.
     let split_report = split_run.clone().switch("--resume").run();
 
-    let losses = |out: &Path| -> Vec<f64> {
-        metrics(out)
-            .iter()
-            .map(|m| m["loss"].as_f64().unwrap())
-            .collect()
-    };
     assert_eq!(losses(&whole), losses(&split));
     // model.bpk embeds random parameter ids, so compare what the weights compute, bit for bit.
     assert!(
@@ -784,14 +796,7 @@ fn minority_data(dir: &Path) -> (String, String) {
     let eval: Vec<Value> = (0..48)
         .map(|i| pair(if i % 2 == 0 { "north" } else { "south" }, i + 5))
         .collect();
-    (
-        write(dir, "minority-train.jsonl", &jsonl(&train))
-            .display()
-            .to_string(),
-        write(dir, "minority-eval.jsonl", &jsonl(&eval))
-            .display()
-            .to_string(),
-    )
+    write_split(dir, "minority", &train, &eval)
 }
 
 /// Group-robust DPO (Ramesh et al. 2024): where plain DPO learns the majority's preference first
@@ -847,12 +852,6 @@ fn group_robust_dpo_raises_the_worst_group() {
     let halted = split.clone().set("--halt-after", 6).output();
     assert_eq!(halted.status.code(), Some(1), "{}", stderr(&halted));
     split.clone().switch("--resume").run();
-    let losses = |out: &Path| -> Vec<f64> {
-        metrics(out)
-            .iter()
-            .map(|m| m["loss"].as_f64().unwrap())
-            .collect()
-    };
     assert_eq!(losses(&split.out()), losses(&robust_run.out()));
 
     // Refused: a training pair without a group.
@@ -901,14 +900,7 @@ fn grouped_reviews(dir: &Path) -> (String, String) {
                    "label": label, "group": who})
         })
         .collect();
-    (
-        write(dir, "grouped-train.jsonl", &jsonl(&rows[..400]))
-            .display()
-            .to_string(),
-        write(dir, "grouped-eval.jsonl", &jsonl(&rows[400..]))
-            .display()
-            .to_string(),
-    )
+    write_split(dir, "grouped", &rows[..400], &rows[400..])
 }
 
 /// Each statistic that needs labels (equal opportunity, FPR parity, predictive parity, accuracy
@@ -1091,12 +1083,6 @@ fn tr_dpo_syncs_the_reference() {
     let halted = split.clone().set("--halt-after", 5).output();
     assert_eq!(halted.status.code(), Some(1), "{}", stderr(&halted));
     split.clone().switch("--resume").run();
-    let losses = |out: &Path| -> Vec<f64> {
-        metrics(out)
-            .iter()
-            .map(|m| m["loss"].as_f64().unwrap())
-            .collect()
-    };
     assert_eq!(losses(&split.out()), losses(&dir.path().join("full")));
 
     // The reference cache cannot hold a reference that changes.
