@@ -73,6 +73,24 @@ fn write_split(dir: &Path, name: &str, train: &[Value], eval: &[Value]) -> (Stri
     (path("train", train), path("eval", eval))
 }
 
+/// `fairtune eval --run RUN --data DATA` on the CPU, its report written to and read from `report`.
+#[track_caller]
+fn eval_run(run: &Path, data: &str, report: &Path) -> Value {
+    let output = fairtune(&[
+        "eval",
+        "--run",
+        run.to_str().unwrap(),
+        "--data",
+        data,
+        "--backend",
+        "cpu",
+        "--out",
+        report.to_str().unwrap(),
+    ]);
+    assert!(output.status.success(), "{}", stderr(&output));
+    read_json(report)
+}
+
 /// Each step's loss in `out/metrics.jsonl`.
 fn losses(out: &Path) -> Vec<f64> {
     metrics(out)
@@ -138,20 +156,7 @@ fn dpo_runs_on_the_cpu_backend() {
     );
 
     // `fairtune eval --run` on the run's own eval file reproduces its final numbers.
-    let evaluated = dir.path().join("eval.json");
-    let output = fairtune(&[
-        "eval",
-        "--run",
-        out.to_str().unwrap(),
-        "--data",
-        &eval,
-        "--backend",
-        "cpu",
-        "--out",
-        evaluated.to_str().unwrap(),
-    ]);
-    assert!(output.status.success(), "{}", stderr(&output));
-    let evaluated = read_json(&evaluated);
+    let evaluated = eval_run(&out, &eval, &dir.path().join("eval.json"));
     for key in ["rewards/accuracies", "rewards/margins", "loss", "group_gap"] {
         let (a, b) = (
             evaluated[key].as_f64().unwrap(),
@@ -1056,20 +1061,11 @@ fn tr_dpo_syncs_the_reference() {
             }
         }
         // `eval --run` on the eval file reproduces the run's own numbers: same final reference.
-        let evaluated = dir.path().join(format!("{name}-eval.json"));
-        let output = fairtune(&[
-            "eval",
-            "--run",
-            command.out().to_str().unwrap(),
-            "--data",
+        let evaluated = eval_run(
+            &command.out(),
             &eval,
-            "--backend",
-            "cpu",
-            "--out",
-            evaluated.to_str().unwrap(),
-        ]);
-        assert!(output.status.success(), "{}", stderr(&output));
-        let evaluated = read_json(&evaluated);
+            &dir.path().join(format!("{name}-eval.json")),
+        );
         let (a, b) = (
             evaluated["rewards/margins"].as_f64().unwrap(),
             report["rewards/margins"].as_f64().unwrap(),
