@@ -28,20 +28,7 @@ pub fn sequence_logps(
     device: &Device,
     chunk: usize,
 ) -> (Tensor<1>, Tensor<1>, usize) {
-    sequence_logps_with(model, sequences, groups, device, chunk, None)
-}
-
-/// [`sequence_logps`], its decoder layers recomputed in backward when `tape` is given (see
-/// [`LayerTape`]; the step's backward is then `tape.backward(model, loss)`).
-pub fn sequence_logps_with(
-    model: &LlamaForCausalLM,
-    sequences: &[&LmSequence],
-    groups: &[Vec<usize>],
-    device: &Device,
-    chunk: usize,
-    tape: Option<&mut LayerTape>,
-) -> (Tensor<1>, Tensor<1>, usize) {
-    sequence_logps_weighted(model, sequences, groups, device, chunk, tape, None)
+    sequence_logps_weighted(model, sequences, groups, device, chunk, None, None)
 }
 
 /// The weights LD-DPO (Liu et al. 2024, TRL's `ld_alpha`) puts on completion tokens: each
@@ -53,8 +40,9 @@ pub struct TailWeights<'a> {
     pub alpha: f64,
 }
 
-/// [`sequence_logps_with`] with the completion tokens weighted by `tail` (LD-DPO) when given;
-/// the counts stay the plain token counts.
+/// [`sequence_logps`], its decoder layers recomputed in backward when `tape` is given (see
+/// [`LayerTape`]; the step's backward is then `tape.backward(model, loss)`), and its completion
+/// tokens weighted by `tail` (LD-DPO) when given; the counts stay the plain token counts.
 pub fn sequence_logps_weighted(
     model: &LlamaForCausalLM,
     sequences: &[&LmSequence],

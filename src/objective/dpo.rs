@@ -94,9 +94,7 @@ impl DpoLossKind {
 
     /// TRL's name.
     pub fn name(self) -> String {
-        use clap::ValueEnum;
-        self.to_possible_value()
-            .map_or_else(|| format!("{self:?}"), |v| v.get_name().to_string())
+        super::value_name(&self)
     }
 }
 
@@ -491,21 +489,20 @@ pub fn dpo_loss(
         })
     };
 
+    // The chosen completions' NLL per token over the whole batch (`sft`, ORPO's first term).
+    let batch_nll =
+        || (pi_c.clone().sum() / policy.chosen_tokens.clone().sum().clamp_min(1.0)).neg();
     let mut loss: Option<Tensor<1>> = None;
     let mut per_pair_sum: Option<Tensor<1>> = None;
     for (kind, weight) in config.weighted() {
         let term = match kind {
             // A batch-level mean already: Σ NLL / Σ tokens.
-            DpoLossKind::Sft => {
-                (pi_c.clone().sum() / policy.chosen_tokens.clone().sum().clamp_min(1.0)).neg()
-            }
+            DpoLossKind::Sft => batch_nll(),
             DpoLossKind::Orpo => {
                 let (avg_c, avg_r) = (pi_c.clone() / n_c.clone(), pi_r.clone() / n_r.clone());
                 let log_odds =
                     (avg_c.clone() - avg_r.clone()) - (log1mexp(avg_c) - log1mexp(avg_r));
-                let nll =
-                    (pi_c.clone().sum() / policy.chosen_tokens.clone().sum().clamp_min(1.0)).neg();
-                nll - (log_sigmoid(log_odds) * beta).mean()
+                batch_nll() - (log_sigmoid(log_odds) * beta).mean()
             }
             DpoLossKind::Simpo => {
                 let logits = (pi_c.clone() / n_c.clone() - pi_r.clone() / n_r.clone())

@@ -42,9 +42,7 @@ pub enum FairnessKind {
 impl FairnessKind {
     /// Its `--fairness` name.
     pub fn name(self) -> String {
-        use clap::ValueEnum;
-        self.to_possible_value()
-            .map_or_else(|| format!("{self:?}"), |v| v.get_name().to_string())
+        super::value_name(&self)
     }
 
     /// Whether the statistic needs each fairness example's true label.
@@ -107,9 +105,7 @@ pub enum FairnessScore {
 impl FairnessScore {
     /// Its `--fairness-score` name.
     pub fn name(self) -> String {
-        use clap::ValueEnum;
-        self.to_possible_value()
-            .map_or_else(|| format!("{self:?}"), |v| v.get_name().to_string())
+        super::value_name(&self)
     }
 
     /// A score of a preference pair (its margin), not of one completion.

@@ -9,6 +9,13 @@ pub mod losses;
 pub use dpo::{
     DPO_METRICS, DpoConfig, DpoLossKind, DpoOutput, FDivergence, PairLogps, RefSync, dpo_loss,
 };
+/// A flag value's name as the command line spells it (`exo_pair`, `tpr`, `reward_margin`).
+pub fn value_name<T: clap::ValueEnum + std::fmt::Debug>(value: &T) -> String {
+    value
+        .to_possible_value()
+        .map_or_else(|| format!("{value:?}"), |v| v.get_name().to_string())
+}
+
 pub use fairness::{
     FairnessKind, FairnessScore, FairnessSpec, FairnessTerm, PenaltyForm, fairness_term, penalty,
 };

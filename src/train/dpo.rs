@@ -23,8 +23,7 @@ use crate::device::Selected;
 use crate::error::{Error, Result};
 use crate::fsutil::write_atomic;
 use crate::model::logps::{
-    ALL_POSITIONS, TailWeights, pair_groups, sequence_logps_weighted, sequence_logps_with,
-    single_groups,
+    ALL_POSITIONS, TailWeights, pair_groups, sequence_logps_weighted, single_groups,
 };
 use crate::model::lora::LoraSettings;
 use crate::model::recompute::LayerTape;
@@ -387,13 +386,14 @@ impl DpoTask {
         device: &Device,
         tape: Option<&mut LayerTape>,
     ) -> (Tensor<1>, Tensor<1>, usize) {
-        sequence_logps_with(
+        sequence_logps_weighted(
             model,
             sequences,
             &groups(layout, sequences.len()),
             device,
             ALL_POSITIONS,
             tape,
+            None,
         )
     }
 

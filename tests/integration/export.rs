@@ -30,23 +30,17 @@ fn llama_export_round_trips() {
     let config = model::read_config(&fixtures().join("tiny-llama")).unwrap();
     let dir = common::tempdir();
     let out = dir.path().join("hf");
-    save_hf(
-        &llama,
-        &config,
-        &ExportHead::CausalLm,
-        &TextTokenizer::Bytes,
-        &out,
-    )
-    .unwrap();
-    // Exporting again replaces the directory whole.
-    save_hf(
-        &llama,
-        &config,
-        &ExportHead::CausalLm,
-        &TextTokenizer::Bytes,
-        &out,
-    )
-    .unwrap();
+    // Twice: exporting again replaces the directory whole.
+    for _ in 0..2 {
+        save_hf(
+            &llama,
+            &config,
+            &ExportHead::CausalLm,
+            &TextTokenizer::Bytes,
+            &out,
+        )
+        .unwrap();
+    }
     let (back, report) = model::load_llama(&out, &device).unwrap();
     assert!(report.unused.is_empty() && report.newly_initialized.is_empty());
     assert_eq!(model::read_config(&out).unwrap(), config);

@@ -314,3 +314,43 @@ fn ner_fairness_penalty_narrows_the_recall_gap() {
     );
     assert_eq!(plain["group_counts"]["a"], 32);
 }
+
+/// `fairtune fetch ner-names`: templates × census first names, every sentence one person tagged
+/// `B-person I-person`, the two groups the same size, and the held-out half sharing neither a
+/// first name nor a template with the training half.
+#[test]
+fn the_ner_names_fairness_set_is_balanced_and_split() {
+    let Some(dir) = common::fetched("ner-names") else {
+        return;
+    };
+    let read = |name: &str| -> Vec<Value> {
+        std::fs::read_to_string(dir.join(name))
+            .unwrap()
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect()
+    };
+    let (train, eval) = (read("train.jsonl"), read("eval.jsonl"));
+    assert_eq!((train.len(), eval.len()), (480, 240));
+    let firsts = |rows: &[Value]| -> std::collections::BTreeSet<String> {
+        rows.iter()
+            .map(|row| {
+                let tags: Vec<&str> = row["tags"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|t| t.as_str().unwrap())
+                    .collect();
+                let at = tags.iter().position(|t| *t == "B-person").unwrap();
+                assert_eq!(tags[at + 1], "I-person", "{row}");
+                assert_eq!(tags.iter().filter(|t| **t != "O").count(), 2, "{row}");
+                row["tokens"][at].as_str().unwrap().to_string()
+            })
+            .collect()
+    };
+    assert!(firsts(&train).is_disjoint(&firsts(&eval)));
+    for rows in [&train, &eval] {
+        let female = rows.iter().filter(|r| r["group"] == "female").count();
+        assert_eq!(2 * female, rows.len());
+    }
+}
