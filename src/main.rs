@@ -131,7 +131,8 @@ struct TrainArgs {
     beta: f64,
     /// The DPO loss, TRL's names: sigmoid, hinge, ipo, exo_pair, nca_pair, robust, bco_pair,
     /// sppo_hard, aot, aot_unpaired, apo_zero, apo_down, discopop, sft, sigmoid_norm; simpo and
-    /// orpo (TRL's CPO and ORPO trainers' objectives, no reference model).
+    /// orpo (TRL's CPO and ORPO trainers' objectives, no reference model); kto and
+    /// apo_zero_unpaired (TRL's KTOTrainer, on unpaired {"prompt","completion","label"} rows).
     /// Several (comma-separated) are summed, weighted by --loss-weights (MPO:
     /// sigmoid,bco_pair,sft with 0.8,0.2,1.0).
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = d().dpo.loss)]
@@ -173,6 +174,12 @@ struct TrainArgs {
     /// Step size η of the group weights' update w_g ← w_g·exp(η·loss_g), renormalized.
     #[arg(long, default_value_t = fairtune::objective::dpo::GROUP_ROBUST_STEP)]
     group_robust_step: f64,
+    /// KTO: the weight of the desirable examples' losses (TRL's desirable_weight).
+    #[arg(long, default_value_t = d().dpo.desirable_weight)]
+    desirable_weight: f64,
+    /// KTO: the weight of the undesirable examples' losses (TRL's undesirable_weight).
+    #[arg(long, default_value_t = d().dpo.undesirable_weight)]
+    undesirable_weight: f64,
     /// SimPO's target margin γ.
     #[arg(long, default_value_t = d().dpo.simpo_gamma)]
     simpo_gamma: f64,
@@ -289,6 +296,8 @@ impl TrainArgs {
                 mixup_alpha: self.ref_model_mixup_alpha,
                 steps: self.ref_model_sync_steps,
             }),
+            desirable_weight: self.desirable_weight,
+            undesirable_weight: self.undesirable_weight,
         };
         config.lora = (self.lora_rank > 0).then(|| LoraSettings {
             rank: self.lora_rank,

@@ -84,6 +84,15 @@ impl TruncationStats {
     }
 }
 
+/// Untruncated token ids of a prompt's completions ([`Encoder::prompted_ids`]).
+#[derive(Debug, Clone)]
+pub struct Prompted {
+    /// Each prompt+completion.
+    pub full: Vec<Vec<u32>>,
+    /// How many leading tokens they share as the prompt.
+    pub prompt: usize,
+}
+
 pub struct Encoder<'a> {
     pub tokenizer: &'a TextTokenizer,
     pub special: SpecialTokens,
@@ -128,6 +137,27 @@ impl<'a> Encoder<'a> {
         chat: Option<&ChatTemplate>,
         stats: &mut TruncationStats,
     ) -> Result<Option<Vec<LmSequence>>> {
+        Ok(self
+            .prompted_ids(prompt, completions, chat, stats)?
+            .map(|prompted| {
+                let shared = prompted.prompt;
+                prompted
+                    .full
+                    .into_iter()
+                    .map(|ids| self.truncated(ids, shared, stats))
+                    .collect()
+            }))
+    }
+
+    /// [`Self::prompted`]'s token ids before truncation: each prompt+completion and the length
+    /// of the prompt they share. `Ok(None)`: left out by keep-start truncation.
+    pub fn prompted_ids(
+        &self,
+        prompt: &Content,
+        completions: &[&Content],
+        chat: Option<&ChatTemplate>,
+        stats: &mut TruncationStats,
+    ) -> Result<Option<Prompted>> {
         let (prompt_ids, full): (Vec<u32>, Vec<Vec<u32>>) = match prompt {
             Content::Messages(messages) => {
                 let chat = chat.ok_or_else(|| {
@@ -191,11 +221,21 @@ impl<'a> Encoder<'a> {
             stats.dropped += 1;
             return Ok(None);
         }
-        let sequences = full
-            .into_iter()
-            .map(|ids| self.truncated(ids, shared, stats))
-            .collect();
-        Ok(Some(sequences))
+        Ok(Some(Prompted {
+            full,
+            prompt: shared,
+        }))
+    }
+
+    /// A sequence of `ids` whose first `prompt` tokens are the prompt, truncated to
+    /// `--max-length` by the truncation mode.
+    pub fn sequence(
+        &self,
+        ids: Vec<u32>,
+        prompt: usize,
+        stats: &mut TruncationStats,
+    ) -> LmSequence {
+        self.truncated(ids, prompt, stats)
     }
 
     /// `ids` (the first `prompt` of them the prompt's) cut to `max_length` by `self.truncation`.

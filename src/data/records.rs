@@ -4,6 +4,8 @@
 //! - preference: `{"prompt", "chosen", "rejected"}` + optional `"group"`; each may be a list of
 //!   `{"role", "content"}` messages (TRL's conversational format), rendered with the model's chat
 //!   template
+//! - unpaired preference (TRL's `KTOTrainer`): `{"prompt", "completion", "label": true|false}` +
+//!   optional `"group"`
 //! - classification: `{"text", "label"}` + optional `"group"`
 //! - LM fairness set: `{"prompt", "completion", "group"}` + optional `"label"` (for equalized odds)
 //! - classifier fairness set: `{"text", "group"}` + optional `"label"`
@@ -86,28 +88,115 @@ pub struct CompletionExample {
     pub origin: Origin,
 }
 
+/// An unpaired preference example (KTO's data): one completion, desirable or not.
+#[derive(Debug, Clone)]
+pub struct UnpairedExample {
+    pub prompt: Content,
+    pub completion: Content,
+    pub desirable: bool,
+    pub group: Option<String>,
+    pub origin: Origin,
+}
+
+/// A preference file: pairs, or unpaired examples (told apart by the first row's fields).
+#[derive(Debug, Clone)]
+pub enum PreferenceData {
+    Pairs(Vec<PreferenceExample>),
+    Unpaired(Vec<UnpairedExample>),
+}
+
+/// Reads pairs (`"chosen"`, `"rejected"`) or unpaired examples (`"completion"`, `"label"`).
+pub fn read_preference_data(path: &Path) -> Result<PreferenceData> {
+    let rows = jsonl::read(path)?;
+    let unpaired = rows.first().is_some_and(|row| {
+        !row.fields.contains_key("chosen") && row.fields.contains_key("completion")
+    });
+    if unpaired {
+        return rows
+            .iter()
+            .map(unpaired_example)
+            .collect::<Result<_>>()
+            .map(PreferenceData::Unpaired);
+    }
+    rows.iter()
+        .map(preference_example)
+        .collect::<Result<_>>()
+        .map(PreferenceData::Pairs)
+}
+
+fn unpaired_example(row: &Row) -> Result<UnpairedExample> {
+    let completion = row.content("completion")?;
+    if is_empty(&completion) {
+        return Err(row.error("\"completion\" must not be empty"));
+    }
+    let desirable = match row.fields.get("label") {
+        Some(serde_json::Value::Bool(label)) => *label,
+        Some(other) => {
+            return Err(row.error(format!(
+                "\"label\" must be true (a desirable completion) or false, got {other}"
+            )));
+        }
+        None => {
+            return Err(row.error(
+                "missing field \"label\" (true for a desirable completion, false for an \
+                 undesirable one)",
+            ));
+        }
+    };
+    let prompt = row.content("prompt")?;
+    check_forms(row, &prompt, &[("completion", &completion)])?;
+    Ok(UnpairedExample {
+        prompt,
+        completion,
+        desirable,
+        group: row.group()?,
+        origin: Origin::of(row),
+    })
+}
+
+/// Pairs as unpaired examples, as TRL's `unpair_preference_dataset` makes them: in chunks of
+/// 1,000 pairs (its `map` batch), the chunk's chosen completions (desirable), then its rejected.
+pub fn unpair(pairs: Vec<PreferenceExample>) -> Vec<UnpairedExample> {
+    let mut out = Vec::with_capacity(2 * pairs.len());
+    for chunk in pairs.chunks(1000) {
+        for desirable in [true, false] {
+            out.extend(chunk.iter().map(|p| UnpairedExample {
+                prompt: p.prompt.clone(),
+                completion: if desirable {
+                    p.chosen.clone()
+                } else {
+                    p.rejected.clone()
+                },
+                desirable,
+                group: p.group.clone(),
+                origin: p.origin.clone(),
+            }));
+        }
+    }
+    out
+}
+
+fn preference_example(row: &Row) -> Result<PreferenceExample> {
+    let example = PreferenceExample {
+        prompt: row.content("prompt")?,
+        chosen: row.content("chosen")?,
+        rejected: row.content("rejected")?,
+        group: row.group()?,
+        origin: Origin::of(row),
+    };
+    if is_empty(&example.chosen) || is_empty(&example.rejected) {
+        return Err(row.error("\"chosen\" and \"rejected\" must not be empty"));
+    }
+    check_forms(
+        row,
+        &example.prompt,
+        &[("chosen", &example.chosen), ("rejected", &example.rejected)],
+    )?;
+    Ok(example)
+}
+
 pub fn read_preferences(path: &Path) -> Result<Vec<PreferenceExample>> {
-    jsonl::read(path)?
-        .iter()
-        .map(|row| {
-            let example = PreferenceExample {
-                prompt: row.content("prompt")?,
-                chosen: row.content("chosen")?,
-                rejected: row.content("rejected")?,
-                group: row.group()?,
-                origin: Origin::of(row),
-            };
-            if is_empty(&example.chosen) || is_empty(&example.rejected) {
-                return Err(row.error("\"chosen\" and \"rejected\" must not be empty"));
-            }
-            check_forms(
-                row,
-                &example.prompt,
-                &[("chosen", &example.chosen), ("rejected", &example.rejected)],
-            )?;
-            Ok(example)
-        })
-        .collect()
+    jsonl::read(path)?.iter().map(preference_example).collect()
 }
 
 fn is_empty(content: &Content) -> bool {

@@ -42,7 +42,7 @@ pub fn table(dirs: &[&Path]) -> Result<String> {
             }
         }
     }
-    let task_metrics = RunReport::task_columns(task);
+    let task_metrics = RunReport::task_columns(task, reports[0].held_out.is_unpaired());
     let mut header = vec!["run".to_string(), "λ".into()];
     header.extend(task_metrics.iter().map(|(_, label)| label.to_string()));
     header.extend(["F".to_string(), "group gap".into()]);

@@ -64,6 +64,11 @@ pub enum DpoLossKind {
     /// ORPO (Hong et al. 2024; TRL's ORPOTrainer): the chosen NLL minus β·log σ(log odds ratio)
     /// of the per-token average log-probs. No reference model.
     Orpo,
+    /// KTO (Ethayarajh et al. 2024; TRL's KTOTrainer) on unpaired examples, see [`super::kto`].
+    Kto,
+    /// The unpaired APO-zero (TRL's KTOTrainer `apo_zero_unpaired`), see [`super::kto`].
+    #[value(name = "apo_zero_unpaired", alias = "apo-zero-unpaired")]
+    ApoZeroUnpaired,
 }
 
 impl DpoLossKind {
@@ -90,6 +95,11 @@ impl DpoLossKind {
             self,
             DpoLossKind::Sft | DpoLossKind::Aot | DpoLossKind::AotUnpaired | DpoLossKind::Orpo
         )
+    }
+
+    /// A loss of unpaired examples (`{"prompt","completion","label"}`, KTO's data), not pairs.
+    pub fn is_unpaired(self) -> bool {
+        matches!(self, DpoLossKind::Kto | DpoLossKind::ApoZeroUnpaired)
     }
 
     /// TRL's name.
@@ -181,6 +191,12 @@ pub struct DpoConfig {
     /// TR-DPO's reference updates (Gorbatovski et al. 2024, TRL's `sync_ref_model`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sync_ref: Option<RefSync>,
+    /// KTO's weight of the desirable examples' losses (TRL's `desirable_weight`).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub desirable_weight: f64,
+    /// KTO's weight of the undesirable examples' losses (TRL's `undesirable_weight`).
+    #[serde(default = "one", skip_serializing_if = "is_one")]
+    pub undesirable_weight: f64,
 }
 
 /// TR-DPO: every `steps` steps the reference becomes α·policy + (1 − α)·reference (α = 1: a
@@ -201,6 +217,14 @@ fn is_default_alpha(alpha: &f64) -> bool {
 
 fn is_default_tau(tau: &f64) -> bool {
     *tau == default_tau()
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+fn is_one(weight: &f64) -> bool {
+    *weight == 1.0
 }
 
 /// A list serialized as its one element when it has one, so that configs written before lists
@@ -246,6 +270,8 @@ impl Default for DpoConfig {
             group_robust: None,
             ld_alpha: None,
             sync_ref: None,
+            desirable_weight: 1.0,
+            undesirable_weight: 1.0,
         }
     }
 }
@@ -262,6 +288,16 @@ impl DpoConfig {
     /// Whether any of the losses compares with a reference model.
     pub fn needs_reference(&self) -> bool {
         self.loss.iter().any(|l| l.needs_reference())
+    }
+
+    /// Whether the loss is one of unpaired examples (KTO's data).
+    pub fn is_unpaired(&self) -> bool {
+        self.loss.iter().any(|l| l.is_unpaired())
+    }
+
+    /// Whether the loss needs the KL sequences (mismatched prompt and completion) of KTO.
+    pub fn needs_kl(&self) -> bool {
+        self.loss.contains(&DpoLossKind::Kto)
     }
 
     /// Each loss with its weight.
@@ -316,6 +352,14 @@ impl DpoConfig {
             return Err(Error::input(
                 "--loss exo_pair needs --label-smoothing ε > 0 (the target distribution is \
                  (1 − ε, ε); TRL suggests 1e-3)",
+            ));
+        }
+        if let Some(unpaired) = self.loss.iter().find(|l| l.is_unpaired()) {
+            self.validate_unpaired(*unpaired)?;
+        } else if self.desirable_weight != 1.0 || self.undesirable_weight != 1.0 {
+            return Err(Error::input(
+                "--desirable-weight and --undesirable-weight weigh the examples of --loss kto or \
+                 apo_zero_unpaired",
             ));
         }
         if !self.f_divergence.is_reverse_kl()
@@ -380,6 +424,41 @@ impl DpoConfig {
             return Err(Error::input(format!(
                 "--sft-weight must be a non-negative number, got {}",
                 self.sft_weight
+            )));
+        }
+        Ok(())
+    }
+}
+
+impl DpoConfig {
+    /// What a loss of unpaired examples cannot be combined with.
+    fn validate_unpaired(&self, loss: DpoLossKind) -> Result<()> {
+        let name = loss.name();
+        if self.loss.len() > 1 {
+            return Err(Error::input(format!(
+                "--loss {name} learns from unpaired examples; it cannot be listed with other \
+                 losses"
+            )));
+        }
+        for (weight, flag) in [
+            (self.desirable_weight, "--desirable-weight"),
+            (self.undesirable_weight, "--undesirable-weight"),
+        ] {
+            if !(weight.is_finite() && weight > 0.0) {
+                return Err(Error::input(format!(
+                    "{flag} must be a positive number, got {weight}"
+                )));
+            }
+        }
+        let refused = [
+            (self.label_smoothing != 0.0, "--label-smoothing"),
+            (self.sft_weight != 0.0, "--sft-weight"),
+            (self.ld_alpha.is_some(), "--ld-alpha"),
+            (self.group_robust.is_some(), "--group-robust"),
+        ];
+        if let Some((_, flag)) = refused.iter().find(|(set, _)| *set) {
+            return Err(Error::input(format!(
+                "{flag} is for preference pairs; --loss {name} learns from unpaired examples"
             )));
         }
         Ok(())
@@ -571,6 +650,9 @@ pub fn dpo_loss(
                     }
                     DpoLossKind::Sft | DpoLossKind::Simpo | DpoLossKind::Orpo => {
                         unreachable!("handled above")
+                    }
+                    DpoLossKind::Kto | DpoLossKind::ApoZeroUnpaired => {
+                        unreachable!("losses of unpaired examples go through kto_loss")
                     }
                 };
                 if !kind.is_batch_level() {

@@ -4,11 +4,13 @@
 
 pub mod dpo;
 pub mod fairness;
+pub mod kto;
 pub mod losses;
 
 pub use dpo::{
     DPO_METRICS, DpoConfig, DpoLossKind, DpoOutput, FDivergence, PairLogps, RefSync, dpo_loss,
 };
+pub use kto::{KtoOutput, UnpairedLogps, kto_loss};
 /// A flag value's name as the command line spells it (`exo_pair`, `tpr`, `reward_margin`).
 pub fn value_name<T: clap::ValueEnum + std::fmt::Debug>(value: &T) -> String {
     value

@@ -18,7 +18,7 @@ use serde_json::{Value, json};
 use crate::device::Selected;
 use crate::error::{Error, Result};
 use crate::fsutil::write_atomic;
-use crate::train::{self, RunReport, Task, TrainConfig};
+use crate::train::{self, RunReport, TrainConfig};
 
 pub struct SweepOptions {
     pub lambdas: Vec<f64>,
@@ -69,9 +69,9 @@ fn gap_label(base: &TrainConfig) -> String {
     )
 }
 
-/// The task metric a sweep trades against the gap.
-pub fn metric_name(task: Task) -> &'static str {
-    RunReport::task_columns(task)[0].0
+/// The task metric a sweep of runs like `base` trades against the gap.
+pub fn metric_name(base: &TrainConfig) -> &'static str {
+    RunReport::task_columns(base.task, base.dpo.is_unpaired())[0].0
 }
 
 fn mean_std(values: &[f64]) -> (f64, f64) {
@@ -153,7 +153,7 @@ pub fn run(base: &TrainConfig, options: &SweepOptions, selected: &Selected) -> R
     let sweep_dir = base.out.clone();
     std::fs::create_dir_all(&sweep_dir)
         .map_err(|e| Error::runtime(format!("{}: {e}", sweep_dir.display())))?;
-    let metric_key = metric_name(base.task);
+    let metric_key = metric_name(base);
     let mut points = Vec::new();
     for &lambda in &options.lambdas {
         for &seed in &options.seeds {

@@ -2,6 +2,10 @@
 //! the plain device with no autodiff and no optimizer state), and the fairness penalty on a score
 //! of completions — drawn from the task batch (pairs with a `"group"`, scored on the chosen
 //! completion) or from a separate group-tagged set of `{"prompt","completion","group"}` rows.
+//!
+//! The losses of unpaired examples (KTO, `apo_zero_unpaired`) train on `{"prompt",
+//! "completion","label"}` rows (or pairs, unpaired as TRL does), each example a unit of two
+//! sequences with one prompt like a pair's: the example, and its KL sequence.
 
 use std::path::Path;
 
@@ -16,7 +20,9 @@ use super::{
     read_async, read_blocking, report_load,
 };
 use crate::data::batch::int_vector;
-use crate::data::records::{self, CompletionExample, PreferenceExample};
+use crate::data::records::{
+    self, CompletionExample, PreferenceData, PreferenceExample, UnpairedExample,
+};
 use crate::data::sampler::EpochSampler;
 use crate::data::{Encoder, GroupVocab, LmSequence, Origin, TruncationStats};
 use crate::device::Selected;
@@ -28,14 +34,21 @@ use crate::model::logps::{
 use crate::model::lora::LoraSettings;
 use crate::model::recompute::LayerTape;
 use crate::model::{self, ArchConfig, LlamaConfig, LlamaForCausalLM, ModelSource};
-use crate::objective::{DpoOutput, FairnessKind, FairnessScore, PairLogps, dpo_loss};
+use crate::objective::{
+    DpoOutput, FairnessKind, FairnessScore, KtoOutput, PairLogps, UnpairedLogps, dpo_loss, kto_loss,
+};
 use crate::tokenizer::TextTokenizer;
 use crate::tokenizer::chat::ChatTemplate;
 
+/// A unit of training: a preference pair, or an unpaired example (KTO) with, in `rejected`'s
+/// place, its KL sequence — its prompt with another example's completion (empty when the loss
+/// needs none).
 struct Pair {
     chosen: LmSequence,
     rejected: LmSequence,
     group: i64,
+    /// Unpaired examples: whether the completion is desirable.
+    desirable: Option<bool>,
 }
 
 /// A sequence whose completion is a fairness example.
@@ -126,10 +139,167 @@ fn encode_pairs(
                 chosen,
                 rejected,
                 group,
+                desirable: None,
             });
         }
     }
     Ok(pairs)
+}
+
+/// Unpaired examples as units: each example, and (with `kl`) its KL sequence — its prompt with
+/// the previous example's completion within blocks of `block` (the batch size) in file order,
+/// the block's first taking its last, as TRL's `KTOTrainer` pairs them ("rotating the
+/// completions by +1 within each batch"). Examples left out by keep-start truncation are left
+/// out before the blocks are formed, as in TRL.
+fn encode_unpaired(
+    encoder: &Encoder,
+    examples: &[UnpairedExample],
+    chat: Option<&ChatTemplate>,
+    groups: &GroupVocab,
+    stats: &mut TruncationStats,
+    block: usize,
+    kl: bool,
+) -> Result<Vec<Pair>> {
+    let mut encoded = Vec::with_capacity(examples.len());
+    for ex in examples {
+        let group = match &ex.group {
+            Some(name) => groups.id_at(name, &ex.origin)? as i64,
+            None => -1,
+        };
+        let prompted = encoder
+            .prompted_ids(&ex.prompt, &[&ex.completion], chat, stats)
+            .map_err(|e| ex.origin.error(e))?;
+        if let Some(prompted) = prompted {
+            encoded.push((prompted, ex.desirable, group));
+        }
+    }
+    let mut units = Vec::with_capacity(encoded.len());
+    for chunk in encoded.chunks(block.max(1)) {
+        for (i, (prompted, desirable, group)) in chunk.iter().enumerate() {
+            let ids = &prompted.full[0];
+            let rejected = if kl {
+                let partner = &chunk[(i + chunk.len() - 1) % chunk.len()].0;
+                let mut mismatched = ids[..prompted.prompt].to_vec();
+                mismatched.extend(&partner.full[0][partner.prompt..]);
+                // Not counted in the file's truncation warning: these are not its examples.
+                encoder.sequence(mismatched, prompted.prompt, &mut TruncationStats::default())
+            } else {
+                LmSequence {
+                    tokens: Vec::new(),
+                    completion: Vec::new(),
+                }
+            };
+            units.push(Pair {
+                chosen: encoder.sequence(ids.clone(), prompted.prompt, stats),
+                rejected,
+                group: *group,
+                desirable: Some(*desirable),
+            });
+        }
+    }
+    Ok(units)
+}
+
+/// KTO paper's Eq. 8 advice, as TRL gives it: with unequal numbers of desirable (n_D) and
+/// undesirable (n_U) examples, λ_D·n_D / (λ_U·n_U) should lie in [1, 4/3]; when neither weight
+/// is in its range, the ranges (rounded to two decimals, as TRL rounds them).
+fn weight_advice(units: &[Pair], dpo: &crate::objective::DpoConfig) -> Option<String> {
+    if !dpo.is_unpaired() {
+        return None;
+    }
+    let desirable = units.iter().filter(|u| u.desirable == Some(true)).count();
+    let undesirable = units.len() - desirable;
+    if desirable == undesirable {
+        return None;
+    }
+    let (n_d, n_u) = (desirable.max(1) as f64, undesirable.max(1) as f64);
+    let round = |x: f64| (x * 100.0).round() / 100.0;
+    let (w_d, w_u) = (dpo.desirable_weight, dpo.undesirable_weight);
+    let d_range = (round(n_u * w_u / n_d), round(n_u * w_u / n_d * 1.33));
+    let u_range = (round(n_d * w_d / n_u / 1.33), round(n_d * w_d / n_u));
+    let within = |w: f64, (lo, hi): (f64, f64)| lo <= w && w <= hi;
+    if within(w_d, d_range) || within(w_u, u_range) {
+        return None;
+    }
+    Some(format!(
+        "{desirable} desirable and {undesirable} undesirable examples: KTO's paper (Eq. 8) \
+         suggests EITHER --desirable-weight in [{}, {}] OR --undesirable-weight in [{}, {}] \
+         (not both)",
+        d_range.0, d_range.1, u_range.0, u_range.1
+    ))
+}
+
+/// A preference file's examples as the loss takes them: pairs for the pairwise losses;
+/// unpaired examples for KTO's (a file of pairs unpaired as TRL does).
+fn read_examples(path: &Path, config: &TrainConfig) -> Result<PreferenceData> {
+    let unpaired = config.dpo.is_unpaired();
+    Ok(match records::read_preference_data(path)? {
+        PreferenceData::Pairs(pairs) if unpaired => {
+            PreferenceData::Unpaired(records::unpair(pairs))
+        }
+        PreferenceData::Unpaired(_) if !unpaired => {
+            let names: Vec<String> = config.dpo.loss.iter().map(|l| l.name()).collect();
+            return Err(Error::input(format!(
+                "{}: the rows are unpaired examples ({{\"prompt\", \"completion\", \"label\"}}, \
+                 KTO's format), but --loss {} compares a chosen and a rejected completion: use \
+                 --loss kto or apo_zero_unpaired, or give {{\"prompt\", \"chosen\", \"rejected\"}} \
+                 pairs",
+                path.display(),
+                names.join(",")
+            )));
+        }
+        data => data,
+    })
+}
+
+fn group_names(data: &PreferenceData) -> Vec<&str> {
+    match data {
+        PreferenceData::Pairs(pairs) => pairs.iter().filter_map(|p| p.group.as_deref()).collect(),
+        PreferenceData::Unpaired(examples) => {
+            examples.iter().filter_map(|e| e.group.as_deref()).collect()
+        }
+    }
+}
+
+/// The first example without a group, where it is.
+fn ungrouped(data: &PreferenceData) -> Option<&Origin> {
+    match data {
+        PreferenceData::Pairs(pairs) => pairs.iter().find(|p| p.group.is_none()).map(|p| &p.origin),
+        PreferenceData::Unpaired(examples) => examples
+            .iter()
+            .find(|e| e.group.is_none())
+            .map(|e| &e.origin),
+    }
+}
+
+fn rows(data: &PreferenceData) -> usize {
+    match data {
+        PreferenceData::Pairs(pairs) => pairs.len(),
+        PreferenceData::Unpaired(examples) => examples.len(),
+    }
+}
+
+/// A file's units of training ([`Pair`]).
+fn encode_units(
+    encoder: &Encoder,
+    data: &PreferenceData,
+    chat: Option<&ChatTemplate>,
+    groups: &GroupVocab,
+    stats: &mut TruncationStats,
+    config: &TrainConfig,
+) -> Result<Vec<Pair>> {
+    match data {
+        PreferenceData::Pairs(pairs) => encode_pairs(encoder, pairs, chat, groups, stats),
+        PreferenceData::Unpaired(examples) => encode_unpaired(
+            encoder,
+            examples,
+            chat,
+            groups,
+            stats,
+            config.batch_size,
+            config.dpo.needs_kl(),
+        ),
+    }
 }
 
 fn encode_completions(
@@ -213,7 +383,20 @@ impl DpoTask {
 
         let chat = tokenizer.chat_template()?;
         let chat = chat.as_ref();
-        let train_examples = records::read_preferences(&config.train)?;
+        if config.dpo.needs_kl() && config.batch_size < 2 {
+            return Err(Error::input(
+                "--loss kto estimates its reference point from mismatched examples within a \
+                 batch: --batch-size must be at least 2",
+            ));
+        }
+        if config.dpo.is_unpaired() && config.fairness_score().of_pairs() {
+            return Err(Error::input(format!(
+                "--fairness-score {} compares the completions of a pair; unpaired examples \
+                 have one: use logp, prob or reward",
+                crate::objective::value_name(&config.fairness_score())
+            )));
+        }
+        let train_examples = read_examples(&config.train, config)?;
         let fairness_examples = config
             .fairness_data
             .as_deref()
@@ -221,18 +404,19 @@ impl DpoTask {
             .transpose()?;
         let groups = match &fairness_examples {
             Some(rows) => GroupVocab::from_names(rows.iter().map(|r| r.group.as_str())),
-            None => {
-                GroupVocab::from_names(train_examples.iter().filter_map(|r| r.group.as_deref()))
-            }
+            None => GroupVocab::from_names(group_names(&train_examples)),
         };
 
         let mut stats = TruncationStats::default();
-        let train = encode_pairs(&encoder, &train_examples, chat, &groups, &mut stats)?;
+        let train = encode_units(&encoder, &train_examples, chat, &groups, &mut stats, config)?;
         warn(&stats, &config.train, config.max_length);
+        if let Some(advice) = weight_advice(&train, &config.dpo) {
+            eprintln!("warning: {advice}");
+        }
         require_some(
             &train,
             &config.train,
-            train_examples.len(),
+            rows(&train_examples),
             config.max_length,
         )?;
 
@@ -270,12 +454,12 @@ impl DpoTask {
 
         let eval = match &config.eval {
             Some(path) => {
-                let rows = records::read_preferences(path)?;
+                let data = read_examples(path, config)?;
                 let mut stats = TruncationStats::default();
-                let pairs = encode_pairs(&encoder, &rows, chat, &groups, &mut stats)?;
+                let units = encode_units(&encoder, &data, chat, &groups, &mut stats, config)?;
                 warn(&stats, path, config.max_length);
-                require_some(&pairs, path, rows.len(), config.max_length)?;
-                pairs
+                require_some(&units, path, rows(&data), config.max_length)?;
+                units
             }
             None => Vec::new(),
         };
@@ -322,8 +506,8 @@ impl DpoTask {
         let group_weights = match config.dpo.group_robust {
             None => None,
             Some(_) => {
-                if let Some(pair) = train_examples.iter().find(|p| p.group.is_none()) {
-                    return Err(pair.origin.error(
+                if let Some(origin) = ungrouped(&train_examples) {
+                    return Err(origin.error(
                         "--group-robust weighs the loss by group: every --train pair needs a \
                          \"group\"",
                     ));
@@ -433,6 +617,36 @@ impl DpoTask {
         )
     }
 
+    /// Summed log-probs and token counts of `units` under `model`, in one packed forward: both
+    /// sequences of each (`[chosen…, rejected…]`, sharing their prompt), or the first alone for
+    /// unpaired examples whose loss needs no KL sequence (`rejected` then holds zeros).
+    fn unit_logps(
+        &self,
+        model: &LlamaForCausalLM,
+        units: &[&Pair],
+        device: &Device,
+        tape: Option<&mut LayerTape>,
+    ) -> (PairLogps, usize) {
+        let n = units.len();
+        let first = units.iter().map(|u| &u.chosen);
+        if self.config.dpo.is_unpaired() && !self.config.dpo.needs_kl() {
+            let sequences: Vec<&LmSequence> = first.collect();
+            let (sums, counts, tokens) =
+                Self::policy_logps(model, &sequences, Layout::Singles, device, tape);
+            let zeros = sums.clone().detach().zeros_like();
+            let logps = PairLogps {
+                chosen: sums,
+                rejected: zeros.clone(),
+                chosen_tokens: counts,
+                rejected_tokens: zeros,
+            };
+            return (logps, tokens);
+        }
+        let sequences: Vec<&LmSequence> = first.chain(units.iter().map(|u| &u.rejected)).collect();
+        let (sums, counts, tokens) = self.pair_logps(model, &sequences, device, tape);
+        (split_pairs(sums, counts, n), tokens)
+    }
+
     fn fingerprint(&self) -> String {
         let mut h = fnv1a(0xcbf2_9ce4_8422_2325, self.config.model.as_bytes());
         // Reference sums with LD-DPO's weights are other numbers.
@@ -462,12 +676,9 @@ impl DpoTask {
         let reference = self.reference().expect("a reference model");
         let mut out = Vec::with_capacity(pairs.len());
         for chunk in pairs.chunks(self.config.batch_size.max(1)) {
-            let sequences: Vec<&LmSequence> = chunk
-                .iter()
-                .map(|p| &p.chosen)
-                .chain(chunk.iter().map(|p| &p.rejected))
-                .collect();
-            let sums = read_blocking(self.pair_logps(reference, &sequences, &self.device, None).0)?;
+            let units: Vec<&Pair> = chunk.iter().collect();
+            let (logps, _) = self.unit_logps(reference, &units, &self.device, None);
+            let sums = read_blocking(Tensor::cat(vec![logps.chosen, logps.rejected], 0))?;
             let (chosen, rejected) = sums.split_at(chunk.len());
             out.extend(chosen.iter().zip(rejected).map(|(&c, &r)| [c, r]));
         }
@@ -548,13 +759,8 @@ impl DpoTask {
             Split::Train => (&self.train, self.cached.as_ref().map(|c| &c.train)),
             Split::Eval => (&self.eval, self.cached.as_ref().map(|c| &c.eval)),
         };
-        let sequences: Vec<&LmSequence> = indices
-            .iter()
-            .map(|&i| &pairs[i].chosen)
-            .chain(indices.iter().map(|&i| &pairs[i].rejected))
-            .collect();
-        let (sums, counts, num_tokens) = self.pair_logps(model, &sequences, device, tape);
-        let policy = split_pairs(sums, counts, indices.len());
+        let units: Vec<&Pair> = indices.iter().map(|&i| &pairs[i]).collect();
+        let (policy, num_tokens) = self.unit_logps(model, &units, device, tape);
         let reference = match cached {
             Some(cached) => Some(Self::cached_pairs(
                 cached,
@@ -562,12 +768,30 @@ impl DpoTask {
                 &policy,
                 device,
             )),
-            None => self.reference().map(|reference| {
-                let (sums, counts, _) = self.pair_logps(reference, &sequences, &self.device, None);
-                split_pairs(sums, counts, indices.len())
-            }),
+            None => self
+                .reference()
+                .map(|reference| self.unit_logps(reference, &units, &self.device, None).0),
         };
-        let output = dpo_loss(&self.config.dpo, &policy, reference.as_ref());
+        let output = if self.config.dpo.is_unpaired() {
+            let reference = reference.as_ref().expect("validated: KTO has a reference");
+            let kl = self.config.dpo.needs_kl();
+            let unpaired = |logps: &PairLogps| UnpairedLogps {
+                completions: logps.chosen.clone(),
+                kl: kl.then(|| logps.rejected.clone()),
+            };
+            let desirable: Vec<bool> = units
+                .iter()
+                .map(|u| u.desirable.expect("unpaired units"))
+                .collect();
+            Losses::Unpaired(kto_loss(
+                &self.config.dpo,
+                &unpaired(&policy),
+                &unpaired(reference),
+                &desirable,
+            ))
+        } else {
+            Losses::Pairs(dpo_loss(&self.config.dpo, &policy, reference.as_ref()))
+        };
         PairForward {
             policy,
             reference,
@@ -785,9 +1009,66 @@ enum Split {
 struct PairForward {
     policy: PairLogps,
     reference: Option<PairLogps>,
-    output: DpoOutput,
+    output: Losses,
     /// Real tokens through the policy.
     num_tokens: usize,
+}
+
+/// The loss of a batch of pairs, or of unpaired examples.
+enum Losses {
+    Pairs(DpoOutput),
+    Unpaired(KtoOutput),
+}
+
+impl Losses {
+    fn loss(&self) -> Tensor<1> {
+        match self {
+            Losses::Pairs(output) => output.loss.clone(),
+            Losses::Unpaired(output) => output.loss.clone(),
+        }
+    }
+
+    /// Each unit's share of the loss.
+    fn per_unit(&self) -> Tensor<1> {
+        match self {
+            Losses::Pairs(output) => output.per_pair.clone(),
+            Losses::Unpaired(output) => output.per_example.clone(),
+        }
+    }
+
+    /// TRL's metrics of the trainer the loss belongs to (`DPOTrainer`'s or `KTOTrainer`'s).
+    fn metrics(&self) -> Vec<(&'static str, Tensor<1>)> {
+        match self {
+            Losses::Pairs(output) => output.metrics(),
+            Losses::Unpaired(output) => output.metrics(),
+        }
+    }
+
+    /// Pairs: each pair's reward margin (none for unpaired examples).
+    fn margins(&self) -> Option<Tensor<1>> {
+        match self {
+            Losses::Pairs(output) => {
+                Some(output.chosen_rewards.clone() - output.rejected_rewards.clone())
+            }
+            Losses::Unpaired(_) => None,
+        }
+    }
+
+    /// Several batches' outputs (all of one kind) as one.
+    fn cat(outputs: Vec<Losses>) -> Losses {
+        let (mut pairs, mut unpaired) = (Vec::new(), Vec::new());
+        for output in outputs {
+            match output {
+                Losses::Pairs(o) => pairs.push(o),
+                Losses::Unpaired(o) => unpaired.push(o),
+            }
+        }
+        if unpaired.is_empty() {
+            Losses::Pairs(DpoOutput::cat(pairs))
+        } else {
+            Losses::Unpaired(KtoOutput::cat(unpaired))
+        }
+    }
 }
 
 fn split_pairs(sums: Tensor<1>, counts: Tensor<1>, pairs: usize) -> PairLogps {
@@ -924,11 +1205,11 @@ impl TaskRunner for DpoTask {
             .map(|(name, value)| (name.to_string(), value))
             .collect();
         let task_loss = match self.group_weights.take() {
-            None => output.loss.clone(),
+            None => output.loss(),
             Some(weights) => {
                 let groups: Vec<i64> = indices.iter().map(|&i| self.train[i].group).collect();
                 let robust = group_robust(
-                    output.per_pair.clone(),
+                    output.per_unit(),
                     &groups,
                     weights,
                     self.config.dpo.group_robust.expect("group-robust"),
@@ -973,15 +1254,16 @@ impl TaskRunner for DpoTask {
             })
             .collect();
         // One device read for the whole set.
-        let output = DpoOutput::cat(outputs);
+        let output = Losses::cat(outputs);
         let metrics = output.metrics();
-        let mut parts = vec![output.loss];
+        let mut parts = vec![output.loss()];
         parts.extend(metrics.iter().map(|(_, value)| value.clone()));
         // With groups on the eval pairs, each pair's margin too, for the per-group accuracies.
-        let grouped = self.eval.iter().any(|p| p.group >= 0);
-        if grouped {
-            parts.push(output.chosen_rewards.clone() - output.rejected_rewards.clone());
-        }
+        let margins = output
+            .margins()
+            .filter(|_| self.eval.iter().any(|p| p.group >= 0));
+        let grouped = margins.is_some();
+        parts.extend(margins);
         let values = read_async(Tensor::cat(parts, 0)).await?;
         let mut map = Map::new();
         map.insert("loss".into(), json!(values[0] as f64));

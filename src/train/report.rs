@@ -62,6 +62,11 @@ pub struct HeldOut {
 }
 
 impl HeldOut {
+    /// Whether these are the metrics of a loss of unpaired examples (KTO's `kl` among them).
+    pub fn is_unpaired(&self) -> bool {
+        self.metrics.contains_key("kl")
+    }
+
     /// A task metric that is a number.
     pub fn metric(&self, key: &str) -> Option<f64> {
         self.metrics.get(key).and_then(Value::as_f64)
@@ -88,10 +93,16 @@ impl RunReport {
     }
 
     /// The task metric a λ sweep trades against the gap, and the table's other columns: each
-    /// task's own, so no run shows another task's numbers.
-    pub fn task_columns(task: Task) -> &'static [(&'static str, &'static str)] {
+    /// task's own, so no run shows another task's numbers. `unpaired`: a DPO-task run of a loss
+    /// of unpaired examples (KTO), whose metrics are TRL's `KTOTrainer`'s (no reward accuracy).
+    pub fn task_columns(task: Task, unpaired: bool) -> &'static [(&'static str, &'static str)] {
         match task {
             Task::Classify => &[("accuracy", "eval accuracy"), ("loss", "eval loss")],
+            Task::Dpo if unpaired => &[
+                ("rewards/margins", "reward margin"),
+                ("kl", "KL z₀"),
+                ("loss", "eval loss"),
+            ],
             Task::Dpo => &[
                 ("rewards/accuracies", "reward acc."),
                 ("rewards/margins", "reward margin"),

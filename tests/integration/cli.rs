@@ -201,9 +201,61 @@ fn invalid_numbers() {
         2,
         "not to aot",
     );
+    kto_inputs(dir.path());
     // clap's own usage errors also exit with 2.
     let output = fairtune(&["train", "--task", "nonsense"]);
     assert_eq!(output.status.code(), Some(2));
+}
+
+/// The losses of unpaired examples and their data: each misuse one clear line.
+fn kto_inputs(dir: &Path) {
+    let rows: Vec<_> = (0..8)
+        .map(|i: usize| json!({"prompt": format!("q{i}: "), "completion": "yes", "label": i.is_multiple_of(2)}))
+        .collect();
+    let unpaired = write(dir, "unpaired.jsonl", &jsonl(&rows))
+        .display()
+        .to_string();
+    expect_error(dir, &unpaired, &[], 2, "KTO's format");
+    expect_error(dir, &unpaired, &["--loss", "ipo"], 2, "use --loss kto");
+    let cases: [(&[&str], &str); 7] = [
+        (&["--loss", "kto", "--batch-size", "1"], "at least 2"),
+        (&["--loss", "kto,sigmoid"], "cannot be listed"),
+        (
+            &["--loss", "kto", "--ld-alpha", "0.5"],
+            "--ld-alpha is for preference pairs",
+        ),
+        (
+            &["--loss", "kto", "--group-robust"],
+            "--group-robust is for preference pairs",
+        ),
+        (
+            &["--loss", "kto", "--desirable-weight", "0"],
+            "--desirable-weight must be a positive number",
+        ),
+        (
+            &["--desirable-weight", "1.3"],
+            "weigh the examples of --loss kto",
+        ),
+        (
+            &["--loss", "kto", "--fairness-score", "reward_margin"],
+            "unpaired examples have one",
+        ),
+    ];
+    for (args, needle) in cases {
+        expect_error(dir, &unpaired, args, 2, needle);
+    }
+    let bad_label = write(
+        dir,
+        "bad-label.jsonl",
+        &jsonl(&[json!({"prompt": "q", "completion": "yes", "label": 1})]),
+    );
+    expect_error(
+        dir,
+        bad_label.to_str().unwrap(),
+        &["--loss", "kto"],
+        2,
+        "bad-label.jsonl:1: \"label\" must be true",
+    );
 }
 
 #[test]

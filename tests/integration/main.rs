@@ -20,5 +20,6 @@ mod ner;
 mod parity;
 mod playground;
 mod train;
+mod trl_kto;
 mod trl_losses;
 mod trl_parity;

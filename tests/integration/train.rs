@@ -1087,3 +1087,93 @@ fn tr_dpo_syncs_the_reference() {
         .output();
     common::expect_error(&refused, 2, "drop --reference-cache");
 }
+
+/// Unpaired examples of two kinds of answer: " yes, it is good." desirable, " no, it is bad."
+/// not, over twelve prompts, the labels alternating.
+fn unpaired_data(dir: &Path) -> (String, String) {
+    let row = |i: usize| {
+        let desirable = i.is_multiple_of(2);
+        let completion = if desirable {
+            " yes, it is good."
+        } else {
+            " no, it is bad."
+        };
+        json!({"prompt": format!("is thing {} good?", i % 12), "completion": completion,
+               "label": desirable, "group": if i % 4 < 2 { "a" } else { "b" }})
+    };
+    let train: Vec<Value> = (0..48).map(row).collect();
+    let eval: Vec<Value> = (100..116).map(row).collect();
+    write_split(dir, "unpaired", &train, &eval)
+}
+
+/// KTO (TRL's KTOTrainer) from the command line: on unpaired rows it learns the desirable
+/// answer (the eval reward margin turns positive), logs TRL's KTO metrics with the reference
+/// point z₀, and `eval --run` reproduces them; with a reference cache it trains the same run;
+/// the unpaired APO-zero trains; a file of pairs is unpaired, as TRL does.
+#[test]
+fn kto_trains_on_unpaired_examples() {
+    let dir = common::tempdir();
+    let (train, eval) = unpaired_data(dir.path());
+    let out = dir.path().join("kto");
+    let report = dpo_run(&train, &eval, &out, 8)
+        .set("--loss", "kto")
+        .set("--eval-every", 4)
+        .run();
+    let lines = metrics(&out);
+    for key in [
+        "kl",
+        "rewards/chosen",
+        "rewards/rejected",
+        "rewards/margins",
+        "logps/chosen",
+        "logps/rejected",
+    ] {
+        assert!(lines[7][key].as_f64().is_some(), "{key}: {}", lines[7]);
+        assert!(report[key].as_f64().is_some(), "{key}: {report}");
+    }
+    assert!(
+        lines[7].get("rewards/accuracies").is_none(),
+        "KTO has no pairs"
+    );
+    assert!(lines.iter().all(|l| l["kl"].as_f64().unwrap() >= 0.0));
+    assert!(
+        report["rewards/margins"].as_f64().unwrap() > 0.0,
+        "desirable answers gain reward: {report}"
+    );
+    let evaluated = eval_run(&out, &eval, &dir.path().join("eval.json"));
+    for key in ["rewards/margins", "kl", "loss"] {
+        let (a, b) = (
+            evaluated[key].as_f64().unwrap(),
+            report[key].as_f64().unwrap(),
+        );
+        assert!((a - b).abs() < 1e-4, "{key}: eval {a} vs run {b}");
+    }
+
+    let cached_out = dir.path().join("kto-cached");
+    dpo_run(&train, &eval, &cached_out, 8)
+        .set("--loss", "kto")
+        .set("--eval-every", 4)
+        .set(
+            "--reference-cache",
+            dir.path().join("kto-ref.json").display(),
+        )
+        .run();
+    for (a, b) in losses(&out).iter().zip(losses(&cached_out)) {
+        assert!((a - b).abs() < 1e-5, "loss {a} vs {b}");
+    }
+
+    let apo = dpo_run(&train, &eval, dir.path().join("apo"), 4)
+        .set("--loss", "apo_zero_unpaired")
+        .run();
+    assert_eq!(apo["kl"], json!(0.0), "{apo}");
+
+    let (pairs, pairs_eval) = gap_data(dir.path());
+    let out = dir.path().join("kto-pairs");
+    let report = dpo_run(&pairs, &pairs_eval, &out, 2)
+        .set("--loss", "kto")
+        .set("--desirable-weight", 1.2)
+        .run();
+    assert!(report["loss"].as_f64().unwrap().is_finite(), "{report}");
+    let config = read_json(&out.join("config.json"));
+    assert_eq!(config["config"]["dpo"]["desirable_weight"], json!(1.2));
+}
