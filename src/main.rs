@@ -211,7 +211,8 @@ struct TrainArgs {
     /// parity), accuracy; all but dp need a "label" on the fairness examples.
     #[arg(long, value_enum, default_value_t = d().fairness)]
     fairness: FairnessKind,
-    /// F's form: squared (½ Σ (m_g − m̄)²) or norm (fairret's Σ |m_g / m_all − 1|).
+    /// F's form: squared (½ Σ (m_g − m̄)²), norm (fairret's Σ |m_g / m_all − 1|) or level_up
+    /// (½ Σ (m_g − m_best)², the best group held fixed: the others are raised to it).
     #[arg(long, value_enum, default_value_t = d().fairness_penalty)]
     fairness_penalty: PenaltyForm,
     /// λ in loss = task + λ·F (≥ 0).

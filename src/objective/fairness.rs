@@ -70,6 +70,13 @@ pub enum PenaltyForm {
     /// fairret's norm form (Buyl et al. 2024, `NormLoss`, p = 1): Σ_g |m_g / c − 1|, c the
     /// statistic pooled over every example.
     Norm,
+    /// One-sided: ½ Σ_g (m_g − m*)², m* the best group's statistic (the highest; the lowest for
+    /// `fpr`), held fixed — the other groups are raised to it and the best is never pulled down,
+    /// against "levelling down" (Zietlow et al. 2022, "Leveling Down in Computer Vision"), where
+    /// a two-sided penalty closes a gap by making every group worse.
+    #[serde(rename = "level_up")]
+    #[value(name = "level_up", alias = "level-up")]
+    LevelUp,
 }
 
 /// What F is: the statistic, its penalty form, and the positive class the labels refer to.
@@ -223,6 +230,21 @@ pub fn fairness_term(
             ((means.clone() / pooled.clamp_min(1e-12) - 1.0).abs() * present)
                 .sum()
                 .reshape([1])
+        }
+        PenaltyForm::LevelUp => {
+            // The best present group's statistic per row (FPR: the lowest), as a constant.
+            let sign = if spec.kind == FairnessKind::Fpr {
+                -1.0
+            } else {
+                1.0
+            };
+            let absent = (present.clone() - 1.0) * 1e30;
+            let best = ((means.clone() * sign + absent).max_dim(1) * sign).detach();
+            ((means.clone() - best) * present)
+                .powi_scalar(2)
+                .sum()
+                .reshape([1])
+                * 0.5
         }
     };
     FairnessTerm {

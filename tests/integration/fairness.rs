@@ -194,15 +194,30 @@ fn gradient_matches_finite_differences_through_the_wgsl_kernels() {
 /// Every statistic and both penalty forms on the host, in f64, written from their definitions:
 /// per group g, m_g = Σ a_i / Σ b_i over the group's examples (dp: a = s, b = 1; tpr: over the
 /// positives; fpr: over the negatives; accuracy: a = s·y + (1−s)(1−y); ppv: a = s·y, b = s);
-/// squared: ½ Σ_g (m_g − mean_g m_g)²; norm: Σ_g |m_g / c − 1|, c = Σ a / Σ b over all examples.
+/// squared: ½ Σ_g (m_g − mean_g m_g)²; norm: Σ_g |m_g / c − 1|, c = Σ a / Σ b over all examples;
+/// level_up: ½ Σ_g (m_g − best)², `best` given (the best group's m_g, held fixed).
 fn host_statistic(
     kind: &str,
-    norm: bool,
+    form: &str,
+    best: f64,
     scores: &[f64],
     groups: &[i64],
     y: &[bool],
     g: usize,
 ) -> f64 {
+    let (m, pooled) = host_means(kind, scores, groups, y, g);
+    match form {
+        "norm" => m.iter().map(|x| (x / pooled - 1.0).abs()).sum(),
+        "level_up" => 0.5 * m.iter().map(|x| (x - best).powi(2)).sum::<f64>(),
+        _ => {
+            let mean = m.iter().sum::<f64>() / m.len() as f64;
+            0.5 * m.iter().map(|x| (x - mean).powi(2)).sum::<f64>()
+        }
+    }
+}
+
+/// The statistic of each group present, and pooled over every example.
+fn host_means(kind: &str, scores: &[f64], groups: &[i64], y: &[bool], g: usize) -> (Vec<f64>, f64) {
     let (mut a, mut b, mut n) = (vec![0.0; g], vec![0.0; g], vec![0usize; g]);
     for i in 0..scores.len() {
         if groups[i] < 0 {
@@ -225,13 +240,7 @@ fn host_statistic(
     }
     let present: Vec<usize> = (0..g).filter(|&k| n[k] > 0).collect();
     let m: Vec<f64> = present.iter().map(|&k| a[k] / b[k]).collect();
-    if norm {
-        let pooled = a.iter().sum::<f64>() / b.iter().sum::<f64>();
-        m.iter().map(|x| (x / pooled - 1.0).abs()).sum()
-    } else {
-        let mean = m.iter().sum::<f64>() / m.len() as f64;
-        0.5 * m.iter().map(|x| (x - mean).powi(2)).sum::<f64>()
-    }
+    (m, a.iter().sum::<f64>() / b.iter().sum::<f64>())
 }
 
 fn check_statistics(device: &Device, implementation: GroupStatsImpl) {
@@ -259,7 +268,11 @@ fn check_statistics(device: &Device, implementation: GroupStatsImpl) {
         (FairnessKind::Ppv, "ppv"),
         (FairnessKind::Accuracy, "accuracy"),
     ] {
-        for (form, norm) in [(PenaltyForm::Squared, false), (PenaltyForm::Norm, true)] {
+        for (form, form_name) in [
+            (PenaltyForm::Squared, "squared"),
+            (PenaltyForm::Norm, "norm"),
+            (PenaltyForm::LevelUp, "level_up"),
+        ] {
             let spec = FairnessSpec {
                 kind,
                 form,
@@ -280,7 +293,15 @@ fn check_statistics(device: &Device, implementation: GroupStatsImpl) {
                 s.grad_remove(&mut grads).expect("a gradient"),
             ));
             let as_f64: Vec<f64> = scores.iter().map(|&x| x as f64).collect();
-            let host = |s: &[f64]| host_statistic(name, norm, s, &groups, &y, num_groups);
+            // level_up's target: the best group now (FPR: the lowest), a constant for the gradient.
+            let (m, _) = host_means(name, &as_f64, &groups, &y, num_groups);
+            let best = if name == "fpr" {
+                m.iter().copied().fold(f64::INFINITY, f64::min)
+            } else {
+                m.iter().copied().fold(f64::NEG_INFINITY, f64::max)
+            };
+            let host =
+                |s: &[f64]| host_statistic(name, form_name, best, s, &groups, &y, num_groups);
             let what = format!("{name} {form:?}");
             assert!(
                 (value - host(&as_f64)).abs() < 1e-5 * host(&as_f64).abs().max(1.0),
