@@ -174,6 +174,11 @@ struct TrainArgs {
     /// Step size η of the group weights' update w_g ← w_g·exp(η·loss_g), renormalized.
     #[arg(long, default_value_t = fairtune::objective::dpo::GROUP_ROBUST_STEP)]
     group_robust_step: f64,
+    /// WPO (TRL's use_weighting): weigh each pair's loss by how likely the policy is to produce
+    /// its completions, exp(mean log π(y_t) − log Σ_v π_v²) of chosen × rejected (costs two more
+    /// passes over the vocabulary at every scored policy token).
+    #[arg(long)]
+    use_weighting: bool,
     /// KTO: the weight of the desirable examples' losses (TRL's desirable_weight).
     #[arg(long, default_value_t = d().dpo.desirable_weight)]
     desirable_weight: f64,
@@ -297,6 +302,7 @@ impl TrainArgs {
                 mixup_alpha: self.ref_model_mixup_alpha,
                 steps: self.ref_model_sync_steps,
             }),
+            use_weighting: self.use_weighting,
             desirable_weight: self.desirable_weight,
             undesirable_weight: self.undesirable_weight,
         };

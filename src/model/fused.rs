@@ -76,6 +76,45 @@ pub fn token_logps_in_blocks(
     logps.reshape([n])
 }
 
+/// WPO's log Σ_v p_v² (Zhou et al. 2024, Eq. 2; TRL's `log_sum_sq_probs`) for rows of
+/// `hidden [n, d]` under `weight [vocab, d]`, p = softmax(h·Wᵀ): logsumexp(2z) − 2·logsumexp(z),
+/// over blocks of the vocabulary as [`token_logps`] takes them. Detached: WPO's weights carry no
+/// gradient, so plain tensor ops suffice (two forward passes over the vocabulary, no backward).
+pub fn log_sum_squared_probs(hidden: Tensor<2>, weight: Tensor<2>) -> Tensor<1> {
+    let [n, _] = hidden.dims();
+    let [vocab, _] = weight.dims();
+    let block = (LOGIT_BUDGET / n.max(1))
+        .clamp(1, MAX_BLOCK)
+        .min(vocab.max(1));
+    log_sum_squared_probs_in_blocks(hidden, weight, block)
+}
+
+/// [`log_sum_squared_probs`] over vocabulary blocks of `block` rows of `weight`.
+pub fn log_sum_squared_probs_in_blocks(
+    hidden: Tensor<2>,
+    weight: Tensor<2>,
+    block: usize,
+) -> Tensor<1> {
+    let (hidden, weight) = (hidden.detach(), weight.detach());
+    let [n, _] = hidden.dims();
+    let [vocab, _] = weight.dims();
+    let logsumexp = |scale: f64| {
+        let (mut maxes, mut sums) = (Vec::new(), Vec::new());
+        for start in (0..vocab).step_by(block.max(1)) {
+            let w = weight.clone().narrow(0, start, block.min(vocab - start));
+            let logits = hidden.clone().matmul(w.transpose()) * scale;
+            let max = logits.clone().max_dim(1);
+            sums.push((logits - max.clone()).exp().sum_dim(1));
+            maxes.push(max);
+        }
+        let (maxes, sums) = (Tensor::cat(maxes, 1), Tensor::cat(sums, 1));
+        let max = maxes.clone().max_dim(1);
+        let total = (sums * (maxes - max.clone()).exp()).sum_dim(1);
+        (total.log() + max).reshape([n])
+    };
+    logsumexp(2.0) - logsumexp(1.0) * 2.0
+}
+
 #[backend_extension(Autodiff, Cube, Flex, Fusion)]
 pub trait FusedBackend: Backend {
     // SwiGLU forward: out = g · σ(g) · u.

@@ -28,7 +28,16 @@ pub fn sequence_logps(
     device: &Device,
     chunk: usize,
 ) -> (Tensor<1>, Tensor<1>, usize) {
-    sequence_logps_weighted(model, sequences, groups, device, chunk, None, None)
+    let scored = sequence_logps_weighted(
+        model,
+        sequences,
+        groups,
+        device,
+        chunk,
+        None,
+        Extras::default(),
+    );
+    (scored.sums, scored.counts, scored.num_tokens)
 }
 
 /// The weights LD-DPO (Liu et al. 2024, TRL's `ld_alpha`) puts on completion tokens: each
@@ -40,9 +49,29 @@ pub struct TailWeights<'a> {
     pub alpha: f64,
 }
 
+/// What [`sequence_logps_weighted`] adds to the plain sums.
+#[derive(Clone, Copy, Default)]
+pub struct Extras<'a> {
+    /// LD-DPO's weights on the completion tokens of the sums.
+    pub tail: Option<TailWeights<'a>>,
+    /// Also WPO's Σ_t (log p(y_t) − log Σ_v p_v²) of each sequence (unweighted, detached).
+    pub wpo: bool,
+}
+
+/// Summed completion log-probs of a batch of sequences, their token counts, the tokens through
+/// the model, and (when asked) WPO's aligned sums.
+pub struct SequenceLogps {
+    pub sums: Tensor<1>,
+    pub counts: Tensor<1>,
+    pub num_tokens: usize,
+    /// Σ_t (log p(y_t) − log Σ_v p_v²) over each sequence's completion tokens, detached.
+    pub wpo: Option<Tensor<1>>,
+}
+
 /// [`sequence_logps`], its decoder layers recomputed in backward when `tape` is given (see
-/// [`LayerTape`]; the step's backward is then `tape.backward(model, loss)`), and its completion
-/// tokens weighted by `tail` (LD-DPO) when given; the counts stay the plain token counts.
+/// [`LayerTape`]; the step's backward is then `tape.backward(model, loss)`), its completion
+/// tokens weighted by `extras.tail` (LD-DPO) when given (the counts stay the plain token
+/// counts), and WPO's aligned sums with `extras.wpo`.
 pub fn sequence_logps_weighted(
     model: &LlamaForCausalLM,
     sequences: &[&LmSequence],
@@ -50,8 +79,9 @@ pub fn sequence_logps_weighted(
     device: &Device,
     chunk: usize,
     tape: Option<&mut LayerTape>,
-    tail: Option<TailWeights<'_>>,
-) -> (Tensor<1>, Tensor<1>, usize) {
+    extras: Extras<'_>,
+) -> SequenceLogps {
+    let tail = extras.tail;
     let packing = pack(sequences, groups);
     let rows = sequences.len();
     // Token t is scored (when it is a completion token) from the hidden state of token t − 1.
@@ -72,7 +102,13 @@ pub fn sequence_logps_weighted(
     let counts = Tensor::from_data(TensorData::new(counts, [rows]), device);
     let n = positions.len();
     if n == 0 {
-        return (Tensor::zeros([rows], device), counts, packing.num_tokens);
+        let zeros = Tensor::<1>::zeros([rows], device);
+        return SequenceLogps {
+            sums: zeros.clone(),
+            counts,
+            num_tokens: packing.num_tokens,
+            wpo: extras.wpo.then_some(zeros),
+        };
     }
     let hidden = match tape {
         Some(tape) => model.packed_hidden_states_recomputed(&packing, device, tape),
@@ -81,15 +117,31 @@ pub fn sequence_logps_weighted(
     let weight = model.output_weight();
     let chunk = chunk.max(1);
     let mut token_logps = Vec::with_capacity(n.div_ceil(chunk));
+    let mut sum_sq = Vec::new();
     for start in (0..n).step_by(chunk) {
         let end = (start + chunk).min(n);
         let picked = hidden
             .clone()
             .select(0, int_vector(&positions[start..end], device));
+        if extras.wpo {
+            sum_sq.push(fused::log_sum_squared_probs(picked.clone(), weight.clone()));
+        }
         let target = int_vector(&targets[start..end], device);
         token_logps.push(fused::token_logps(picked, weight.clone(), target));
     }
     let token_logps = Tensor::cat(token_logps, 0);
+    // WPO: Σ_t (log p(y_t) − log Σ_v p_v²) per sequence, every token counted once.
+    let wpo = extras.wpo.then(|| {
+        let aligned = token_logps.clone().detach() - Tensor::cat(sum_sq, 0);
+        let mut plain = vec![0f32; rows * n];
+        for (i, &row) in owner.iter().enumerate() {
+            plain[row * n + i] = 1.0;
+        }
+        Tensor::<2>::from_data(TensorData::new(plain, [rows, n]), device)
+            .matmul(aligned.reshape([n, 1]))
+            .reshape([rows])
+            .detach()
+    });
     // Per-sequence sums as a product with the [rows, n] membership matrix: deterministic, and
     // plain matmul under autodiff.
     let mut membership = vec![0f32; rows * n];
@@ -105,7 +157,12 @@ pub fn sequence_logps_weighted(
     let sums = membership
         .matmul(token_logps.reshape([n, 1]))
         .reshape([rows]);
-    (sums, counts, packing.num_tokens)
+    SequenceLogps {
+        sums,
+        counts,
+        num_tokens: packing.num_tokens,
+        wpo,
+    }
 }
 
 /// Prefix-sharing groups of `[chosen…, rejected…]`: pair i is sequences i and `pairs + i`.

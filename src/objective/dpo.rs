@@ -191,6 +191,11 @@ pub struct DpoConfig {
     /// TR-DPO's reference updates (Gorbatovski et al. 2024, TRL's `sync_ref_model`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sync_ref: Option<RefSync>,
+    /// WPO (Zhou et al. 2024, TRL's `use_weighting`): each pair's loss weighted by
+    /// exp(mean_t (log π(y_t) − log Σ_v π_v²)) of its chosen times that of its rejected
+    /// completion (detached), so pairs the policy itself would likely sample count more.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub use_weighting: bool,
     /// KTO's weight of the desirable examples' losses (TRL's `desirable_weight`).
     #[serde(default = "one", skip_serializing_if = "is_one")]
     pub desirable_weight: f64,
@@ -270,6 +275,7 @@ impl Default for DpoConfig {
             group_robust: None,
             ld_alpha: None,
             sync_ref: None,
+            use_weighting: false,
             desirable_weight: 1.0,
             undesirable_weight: 1.0,
         }
@@ -410,6 +416,27 @@ impl DpoConfig {
                 ));
             }
         }
+        if self.use_weighting
+            && let Some(other) = self.loss.iter().find(|l| {
+                matches!(
+                    l,
+                    DpoLossKind::Aot
+                        | DpoLossKind::AotUnpaired
+                        | DpoLossKind::Simpo
+                        | DpoLossKind::Orpo
+                )
+            })
+        {
+            return Err(Error::input(format!(
+                "--use-weighting (WPO) weighs each pair's loss; {} {}",
+                other.name(),
+                if matches!(other, DpoLossKind::Aot | DpoLossKind::AotUnpaired) {
+                    "sorts the pairs, so no loss belongs to one pair (TRL refuses it too)"
+                } else {
+                    "is not one of DPOTrainer's losses, which TRL's WPO weighs"
+                }
+            )));
+        }
         if let Some(alpha) = self.ld_alpha
             && !(0.0..=1.0).contains(&alpha)
         {
@@ -451,6 +478,7 @@ impl DpoConfig {
             }
         }
         let refused = [
+            (self.use_weighting, "--use-weighting"),
             (self.label_smoothing != 0.0, "--label-smoothing"),
             (self.sft_weight != 0.0, "--sft-weight"),
             (self.ld_alpha.is_some(), "--ld-alpha"),
@@ -543,6 +571,33 @@ pub fn dpo_loss(
     policy: &PairLogps,
     reference: Option<&PairLogps>,
 ) -> DpoOutput {
+    dpo_loss_weighted(config, policy, reference, None)
+}
+
+/// WPO's weight of each pair (TRL's `use_weighting`): exp(ā_c)·exp(ā_r), ā a completion's mean
+/// over its tokens of log π(y_t) − log Σ_v π_v² (`aligned`: their sums), detached.
+pub fn wpo_weights(
+    chosen_aligned: Tensor<1>,
+    rejected_aligned: Tensor<1>,
+    policy: &PairLogps,
+) -> Tensor<1> {
+    let n_c = policy.chosen_tokens.clone().detach().clamp_min(1.0);
+    let n_r = policy.rejected_tokens.clone().detach().clamp_min(1.0);
+    (chosen_aligned.detach() / n_c).exp() * (rejected_aligned.detach() / n_r).exp()
+}
+
+/// [`dpo_loss`] with each pair's loss multiplied by `weights` (WPO: [`wpo_weights`]), as TRL
+/// weighs every loss type of its list (the `sft` term by their mean).
+pub fn dpo_loss_weighted(
+    config: &DpoConfig,
+    policy: &PairLogps,
+    reference: Option<&PairLogps>,
+    weights: Option<Tensor<1>>,
+) -> DpoOutput {
+    let weighed = |per_pair: Tensor<1>| match &weights {
+        Some(w) => per_pair * w.clone(),
+        None => per_pair,
+    };
     let beta = config.beta;
     let eps = config.label_smoothing;
     let (pi_c, pi_r) = (policy.chosen.clone(), policy.rejected.clone());
@@ -575,8 +630,11 @@ pub fn dpo_loss(
     let mut per_pair_sum: Option<Tensor<1>> = None;
     for (kind, weight) in config.weighted() {
         let term = match kind {
-            // A batch-level mean already: Σ NLL / Σ tokens.
-            DpoLossKind::Sft => batch_nll(),
+            // A batch-level mean already: Σ NLL / Σ tokens (TRL's WPO: times the mean weight).
+            DpoLossKind::Sft => match &weights {
+                Some(w) => batch_nll() * w.clone().mean(),
+                None => batch_nll(),
+            },
             DpoLossKind::Orpo => {
                 let (avg_c, avg_r) = (pi_c.clone() / n_c.clone(), pi_r.clone() / n_r.clone());
                 let log_odds =
@@ -655,6 +713,7 @@ pub fn dpo_loss(
                         unreachable!("losses of unpaired examples go through kto_loss")
                     }
                 };
+                let per_pair = weighed(per_pair);
                 if !kind.is_batch_level() {
                     let weighted = per_pair.clone() * weight;
                     per_pair_sum = Some(match per_pair_sum {

@@ -9,6 +9,7 @@ pub mod losses;
 
 pub use dpo::{
     DPO_METRICS, DpoConfig, DpoLossKind, DpoOutput, FDivergence, PairLogps, RefSync, dpo_loss,
+    dpo_loss_weighted, wpo_weights,
 };
 pub use kto::{KtoOutput, UnpairedLogps, kto_loss};
 /// A flag value's name as the command line spells it (`exo_pair`, `tpr`, `reward_margin`).

@@ -29,13 +29,15 @@ use crate::device::Selected;
 use crate::error::{Error, Result};
 use crate::fsutil::write_atomic;
 use crate::model::logps::{
-    ALL_POSITIONS, TailWeights, pair_groups, sequence_logps_weighted, single_groups,
+    ALL_POSITIONS, Extras, SequenceLogps, TailWeights, pair_groups, sequence_logps_weighted,
+    single_groups,
 };
 use crate::model::lora::LoraSettings;
 use crate::model::recompute::LayerTape;
 use crate::model::{self, ArchConfig, LlamaConfig, LlamaForCausalLM, ModelSource};
 use crate::objective::{
-    DpoOutput, FairnessKind, FairnessScore, KtoOutput, PairLogps, UnpairedLogps, dpo_loss, kto_loss,
+    DpoOutput, FairnessKind, FairnessScore, KtoOutput, PairLogps, UnpairedLogps, dpo_loss_weighted,
+    kto_loss,
 };
 use crate::tokenizer::TextTokenizer;
 use crate::tokenizer::chat::ChatTemplate;
@@ -570,26 +572,28 @@ impl DpoTask {
         device: &Device,
         tape: Option<&mut LayerTape>,
     ) -> (Tensor<1>, Tensor<1>, usize) {
-        sequence_logps_weighted(
+        let scored = sequence_logps_weighted(
             model,
             sequences,
             &groups(layout, sequences.len()),
             device,
             ALL_POSITIONS,
             tape,
-            None,
-        )
+            Extras::default(),
+        );
+        (scored.sums, scored.counts, scored.num_tokens)
     }
 
     /// Summed log-probs of a batch of pairs' sequences (`[chosen…, rejected…]`), LD-DPO's tail
-    /// weights applied when the run asks for them.
+    /// weights applied when the run asks for them, and WPO's aligned sums with `wpo`.
     fn pair_logps(
         &self,
         model: &LlamaForCausalLM,
         sequences: &[&LmSequence],
         device: &Device,
         tape: Option<&mut LayerTape>,
-    ) -> (Tensor<1>, Tensor<1>, usize) {
+        wpo: bool,
+    ) -> SequenceLogps {
         let shared: Vec<usize>;
         let tail = match self.config.dpo.ld_alpha {
             Some(alpha) => {
@@ -613,7 +617,7 @@ impl DpoTask {
             device,
             ALL_POSITIONS,
             tape,
-            tail,
+            Extras { tail, wpo },
         )
     }
 
@@ -627,6 +631,19 @@ impl DpoTask {
         device: &Device,
         tape: Option<&mut LayerTape>,
     ) -> (PairLogps, usize) {
+        let (logps, tokens, _) = self.unit_logps_wpo(model, units, device, tape, false);
+        (logps, tokens)
+    }
+
+    /// [`Self::unit_logps`], and with `wpo` each pair's WPO weight.
+    fn unit_logps_wpo(
+        &self,
+        model: &LlamaForCausalLM,
+        units: &[&Pair],
+        device: &Device,
+        tape: Option<&mut LayerTape>,
+        wpo: bool,
+    ) -> (PairLogps, usize, Option<Tensor<1>>) {
         let n = units.len();
         let first = units.iter().map(|u| &u.chosen);
         if self.config.dpo.is_unpaired() && !self.config.dpo.needs_kl() {
@@ -640,11 +657,16 @@ impl DpoTask {
                 chosen_tokens: counts,
                 rejected_tokens: zeros,
             };
-            return (logps, tokens);
+            return (logps, tokens, None);
         }
         let sequences: Vec<&LmSequence> = first.chain(units.iter().map(|u| &u.rejected)).collect();
-        let (sums, counts, tokens) = self.pair_logps(model, &sequences, device, tape);
-        (split_pairs(sums, counts, n), tokens)
+        let scored = self.pair_logps(model, &sequences, device, tape, wpo);
+        let logps = split_pairs(scored.sums, scored.counts, n);
+        let weights = scored.wpo.map(|aligned| {
+            let (chosen, rejected) = (aligned.clone().narrow(0, 0, n), aligned.narrow(0, n, n));
+            crate::objective::wpo_weights(chosen, rejected, &logps)
+        });
+        (logps, scored.num_tokens, weights)
     }
 
     fn fingerprint(&self) -> String {
@@ -760,7 +782,8 @@ impl DpoTask {
             Split::Eval => (&self.eval, self.cached.as_ref().map(|c| &c.eval)),
         };
         let units: Vec<&Pair> = indices.iter().map(|&i| &pairs[i]).collect();
-        let (policy, num_tokens) = self.unit_logps(model, &units, device, tape);
+        let (policy, num_tokens, weights) =
+            self.unit_logps_wpo(model, &units, device, tape, self.config.dpo.use_weighting);
         let reference = match cached {
             Some(cached) => Some(Self::cached_pairs(
                 cached,
@@ -790,7 +813,12 @@ impl DpoTask {
                 &desirable,
             ))
         } else {
-            Losses::Pairs(dpo_loss(&self.config.dpo, &policy, reference.as_ref()))
+            Losses::Pairs(dpo_loss_weighted(
+                &self.config.dpo,
+                &policy,
+                reference.as_ref(),
+                weights,
+            ))
         };
         PairForward {
             policy,

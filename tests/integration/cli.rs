@@ -202,6 +202,13 @@ fn invalid_numbers() {
         "not to aot",
     );
     kto_inputs(dir.path());
+    expect_error(
+        dir.path(),
+        &train,
+        &["--use-weighting", "--loss", "aot"],
+        2,
+        "aot sorts the pairs",
+    );
     // clap's own usage errors also exit with 2.
     let output = fairtune(&["train", "--task", "nonsense"]);
     assert_eq!(output.status.code(), Some(2));
@@ -217,7 +224,11 @@ fn kto_inputs(dir: &Path) {
         .to_string();
     expect_error(dir, &unpaired, &[], 2, "KTO's format");
     expect_error(dir, &unpaired, &["--loss", "ipo"], 2, "use --loss kto");
-    let cases: [(&[&str], &str); 7] = [
+    let cases: [(&[&str], &str); 8] = [
+        (
+            &["--loss", "kto", "--use-weighting"],
+            "--use-weighting is for preference pairs",
+        ),
         (&["--loss", "kto", "--batch-size", "1"], "at least 2"),
         (&["--loss", "kto,sigmoid"], "cannot be listed"),
         (

@@ -311,12 +311,14 @@ fn packed_completion_logps_match_full_logits() {
 
 /// LD-DPO's weights (TRL's `ld_alpha`): each completion's first min(len chosen, len rejected)
 /// tokens count once, the longer completion's tail α times — the packed sums equal the plain
-/// full-logits sums over the shared and the tail positions, combined as TRL combines them.
+/// full-logits sums over the shared and the tail positions, combined as TRL combines them. And
+/// WPO's aligned sums Σ_t (log p(y_t) − log Σ_v p_v²) equal the full-logits log-softmax's,
+/// every token counted once, whatever the vocabulary blocks.
 #[test]
 fn ld_alpha_weights_the_longer_completions_tail() {
     use fairtune::data::LmSequence;
     use fairtune::data::batch::lm_batch;
-    use fairtune::model::logps::{TailWeights, pair_groups, sequence_logps_weighted};
+    use fairtune::model::logps::{Extras, TailWeights, pair_groups, sequence_logps_weighted};
     use fairtune::model::{self, ArchConfig};
     use fairtune::objective::losses::completion_logps;
 
@@ -342,18 +344,22 @@ fn ld_alpha_weights_the_longer_completions_tail() {
     let shared = [2usize, 2, 2, 2];
     let alpha = 0.3;
     let refs: Vec<&LmSequence> = seqs.iter().collect();
-    let (weighted, counts, _) = sequence_logps_weighted(
+    let scored = sequence_logps_weighted(
         &model,
         &refs,
         &pair_groups(2),
         &device,
         usize::MAX,
         None,
-        Some(TailWeights {
-            shared: &shared,
-            alpha,
-        }),
+        Extras {
+            tail: Some(TailWeights {
+                shared: &shared,
+                alpha,
+            }),
+            wpo: true,
+        },
     );
+    let (weighted, counts) = (scored.sums, scored.counts);
     // The plain path, once over the shared positions and once over the tails.
     let batch = lm_batch(&refs, 0, &device);
     let logits = model.forward(batch.input_ids.clone());
@@ -393,4 +399,49 @@ fn ld_alpha_weights_the_longer_completions_tail() {
         vec![5.0, 2.0, 2.0, 4.0],
         "counts stay unweighted"
     );
+
+    // WPO: log Σ_v p_v² from the full log-softmax, aligned with the target log-probs.
+    let [rows, width, _] = logits.dims();
+    let predicted = logits.clone().narrow(1, 0, width - 1);
+    let log_probs = burn::tensor::activation::log_softmax(predicted, 2);
+    let sum_sq = (log_probs.clone() * 2.0)
+        .exp()
+        .sum_dim(2)
+        .log()
+        .reshape([rows, width - 1]);
+    let targets = batch.input_ids.clone().narrow(1, 1, width - 1);
+    let picked = log_probs
+        .gather(2, targets.reshape([rows, width - 1, 1]))
+        .reshape([rows, width - 1]);
+    let mask = batch.completion_mask.clone().narrow(1, 1, width - 1);
+    let want = to_vec(((picked - sum_sq) * mask).sum_dim(1).reshape([rows]));
+    let got = to_vec(scored.wpo.expect("asked for"));
+    for row in 0..4 {
+        assert!(
+            (got[row] - want[row]).abs() < 1e-4,
+            "WPO row {row}: {got:?} vs {want:?}"
+        );
+    }
+    // The blocked reduction is the same over any split of the vocabulary.
+    let hidden = burn::tensor::Tensor::<2>::random(
+        [3, config.hidden_size],
+        burn::tensor::Distribution::Normal(0.0, 1.0),
+        &device,
+    );
+    let whole = to_vec(fairtune::model::fused::log_sum_squared_probs_in_blocks(
+        hidden.clone(),
+        model.output_weight(),
+        usize::MAX,
+    ));
+    let blocked = to_vec(fairtune::model::fused::log_sum_squared_probs_in_blocks(
+        hidden,
+        model.output_weight(),
+        7,
+    ));
+    for (a, b) in whole.iter().zip(&blocked) {
+        assert!(
+            (a - b).abs() < 1e-5 && *a <= 0.0,
+            "{whole:?} vs {blocked:?}"
+        );
+    }
 }

@@ -1177,3 +1177,25 @@ fn kto_trains_on_unpaired_examples() {
     let config = read_json(&out.join("config.json"));
     assert_eq!(config["config"]["dpo"]["desirable_weight"], json!(1.2));
 }
+
+/// WPO (`--use-weighting`, TRL's `use_weighting`) from the command line: the first step's loss
+/// is the plain one times each pair's weight (at step 1 the policy is the reference, so every
+/// pair's sigmoid loss is log 2 and the loss is log 2 times the mean weight, < log 2).
+#[test]
+fn wpo_weights_each_pair_by_its_likelihood() {
+    let dir = common::tempdir();
+    let (train, eval) = gap_data(dir.path());
+    let plain = dir.path().join("plain");
+    let weighted = dir.path().join("wpo");
+    dpo_run(&train, &eval, &plain, 3).run();
+    let report = dpo_run(&train, &eval, &weighted, 3)
+        .switch("--use-weighting")
+        .run();
+    assert!(report["loss"].as_f64().unwrap().is_finite(), "{report}");
+    let (a, b) = (losses(&plain), losses(&weighted));
+    assert!((a[0] - std::f64::consts::LN_2).abs() < 1e-5, "{a:?}");
+    // Weights are probabilities of whole completions under the policy (each < 1).
+    assert!(b[0] > 0.0 && b[0] < a[0] * 0.99, "plain {a:?}, WPO {b:?}");
+    let config = read_json(&weighted.join("config.json"));
+    assert_eq!(config["config"]["dpo"]["use_weighting"], json!(true));
+}

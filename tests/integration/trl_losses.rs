@@ -1,10 +1,12 @@
 //! Every DPO loss type against TRL 1.16's own `DPOTrainer._compute_loss`, on the fixed log-probs
 //! of tests/fixtures/trl/losses.json (made by tests/fixtures/make_trl_losses.py): the loss, TRL's
 //! six reward metrics and the gradient with respect to every chosen and rejected log-prob sum,
-//! for moderate and for extreme |β·h|.
+//! for moderate and for extreme |β·h|; and WPO's weights (`use_weighting`) on several of them.
 
 use burn::tensor::Tensor;
-use fairtune::objective::{DpoConfig, DpoLossKind, FDivergence, PairLogps, dpo_loss};
+use fairtune::objective::{
+    DpoConfig, DpoLossKind, FDivergence, PairLogps, dpo_loss_weighted, wpo_weights,
+};
 use serde_json::Value;
 
 use crate::common::{self, floats, to_vec};
@@ -44,6 +46,7 @@ fn config(case: &Value) -> DpoConfig {
             .map_or(FDivergence::ReverseKl, parse),
         f_alpha_divergence_coef: number("f_alpha_divergence_coef", 0.5),
         discopop_tau: number("discopop_tau", 0.05),
+        use_weighting: case["use_weighting"].as_bool().unwrap_or(false),
         ..DpoConfig::default()
     }
 }
@@ -92,10 +95,25 @@ fn every_loss_matches_trl() {
             };
             // ORPO is reference-free: its rewards are β·avg log π, as TRL's ORPOTrainer logs them.
             let reference_free = case["reference_free"].as_bool().unwrap_or(false);
-            let output = dpo_loss(&config, &policy, (!reference_free).then_some(&reference));
+            // WPO: the weights from the policy's sums and the stored Σ_t log Σ_v p_v² (detached).
+            let weights = config.use_weighting.then(|| {
+                let sum_sq = |key: &str| floats(&numbers(&set[key]), &device);
+                wpo_weights(
+                    chosen.clone() - sum_sq("chosen_sum_sq"),
+                    rejected.clone() - sum_sq("rejected_sum_sq"),
+                    &policy,
+                )
+            });
+            let output = dpo_loss_weighted(
+                &config,
+                &policy,
+                (!reference_free).then_some(&reference),
+                weights,
+            );
             let name = format!(
-                "{set_name} {} β={} {}",
+                "{set_name} {}{} β={} {}",
                 case["loss_type"],
+                if config.use_weighting { " WPO" } else { "" },
                 config.beta,
                 case.get("f_divergence_type")
                     .and_then(Value::as_str)
@@ -155,5 +173,5 @@ fn every_loss_matches_trl() {
         "{checked} cases equal TRL's; TRL's float32 overflows in: {}",
         trl_overflows.join("; ")
     );
-    assert!(checked >= 74, "{checked} cases checked");
+    assert!(checked >= 84, "{checked} cases checked");
 }
