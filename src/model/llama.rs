@@ -1,6 +1,8 @@
 //! A Llama-family decoder: Touvron et al. 2023, "LLaMA: Open and Efficient Foundation Language
 //! Models", mirroring Hugging Face's `LlamaForCausalLM` (RMSNorm pre-norm, rotary position
-//! embeddings, grouped-query attention, SwiGLU MLP, tied or untied output embeddings).
+//! embeddings, grouped-query attention, SwiGLU MLP, tied or untied output embeddings), and the
+//! families built on it ([`super::family`]: Mistral, Qwen2, Qwen3), whose differences — biases,
+//! per-head query/key norms, sliding-window layers, rope scaling — are options of its layers.
 //!
 //! Parameter paths follow the HF state dict (`model.layers.3.self_attn.q_proj.weight`, …); burn
 //! stores linear weights as `[in, out]`, so loading an HF checkpoint is this name map plus a
@@ -11,12 +13,16 @@ use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear};
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
+use super::family::Family;
 use super::fused::swiglu;
 use super::layers::{RmsNorm, attention, linear, merge_heads, project, split_heads};
+use super::rope::{Rope, RopeSpec};
 use crate::data::batch::Packing;
 
-/// Mirrors the fields of Hugging Face's `LlamaConfig` (config.json) that the model uses.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+/// Mirrors the fields of Hugging Face's `LlamaConfig` (config.json) that the model uses, and
+/// those of the families built on it ([`Family`]). `Default` is all zeros and nones: a base for
+/// struct updates, not a model.
+#[derive(Clone, Debug, Default, Serialize, Deserialize, PartialEq)]
 pub struct LlamaConfig {
     pub vocab_size: usize,
     pub hidden_size: usize,
@@ -49,6 +55,27 @@ pub struct LlamaConfig {
     pub eos_token_id: Option<u32>,
     #[serde(default)]
     pub pad_token_id: Option<u32>,
+    /// The family (`model_type`) the fields belong to.
+    #[serde(default, skip_serializing_if = "Family::is_llama")]
+    pub family: Family,
+    /// transformers 5's rope settings (`rope_theta`, `rope_type`, the scaling's keys); older
+    /// configs give `rope_theta` and `rope_scaling` instead. See [`RopeSpec::from_config`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_parameters: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_scaling: Option<serde_json::Value>,
+    /// Mistral, Qwen2, Qwen3: the attention window of sliding layers (see [`Family`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sliding_window: Option<usize>,
+    /// Qwen2, Qwen3: whether any layer slides.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub use_sliding_window: bool,
+    /// Qwen2, Qwen3: the layers before this one attend fully (default 28).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_window_layers: Option<usize>,
+    /// Qwen2, Qwen3: each layer's `full_attention` or `sliding_attention` (transformers 5).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub layer_types: Option<Vec<String>>,
 }
 
 fn default_max_position_embeddings() -> usize {
@@ -75,6 +102,32 @@ impl LlamaConfig {
     pub fn head_dim(&self) -> usize {
         self.head_dim
             .unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
+    }
+
+    /// The rotary base and scaling (validated by [`Self::validate`]).
+    pub fn rope(&self) -> RopeSpec {
+        RopeSpec::from_config(
+            self.rope_theta,
+            self.rope_parameters.as_ref(),
+            self.rope_scaling.as_ref(),
+        )
+        .expect("a validated config")
+    }
+
+    /// The attention window of layer `layer`: `None` for full attention (see [`Family`]).
+    pub fn layer_window(&self, layer: usize) -> Option<usize> {
+        match self.family {
+            Family::Llama => None,
+            Family::Mistral => self.sliding_window,
+            Family::Qwen2 | Family::Qwen3 => {
+                let window = self.sliding_window.filter(|_| self.use_sliding_window)?;
+                let sliding = match &self.layer_types {
+                    Some(types) => types.get(layer).is_some_and(|t| t == "sliding_attention"),
+                    None => layer >= self.max_window_layers.unwrap_or(28),
+                };
+                sliding.then_some(window)
+            }
+        }
     }
 
     /// Every inconsistency a config.json can hold, as one sentence each.
@@ -122,6 +175,31 @@ impl LlamaConfig {
         if !positive(self.rms_norm_eps) || !positive(self.rope_theta) {
             return Err("rms_norm_eps and rope_theta must be positive".into());
         }
+        RopeSpec::from_config(
+            self.rope_theta,
+            self.rope_parameters.as_ref(),
+            self.rope_scaling.as_ref(),
+        )?;
+        if self.sliding_window == Some(0) {
+            return Err("sliding_window must be positive".into());
+        }
+        if let Some(types) = &self.layer_types {
+            if types.len() != self.num_hidden_layers {
+                return Err(format!(
+                    "layer_types has {} entries for {} layers",
+                    types.len(),
+                    self.num_hidden_layers
+                ));
+            }
+            if let Some(bad) = types
+                .iter()
+                .find(|t| *t != "full_attention" && *t != "sliding_attention")
+            {
+                return Err(format!(
+                    "layer type {bad:?} is not supported (full_attention, sliding_attention)"
+                ));
+            }
+        }
         Ok(())
     }
 
@@ -131,7 +209,7 @@ impl LlamaConfig {
             .with_initializer(Initializer::Normal { mean: 0.0, std })
             .init(device);
         let layers = (0..self.num_hidden_layers)
-            .map(|_| LlamaDecoderLayer::new(self, device))
+            .map(|layer| LlamaDecoderLayer::new(self, layer, device))
             .collect();
         let lm_head = (!self.tie_word_embeddings)
             .then(|| linear(self.hidden_size, self.vocab_size, false, std, device));
@@ -142,7 +220,7 @@ impl LlamaConfig {
                 norm: RmsNorm::new(self.hidden_size, self.rms_norm_eps, device),
             },
             lm_head,
-            rope_theta: self.rope_theta,
+            rope: self.rope(),
             max_position_embeddings: self.max_position_embeddings,
         }
     }
@@ -154,26 +232,44 @@ pub struct LlamaAttention {
     pub k_proj: Linear,
     pub v_proj: Linear,
     pub o_proj: Linear,
+    /// Qwen3: RMSNorm over each query / key head, before the rotation.
+    pub q_norm: Option<RmsNorm>,
+    pub k_norm: Option<RmsNorm>,
     pub num_heads: usize,
     pub num_kv_heads: usize,
     pub head_dim: usize,
+    /// Sliding-window layers: how many tokens (itself included) a token sees.
+    pub window: Option<usize>,
     /// Dropout on the inputs of LoRA adapters (see [`project`]).
     pub lora_dropout: f64,
 }
 
 impl LlamaAttention {
-    fn new(config: &LlamaConfig, device: &Device) -> Self {
+    fn new(config: &LlamaConfig, layer: usize, device: &Device) -> Self {
         let (hidden, head_dim) = (config.hidden_size, config.head_dim());
         let (heads, kv_heads) = (config.num_attention_heads, config.num_kv_heads());
-        let (bias, std) = (config.attention_bias, config.initializer_range);
+        let family = config.family;
+        let (bias, std) = (
+            family.qkv_bias(config.attention_bias),
+            config.initializer_range,
+        );
+        let o_bias = family.o_bias(config.attention_bias);
+        let norm = || {
+            family
+                .qk_norm()
+                .then(|| RmsNorm::new(head_dim, config.rms_norm_eps, device))
+        };
         Self {
             q_proj: linear(hidden, heads * head_dim, bias, std, device),
             k_proj: linear(hidden, kv_heads * head_dim, bias, std, device),
             v_proj: linear(hidden, kv_heads * head_dim, bias, std, device),
-            o_proj: linear(heads * head_dim, hidden, bias, std, device),
+            o_proj: linear(heads * head_dim, hidden, o_bias, std, device),
+            q_norm: norm(),
+            k_norm: norm(),
             num_heads: heads,
             num_kv_heads: kv_heads,
             head_dim,
+            window: config.layer_window(layer),
             lora_dropout: 0.0,
         }
     }
@@ -190,13 +286,20 @@ impl LlamaAttention {
         let heads = |linear: &Linear, x: Tensor<3>, count: usize| {
             split_heads(layout(project(linear, x, p)), count)
         };
-        let q = rope.apply(heads(&self.q_proj, x.clone(), self.num_heads));
-        let k = rope.apply(heads(&self.k_proj, x.clone(), self.num_kv_heads));
+        let normed = |norm: &Option<RmsNorm>, x: Tensor<4>| match norm {
+            Some(norm) => norm.forward(x),
+            None => x,
+        };
+        let q = heads(&self.q_proj, x.clone(), self.num_heads);
+        let k = heads(&self.k_proj, x.clone(), self.num_kv_heads);
+        let q = rope.apply(normed(&self.q_norm, q));
+        let k = rope.apply(normed(&self.k_norm, k));
         let v = heads(&self.v_proj, x, self.num_kv_heads);
         (q, k, v)
     }
 
-    fn forward(&self, x: Tensor<3>, rope: &Rope, mask: Tensor<4, Bool>) -> Tensor<3> {
+    fn forward(&self, x: Tensor<3>, rope: &Rope, masks: &Masks) -> Tensor<3> {
+        let mask = masks.of(self.window);
         let (q, k, v) = self.qkv(x, rope, |t| t);
         let (k, v) = (self.repeat_kv(k), self.repeat_kv(v));
         let out = merge_heads(attention(q, k, v, mask, None));
@@ -215,7 +318,8 @@ impl LlamaAttention {
         let (segments, width, head_dim) = (batch.segments, batch.width, self.head_dim);
         let q = q.reshape([segments, kv_heads, repeats * width, head_dim]);
         let scale = 1.0 / (head_dim as f64).sqrt();
-        let out = super::attention::attention(q, k, v, batch.mask.clone(), scale).reshape([
+        let mask = batch.masks.of(self.window);
+        let out = super::attention::attention(q, k, v, mask, scale).reshape([
             segments,
             self.num_heads,
             width,
@@ -267,7 +371,7 @@ pub struct LlamaDecoderLayer {
 }
 
 impl LlamaDecoderLayer {
-    fn new(config: &LlamaConfig, device: &Device) -> Self {
+    fn new(config: &LlamaConfig, layer: usize, device: &Device) -> Self {
         let (hidden, inter) = (config.hidden_size, config.intermediate_size);
         let (bias, std, eps) = (
             config.mlp_bias,
@@ -275,7 +379,7 @@ impl LlamaDecoderLayer {
             config.rms_norm_eps,
         );
         Self {
-            self_attn: LlamaAttention::new(config, device),
+            self_attn: LlamaAttention::new(config, layer, device),
             mlp: LlamaMlp {
                 gate_proj: linear(hidden, inter, bias, std, device),
                 up_proj: linear(hidden, inter, bias, std, device),
@@ -287,11 +391,11 @@ impl LlamaDecoderLayer {
         }
     }
 
-    fn forward(&self, x: Tensor<3>, rope: &Rope, mask: Tensor<4, Bool>) -> Tensor<3> {
+    fn forward(&self, x: Tensor<3>, rope: &Rope, masks: &Masks) -> Tensor<3> {
         let h = x.clone()
             + self
                 .self_attn
-                .forward(self.input_layernorm.forward(x), rope, mask);
+                .forward(self.input_layernorm.forward(x), rope, masks);
         h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
     }
 
@@ -316,7 +420,8 @@ pub struct LlamaForCausalLM {
     pub model: LlamaModel,
     /// `None` when the output projection is tied to `model.embed_tokens`.
     pub lm_head: Option<Linear>,
-    pub rope_theta: f64,
+    #[module(skip)]
+    pub rope: RopeSpec,
     pub max_position_embeddings: usize,
 }
 
@@ -331,17 +436,23 @@ impl LlamaForCausalLM {
     pub fn hidden_states(&self, input_ids: Tensor<2, Int>) -> Tensor<3> {
         let device = input_ids.device();
         let [_, seq] = input_ids.dims();
-        let head_dim = self
-            .model
-            .layers
-            .first()
-            .map_or(2, |l| l.self_attn.head_dim);
-        let rope = Rope::new(seq, head_dim, self.rope_theta, &device);
-        // burn's tril_mask is true strictly above the diagonal: the future, which stays hidden.
-        let mask = Tensor::<2, Bool>::tril_mask([seq, seq], 0, &device).unsqueeze::<4>();
+        let rope = Rope::new(seq, &self.inv_freq(), &device);
+        let positions: Vec<usize> = (0..seq).collect();
+        let masks = Masks::new(&self.windows(), |window| {
+            // Hidden: the future, and with a window the keys W or more tokens back.
+            let mut hidden = vec![false; seq * seq];
+            for q in 0..seq {
+                for k in 0..seq {
+                    hidden[q * seq + k] =
+                        k > q || window.is_some_and(|w| positions[q] - positions[k] >= w);
+                }
+            }
+            Tensor::<2, Bool>::from_data(TensorData::new(hidden, [seq, seq]), &device)
+                .unsqueeze::<4>()
+        });
         let mut x = self.model.embed_tokens.forward(input_ids);
         for layer in &self.model.layers {
-            x = layer.forward(x, &rope, mask.clone());
+            x = layer.forward(x, &rope, &masks);
         }
         self.model.norm.forward(x)
     }
@@ -384,6 +495,27 @@ impl LlamaForCausalLM {
 
     fn hidden_size(&self) -> usize {
         self.model.embed_tokens.weight.lazy_shape()[1]
+    }
+
+    /// The rotary inverse frequencies of the attention heads.
+    fn inv_freq(&self) -> Vec<f64> {
+        let head_dim = self
+            .model
+            .layers
+            .first()
+            .map_or(2, |l| l.self_attn.head_dim);
+        self.rope.inv_freq(head_dim)
+    }
+
+    /// The distinct attention windows of the layers (`None`: full attention).
+    fn windows(&self) -> Vec<Option<usize>> {
+        let mut windows: Vec<Option<usize>> = Vec::new();
+        for layer in &self.model.layers {
+            if !windows.contains(&layer.self_attn.window) {
+                windows.push(layer.self_attn.window);
+            }
+        }
+        windows
     }
 
     /// Project hidden states onto the vocabulary.
@@ -444,8 +576,9 @@ pub(super) struct SegmentBatch {
     gather: Option<Tensor<1, Int>>,
     /// Slot of each packed token, `[T]`; `None` likewise.
     scatter: Option<Tensor<1, Int>>,
-    /// `[segments, 1, repeats · width, width]`, true = hidden, for the stacked query heads.
-    mask: Tensor<4, Bool>,
+    /// `[segments, 1, repeats · width, width]`, true = hidden, for the stacked query heads: one
+    /// per attention window of the layers.
+    masks: Masks,
     /// Rotations of every slot, `[segments, 1, width, head_dim]` (padding at position 0).
     rope: Rope,
 }
@@ -457,8 +590,8 @@ impl SegmentBatch {
         Self::new(
             packing,
             attention.num_heads / attention.num_kv_heads,
-            attention.head_dim,
-            model.rope_theta,
+            &model.inv_freq(),
+            &model.windows(),
             device,
         )
     }
@@ -466,8 +599,8 @@ impl SegmentBatch {
     fn new(
         packing: &Packing,
         repeats: usize,
-        head_dim: usize,
-        theta: f64,
+        inv_freq: &[f64],
+        windows: &[Option<usize>],
         device: &Device,
     ) -> Self {
         let segments = packing.segments.len().max(1);
@@ -475,7 +608,7 @@ impl SegmentBatch {
         let single = packing.segments.len() == 1;
         let (mut rows, mut positions) = (Vec::new(), Vec::new());
         let mut scatter = vec![0i64; packing.tokens.len()];
-        let mut hidden = Vec::with_capacity(segments * repeats * width * width);
+        let mut blocks = Vec::with_capacity(segments);
         for (index, segment) in packing.segments.iter().enumerate() {
             let len = segment.len();
             for slot in 0..width {
@@ -486,24 +619,34 @@ impl SegmentBatch {
                     scatter[row] = (index * width + slot) as i64;
                 }
             }
-            // Real queries see their segment's visible keys, padding keys never; padding
-            // queries (never read) see the first key only, so no row is empty.
-            let visible = segment.visibility();
-            let mut block = vec![true; width * width];
-            for q in 0..width {
-                for k in 0..width {
-                    block[q * width + k] = if q < len && k < len {
-                        !visible[q * len + k]
-                    } else {
-                        !(q >= len && k == 0)
-                    };
+            blocks.push((segment.visibility(), segment.start, len));
+        }
+        // Real queries see their segment's visible keys (within the window: position
+        // differences below it), padding keys never; padding queries (never read) see the
+        // first key only, so no row is empty.
+        let mask = |window: Option<usize>| {
+            let mut hidden = Vec::with_capacity(segments * repeats * width * width);
+            for (visible, start, len) in &blocks {
+                let (start, len) = (*start, *len);
+                let position = |slot: usize| packing.positions[start + slot];
+                let mut block = vec![true; width * width];
+                for q in 0..width {
+                    for k in 0..width {
+                        block[q * width + k] = if q < len && k < len {
+                            !visible[q * len + k]
+                                || window.is_some_and(|w| position(q) >= position(k) + w)
+                        } else {
+                            !(q >= len && k == 0)
+                        };
+                    }
+                }
+                for _ in 0..repeats {
+                    hidden.extend_from_slice(&block);
                 }
             }
-            for _ in 0..repeats {
-                hidden.extend_from_slice(&block);
-            }
-        }
-        let mask = TensorData::new(hidden, [segments, 1, repeats * width, width]);
+            let data = TensorData::new(hidden, [segments, 1, repeats * width, width]);
+            Tensor::<4, Bool>::from_data(data, device)
+        };
         let ints = |values: Vec<i64>| {
             let n = values.len();
             Tensor::<1, Int>::from_data(TensorData::new(values, [n]), device)
@@ -513,8 +656,8 @@ impl SegmentBatch {
             width,
             gather: (!single).then(|| ints(rows)),
             scatter: (!single).then(|| ints(scatter)),
-            mask: Tensor::from_data(mask, device),
-            rope: Rope::at(&positions, segments, head_dim, theta, device),
+            masks: Masks::new(windows, mask),
+            rope: Rope::at(&positions, segments, inv_freq, device),
         }
     }
 
@@ -543,48 +686,25 @@ impl SegmentBatch {
     }
 }
 
-/// Rotary position embeddings (Su et al. 2021) in Hugging Face's half-split layout:
-/// `x·cos + rotate_half(x)·sin`, `rotate_half([a, b]) = [−b, a]`.
-struct Rope {
-    cos: Tensor<4>,
-    sin: Tensor<4>,
-}
+/// The attention masks of a forward, one per distinct window of its layers (true = hidden).
+pub(super) struct Masks(Vec<(Option<usize>, Tensor<4, Bool>)>);
 
-impl Rope {
-    fn new(seq: usize, head_dim: usize, theta: f64, device: &Device) -> Self {
-        Self::at(&(0..seq).collect::<Vec<_>>(), 1, head_dim, theta, device)
+impl Masks {
+    fn new(windows: &[Option<usize>], mask: impl Fn(Option<usize>) -> Tensor<4, Bool>) -> Self {
+        let windows = if windows.is_empty() {
+            &[None][..]
+        } else {
+            windows
+        };
+        Self(windows.iter().map(|&w| (w, mask(w))).collect())
     }
 
-    /// The rotations of tokens at position ids `positions`, `[batch, 1, seq, head_dim]` for
-    /// `batch` rows of `positions.len() / batch`.
-    fn at(positions: &[usize], batch: usize, head_dim: usize, theta: f64, device: &Device) -> Self {
-        let half = head_dim / 2;
-        let seq = positions.len() / batch.max(1);
-        let mut angles = Vec::with_capacity(seq * head_dim);
-        for &position in positions {
-            for i in 0..head_dim {
-                let exponent = (2 * (i % half)) as f64 / head_dim as f64;
-                angles.push((position as f64 / theta.powf(exponent)) as f32);
-            }
-        }
-        let angles = Tensor::<1>::from_floats(angles.as_slice(), device).reshape([
-            batch.max(1),
-            1,
-            seq,
-            head_dim,
-        ]);
-        Self {
-            cos: angles.clone().cos(),
-            sin: angles.sin(),
-        }
-    }
-
-    fn apply(&self, x: Tensor<4>) -> Tensor<4> {
-        let [_, _, _, head_dim] = x.dims();
-        let half = head_dim / 2;
-        let first = x.clone().narrow(3, 0, half);
-        let second = x.clone().narrow(3, half, half);
-        let rotated = Tensor::cat(vec![second.neg(), first], 3);
-        x * self.cos.clone() + rotated * self.sin.clone()
+    /// The mask of layers with attention window `window`.
+    fn of(&self, window: Option<usize>) -> Tensor<4, Bool> {
+        self.0
+            .iter()
+            .find(|(w, _)| *w == window)
+            .map(|(_, mask)| mask.clone())
+            .expect("a mask for every layer's window")
     }
 }

@@ -6,6 +6,7 @@
 
 pub mod attention;
 pub mod bert;
+pub mod family;
 pub mod fused;
 pub mod io;
 pub mod layers;
@@ -13,6 +14,7 @@ pub mod llama;
 pub mod logps;
 pub mod lora;
 pub mod recompute;
+pub mod rope;
 pub mod source;
 
 use std::path::Path;
@@ -20,6 +22,7 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 pub use bert::{BertClassifier, BertConfig, BertHead};
+pub use family::Family;
 pub use llama::{LlamaConfig, LlamaForCausalLM};
 
 use crate::error::{Error, Result};
@@ -135,20 +138,31 @@ pub fn load_llama_from(
 pub fn parse_config(text: &str) -> std::result::Result<ArchConfig, String> {
     let value: serde_json::Value =
         serde_json::from_str(text).map_err(|e| format!("not valid JSON: {e}"))?;
+    let supported = || {
+        let mut names: Vec<&str> = Family::ALL.iter().map(|f| f.model_type()).collect();
+        names.push("bert");
+        names.join(", ")
+    };
     let model_type = value
         .get("model_type")
         .and_then(|v| v.as_str())
-        .ok_or("no \"model_type\" field (expected \"llama\" or \"bert\")")?;
-    let config = match model_type {
-        "llama" => ArchConfig::Llama(
-            serde_json::from_value(value.clone()).map_err(|e| format!("llama config: {e}"))?,
-        ),
-        "bert" => ArchConfig::Bert(
+        .ok_or_else(|| format!("no \"model_type\" field (supported: {})", supported()))?;
+    let config = match (model_type, Family::of_model_type(model_type)) {
+        (_, Some(family)) => {
+            let mut object = value.as_object().cloned().unwrap_or_default();
+            family.fill_defaults(&mut object);
+            let mut config: LlamaConfig = serde_json::from_value(serde_json::Value::Object(object))
+                .map_err(|e| format!("{model_type} config: {e}"))?;
+            config.family = family;
+            ArchConfig::Llama(config)
+        }
+        ("bert", None) => ArchConfig::Bert(
             serde_json::from_value(value.clone()).map_err(|e| format!("bert config: {e}"))?,
         ),
-        other => {
+        (other, None) => {
             return Err(format!(
-                "model_type {other:?} is not supported (supported: llama, bert)"
+                "model_type {other:?} is not supported (supported: {})",
+                supported()
             ));
         }
     };

@@ -206,6 +206,7 @@ fn preset(name: &str, vocab_size: usize) -> Option<ArchConfig> {
             bos_token_id: None,
             eos_token_id: None,
             pad_token_id: None,
+            ..LlamaConfig::default()
         })),
         "tiny-bert" => Some(ArchConfig::Bert(BertConfig {
             vocab_size,

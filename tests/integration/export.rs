@@ -8,6 +8,7 @@ use burn::tensor::{Int, Tensor, TensorData};
 use fairtune::model::io::export::{ExportHead, save_hf};
 use fairtune::model::{self, BertHead};
 use fairtune::tokenizer::TextTokenizer;
+use serde_json::Value;
 
 use crate::common::{self, to_vec};
 
@@ -97,4 +98,61 @@ fn bert_classifier_export_round_trips_with_its_head() {
     );
     assert_eq!(config_json["id2label"]["2"], "LABEL_2");
     assert_eq!(config.name(), "bert");
+}
+
+/// Each decoder family exports to its own layout: config.json names the family's model_type and
+/// class, keeps its fields (biases, q/k norms, windows, rope scaling), and loads back to the
+/// same logits.
+#[test]
+fn every_family_exports_to_its_own_layout() {
+    let device = common::cpu();
+    for (name, class) in [
+        ("qwen2-sliding", "Qwen2ForCausalLM"),
+        ("qwen3", "Qwen3ForCausalLM"),
+        ("mistral", "MistralForCausalLM"),
+        ("llama3-rope", "LlamaForCausalLM"),
+    ] {
+        let source = fixtures().join("families").join(name);
+        let (lm, _) = model::load_llama(&source, &device).unwrap();
+        let config = model::read_config(&source).unwrap();
+        let dir = common::tempdir();
+        let out = dir.path().join("hf");
+        save_hf(
+            &lm,
+            &config,
+            &ExportHead::CausalLm,
+            &TextTokenizer::Bytes,
+            &out,
+        )
+        .unwrap();
+        let written = common::read_json(&out.join("config.json"));
+        let source_json = common::read_json(&source.join("config.json"));
+        assert_eq!(written["architectures"][0], class, "{name}");
+        assert_eq!(written["model_type"], source_json["model_type"], "{name}");
+        assert!(
+            written.get("family").is_none(),
+            "{name}: no fairtune-only keys"
+        );
+        for key in [
+            "sliding_window",
+            "use_sliding_window",
+            "layer_types",
+            "rope_parameters",
+        ] {
+            // (false and null are transformers' defaults, left out.)
+            let set = |v: &&Value| !v.is_null() && **v != Value::Bool(false);
+            if let Some(value) = source_json.get(key).filter(set) {
+                assert_eq!(&written[key], value, "{name}: {key}");
+            }
+        }
+        assert_eq!(model::read_config(&out).unwrap(), config, "{name}");
+        let (back, report) = model::load_llama(&out, &device).unwrap();
+        assert!(report.unused.is_empty() && report.newly_initialized.is_empty());
+        let input = ids(&[&[1, 17, 45, 99, 3, 60, 4, 88, 2]]);
+        assert_eq!(
+            to_vec(back.forward(input.clone())),
+            to_vec(lm.forward(input)),
+            "{name}"
+        );
+    }
 }

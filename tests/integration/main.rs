@@ -11,6 +11,7 @@ mod demo;
 mod dpo;
 mod export;
 mod fairness;
+mod families;
 mod gguf;
 mod kernel;
 mod lora;

@@ -279,10 +279,16 @@ impl ExportHead {
 pub fn config_json(arch: &ArchConfig, head: &ExportHead) -> Value {
     let mut value = serde_json::to_value(arch).expect("configs serialize");
     let object = value.as_object_mut().expect("an object");
-    let (architecture, labels) = match head {
-        ExportHead::CausalLm => ("LlamaForCausalLM", None),
-        ExportHead::Sequence(labels) => ("BertForSequenceClassification", Some(labels)),
-        ExportHead::Token(labels) => ("BertForTokenClassification", Some(labels)),
+    let (architecture, labels) = match (head, arch) {
+        (ExportHead::CausalLm, ArchConfig::Llama(config)) => {
+            // The family's own model_type and class (the decoder's fields keep their HF names).
+            object.insert("model_type".into(), json!(config.family.model_type()));
+            object.remove("family");
+            (config.family.causal_lm_class(), None)
+        }
+        (ExportHead::CausalLm, _) => ("LlamaForCausalLM", None),
+        (ExportHead::Sequence(labels), _) => ("BertForSequenceClassification", Some(labels)),
+        (ExportHead::Token(labels), _) => ("BertForTokenClassification", Some(labels)),
     };
     object.insert("architectures".into(), json!([architecture]));
     object.insert("torch_dtype".into(), json!("float32"));

@@ -1,13 +1,16 @@
-//! A GGUF file as a Llama: its `llama.*` metadata as a Hugging Face config, and its tensors as a
-//! Hugging Face state dict. llama.cpp's converter permutes the rows of `attn_q`/`attn_k` (it
-//! stores rotary pairs interleaved); [`GgufLlama::llama_checkpoint`] undoes that, so the result is
-//! a checkpoint that [`crate::model::io::safetensors::load`] maps like any safetensors one. The file format itself
-//! is [`crate::gguf`].
+//! A GGUF file as a Llama-family decoder (`general.architecture` `llama`, `qwen2`, `qwen3`; a
+//! Mistral converts as `llama`): its `{arch}.*` metadata as a Hugging Face config, and its
+//! tensors as a Hugging Face state dict. For `llama` only, llama.cpp's converter permutes the
+//! rows of `attn_q`/`attn_k` (it stores rotary pairs interleaved; the Qwen families run its
+//! NEOX, half-split rotation and are stored as they are); [`GgufLlama::llama_checkpoint`] undoes
+//! that, so the result is a checkpoint that [`crate::model::io::safetensors::load`] maps like
+//! any safetensors one. The file format itself is [`crate::gguf`].
 
 use std::collections::HashMap;
 
 use crate::error::{Error, Result};
 use crate::gguf::{Gguf, Value};
+use crate::model::Family;
 use crate::model::io::safetensors::Checkpoint;
 use crate::model::llama::LlamaConfig;
 
@@ -22,18 +25,23 @@ pub trait GgufLlama {
 impl GgufLlama for Gguf {
     /// The Llama hyper-parameters (`llama.*` metadata) as a Hugging Face config.
     fn llama_config(&self) -> Result<LlamaConfig> {
-        match self.architecture() {
-            Some("llama") => {}
+        let family = match self.architecture() {
+            Some("llama") => Family::Llama,
+            Some("qwen2") => Family::Qwen2,
+            Some("qwen3") => Family::Qwen3,
             other => {
                 return Err(Error::input(format!(
-                    "{}: architecture {:?} is not supported (supported: llama)",
+                    "{}: architecture {:?} is not supported (supported: llama, qwen2, qwen3)",
                     self.path.display(),
                     other.unwrap_or("(none)")
                 )));
             }
-        }
-        let int = |key: &str| -> Result<usize> {
-            self.require(key)?
+        };
+        let arch = family.model_type();
+        let key = |name: &str| format!("{arch}.{name}");
+        let int = |name: &str| -> Result<usize> {
+            let key = key(name);
+            self.require(&key)?
                 .as_u64()
                 .map(|v| v as usize)
                 .ok_or_else(|| {
@@ -43,8 +51,10 @@ impl GgufLlama for Gguf {
                     ))
                 })
         };
-        let float = |key: &str, default: f64| -> f64 {
-            self.get(key).and_then(Value::as_f64).unwrap_or(default)
+        let float = |name: &str, default: f64| -> f64 {
+            self.get(&key(name))
+                .and_then(Value::as_f64)
+                .unwrap_or(default)
         };
         let embed = self.tensor("token_embd.weight").ok_or_else(|| {
             Error::input(format!(
@@ -52,14 +62,14 @@ impl GgufLlama for Gguf {
                 self.path.display()
             ))
         })?;
-        let hidden_size = int("llama.embedding_length")?;
-        let heads = int("llama.attention.head_count")?;
-        let vocab_size = match self.get("llama.vocab_size").and_then(Value::as_u64) {
+        let hidden_size = int("embedding_length")?;
+        let heads = int("attention.head_count")?;
+        let vocab_size = match self.get(&key("vocab_size")).and_then(Value::as_u64) {
             Some(v) => v as usize,
             None => embed.dims.get(1).copied().unwrap_or(0),
         };
         let head_dim = self
-            .get("llama.attention.key_length")
+            .get(&key("attention.key_length"))
             .and_then(Value::as_u64)
             .map(|v| v as usize)
             .filter(|&d| d != hidden_size / heads.max(1));
@@ -68,23 +78,23 @@ impl GgufLlama for Gguf {
                 .and_then(Value::as_u64)
                 .map(|v| v as u32)
         };
-        let config = LlamaConfig {
+        let mut config = LlamaConfig {
             vocab_size,
             hidden_size,
-            intermediate_size: int("llama.feed_forward_length")?,
-            num_hidden_layers: int("llama.block_count")?,
+            intermediate_size: int("feed_forward_length")?,
+            num_hidden_layers: int("block_count")?,
             num_attention_heads: heads,
             num_key_value_heads: self
-                .get("llama.attention.head_count_kv")
+                .get(&key("attention.head_count_kv"))
                 .and_then(Value::as_u64)
                 .map(|v| v as usize),
             head_dim,
             max_position_embeddings: self
-                .get("llama.context_length")
+                .get(&key("context_length"))
                 .and_then(Value::as_u64)
                 .map_or(2048, |v| v as usize),
-            rms_norm_eps: float("llama.attention.layer_norm_rms_epsilon", 1e-6),
-            rope_theta: float("llama.rope.freq_base", 10_000.0),
+            rms_norm_eps: float("attention.layer_norm_rms_epsilon", 1e-6),
+            rope_theta: float("rope.freq_base", 10_000.0),
             tie_word_embeddings: self.tensor("output.weight").is_none(),
             attention_bias: self.tensor("blk.0.attn_q.bias").is_some(),
             mlp_bias: self.tensor("blk.0.ffn_up.bias").is_some(),
@@ -93,10 +103,38 @@ impl GgufLlama for Gguf {
             bos_token_id: token("bos_token_id"),
             eos_token_id: token("eos_token_id"),
             pad_token_id: token("padding_token_id"),
+            family,
+            sliding_window: self
+                .get(&key("attention.sliding_window"))
+                .and_then(Value::as_u64)
+                .filter(|&w| w > 0)
+                .map(|w| w as usize),
+            ..LlamaConfig::default()
         };
-        if self.get("llama.rope.scaling.type").is_some() {
+        // Windows as llama.cpp runs them: every layer when the file gives one.
+        config.use_sliding_window = config.sliding_window.is_some();
+        config.max_window_layers = Some(0);
+        let scaling = self.get(&key("rope.scaling.type")).and_then(Value::as_str);
+        match scaling {
+            None | Some("none") => {}
+            Some("linear") => {
+                config.rope_scaling = Some(serde_json::json!({
+                    "rope_type": "linear",
+                    "factor": float("rope.scaling.factor", 1.0),
+                }));
+            }
+            Some(other) => {
+                return Err(Error::input(format!(
+                    "{}: rope scaling {other:?} is not supported (supported: linear)",
+                    self.path.display()
+                )));
+            }
+        }
+        // Llama 3.x: llama.cpp bakes the llama3 scaling into per-dimension divisors.
+        if self.tensor("rope_freqs.weight").is_some() {
             return Err(Error::input(format!(
-                "{}: rope scaling is not supported",
+                "{}: rope_freqs (Llama 3.1-style rope scaling baked into the GGUF) is not \
+                 supported yet; load the model's Hugging Face directory instead",
                 self.path.display()
             )));
         }
@@ -116,7 +154,11 @@ impl GgufLlama for Gguf {
                 continue;
             };
             let (shape, mut data) = self.tensor_f32(info)?;
-            let heads = if info.name.contains(".attn_q.") {
+            // Only llama's rows are permuted (see the module docs).
+            let permuted = config.family == Family::Llama;
+            let heads = if !permuted {
+                None
+            } else if info.name.contains(".attn_q.") {
                 Some(config.num_attention_heads)
             } else if info.name.contains(".attn_k.") {
                 Some(config.num_kv_heads())
@@ -157,6 +199,8 @@ pub fn hf_llama_name(name: &str) -> Option<String> {
         "attn_k" => "self_attn.k_proj",
         "attn_v" => "self_attn.v_proj",
         "attn_output" => "self_attn.o_proj",
+        "attn_q_norm" => "self_attn.q_norm",
+        "attn_k_norm" => "self_attn.k_norm",
         "ffn_gate" => "mlp.gate_proj",
         "ffn_up" => "mlp.up_proj",
         "ffn_down" => "mlp.down_proj",
