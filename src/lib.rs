@@ -12,7 +12,7 @@
 //! 5. [`group_stats`] (the WGSL op) and [`objective`] (DPO losses, the fairness term F);
 //! 6. [`train`]: the session that turns a task's batches into `task + λ·F`, steps and checkpoints;
 //! 7. [`eval`] (metrics of a finished run, bias benchmarks, compare), [`sweep`] (λ sweeps and the
-//!    Pareto plot), [`throughput`] (`fairtune bench`);
+//!    Pareto plot), [`throughput`] (`fairtune bench`), [`generate`] (text from a decoder);
 //! 8. [`apps`]: the demo, the browser playground and its wasm entry points — and then the CLI
 //!    (`src/main.rs`), which only parses flags.
 
@@ -24,6 +24,7 @@ pub mod eval;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod fetch;
 pub mod fsutil;
+pub mod generate;
 pub mod gguf;
 pub mod group_stats;
 pub mod metrics;

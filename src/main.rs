@@ -44,6 +44,9 @@ enum Command {
     Sweep(Box<SweepArgs>),
     /// Print throughput tables: DPO training tokens/s per backend, group-statistics op GB/s.
     Bench(BenchArgs),
+    /// Generate text with a causal LM (a model, or a finished run's tuned one): greedy by
+    /// default, or sampled; one prompt streamed, or a JSONL file of prompts batched.
+    Generate(Box<GenerateArgs>),
     /// Download the known models and data sets into the cache (once; offline afterwards).
     Fetch {
         /// Asset names, or `all`. Without names: list what is known and what is present.
@@ -438,6 +441,50 @@ struct PlaygroundArgs {
 }
 
 #[derive(Args)]
+struct GenerateArgs {
+    /// A preset, fetched name, Hugging Face directory, GGUF file or config.json.
+    #[arg(long)]
+    model: Option<String>,
+    /// A finished `fairtune train` run: its tuned model (OUT/hf, adapters merged).
+    #[arg(long)]
+    run: Option<PathBuf>,
+    /// A tokenizer.json to use instead of the model's own.
+    #[arg(long)]
+    tokenizer: Option<PathBuf>,
+    /// The prompt, as plain text (tokenized as the tokenizer does, BOS by its own rule).
+    #[arg(long)]
+    prompt: Option<String>,
+    /// A JSONL file of {"prompt": text or [{"role", "content"}, …]} rows, generated as a batch.
+    #[arg(long)]
+    prompts: Option<PathBuf>,
+    #[arg(long, default_value_t = 64)]
+    max_new_tokens: usize,
+    /// 0 (the default) is greedy; above 0, sample at this temperature.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f64,
+    /// Sample from the k most likely tokens only (0: all).
+    #[arg(long, default_value_t = 0)]
+    top_k: usize,
+    /// Sample from the most likely tokens whose probability adds up to p (1: all).
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f64,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Stop a completion at this text (repeatable); EOS and end-of-turn tokens always stop it.
+    #[arg(long)]
+    stop: Vec<String>,
+    /// Render plain-text prompts as a user message with the model's chat template.
+    #[arg(long)]
+    chat: bool,
+    /// One JSON object per prompt on stdout: {"prompt", "completion", "prompt_ids",
+    /// "completion_ids", "finish"}.
+    #[arg(long)]
+    jsonl: bool,
+    #[arg(long, value_enum, default_value = "auto")]
+    backend: BackendChoice,
+}
+
+#[derive(Args)]
 struct BenchArgs {
     /// Which backends to measure (auto: the CPU, and wgpu when an adapter exists).
     #[arg(long, value_enum, default_value = "auto")]
@@ -624,6 +671,33 @@ fn train(args: TrainArgs) -> Result<()> {
     Ok(())
 }
 
+fn generate(args: GenerateArgs) -> Result<()> {
+    let request = fairtune::generate::Request {
+        model: args.model,
+        run: args.run,
+        tokenizer: args.tokenizer,
+        prompt: args.prompt,
+        prompts: args.prompts,
+        chat: args.chat,
+        jsonl: args.jsonl,
+        options: fairtune::generate::GenerateOptions {
+            max_new_tokens: args.max_new_tokens,
+            sampling: fairtune::generate::Sampling {
+                temperature: args.temperature,
+                top_k: args.top_k,
+                top_p: args.top_p,
+                seed: args.seed,
+            },
+            stop_ids: Vec::new(),
+            stop_strings: args.stop,
+        },
+    };
+    request.options.sampling.validate()?;
+    let selected = device::select(args.backend)?;
+    eprintln!("device: {}", selected.describe());
+    fairtune::generate::run(&request, &selected.device)
+}
+
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Demo(args) => demo(args),
@@ -637,6 +711,7 @@ fn run(cli: Cli) -> Result<()> {
             };
             fairtune::throughput::run(&options).map(|table| println!("{table}"))
         }
+        Command::Generate(args) => generate(*args),
         Command::Fetch { names } => fetch(&names),
         Command::Eval(args) => eval(args),
         Command::Sweep(args) => sweep(*args),

@@ -329,6 +329,29 @@ impl LlamaAttention {
         project(&self.o_proj, out, self.lora_dropout)
     }
 
+    /// Attention of new tokens over the cached ones and themselves: their keys and values
+    /// (rotated at their positions) join `cache`, `[batch, kv_heads, slots, head_dim]`.
+    fn forward_cached(
+        &self,
+        x: Tensor<3>,
+        rope: &Rope,
+        mask: Tensor<4, Bool>,
+        cache: &mut Option<(Tensor<4>, Tensor<4>)>,
+    ) -> Tensor<3> {
+        let (q, k, v) = self.qkv(x, rope, |t| t);
+        let (k, v) = match cache.take() {
+            Some((past_k, past_v)) => (
+                Tensor::cat(vec![past_k, k], 2),
+                Tensor::cat(vec![past_v, v], 2),
+            ),
+            None => (k, v),
+        };
+        *cache = Some((k.clone(), v.clone()));
+        let (k, v) = (self.repeat_kv(k), self.repeat_kv(v));
+        let out = merge_heads(attention(q, k, v, mask, None));
+        project(&self.o_proj, out, self.lora_dropout)
+    }
+
     /// Grouped-query attention: each key/value head serves `num_heads / num_kv_heads` query heads.
     fn repeat_kv(&self, x: Tensor<4>) -> Tensor<4> {
         let repeats = self.num_heads / self.num_kv_heads;
@@ -399,6 +422,21 @@ impl LlamaDecoderLayer {
         h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
     }
 
+    fn forward_cached(
+        &self,
+        x: Tensor<3>,
+        rope: &Rope,
+        masks: &Masks,
+        cache: &mut Option<(Tensor<4>, Tensor<4>)>,
+    ) -> Tensor<3> {
+        let mask = masks.of(self.self_attn.window);
+        let h = x.clone()
+            + self
+                .self_attn
+                .forward_cached(self.input_layernorm.forward(x), rope, mask, cache);
+        h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
+    }
+
     pub(super) fn forward_packed(&self, x: Tensor<3>, batch: &SegmentBatch) -> Tensor<3> {
         let h = x.clone()
             + self
@@ -455,6 +493,71 @@ impl LlamaForCausalLM {
             x = layer.forward(x, &rope, &masks);
         }
         self.model.norm.forward(x)
+    }
+
+    /// Feed each row of a generation its next tokens, `(id, position)` with `None` for left
+    /// padding (all rows the same count), through the key/value `cache` of what came before;
+    /// returns the next-token logits at each row's last new token, `[batch, vocab]`. A token
+    /// sees the cached and new tokens of its row at positions up to its own (within its layer's
+    /// window), padding never; a padding token sees only itself.
+    pub fn extend(
+        &self,
+        cache: &mut KvCache,
+        tokens: &[Vec<(u32, Option<usize>)>],
+        device: &Device,
+    ) -> Tensor<2> {
+        let batch = tokens.len();
+        let new = tokens.first().map_or(0, Vec::len);
+        assert!(
+            batch > 0 && new > 0 && tokens.iter().all(|row| row.len() == new),
+            "extend takes the same number of new tokens, at least one, for every row"
+        );
+        if cache.layers.is_empty() {
+            cache.layers = vec![None; self.model.layers.len()];
+            cache.positions = vec![Vec::new(); batch];
+        }
+        let past = cache.positions[0].len();
+        for (row, new_tokens) in cache.positions.iter_mut().zip(tokens) {
+            row.extend(new_tokens.iter().map(|&(_, position)| position));
+        }
+        let total = past + new;
+        let ids: Vec<i64> = tokens
+            .iter()
+            .flatten()
+            .map(|&(id, _)| i64::from(id))
+            .collect();
+        let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [batch, new]), device);
+        let positions: Vec<usize> = tokens
+            .iter()
+            .flatten()
+            .map(|&(_, position)| position.unwrap_or(0))
+            .collect();
+        let rope = Rope::at(&positions, batch, &self.inv_freq(), device);
+        let slots = &cache.positions;
+        let masks = Masks::new(&self.windows(), |window| {
+            let mut hidden = vec![true; batch * new * total];
+            for row in 0..batch {
+                for i in 0..new {
+                    let query = slots[row][past + i];
+                    for key in 0..total {
+                        let visible = match (query, slots[row][key]) {
+                            (None, _) => key == past + i,
+                            (Some(_), None) => false,
+                            (Some(q), Some(k)) => k <= q && window.is_none_or(|w| q - k < w),
+                        };
+                        hidden[(row * new + i) * total + key] = !visible;
+                    }
+                }
+            }
+            Tensor::<4, Bool>::from_data(TensorData::new(hidden, [batch, 1, new, total]), device)
+        });
+        let mut x = self.model.embed_tokens.forward(ids);
+        for (layer, entry) in self.model.layers.iter().zip(&mut cache.layers) {
+            x = layer.forward_cached(x, &rope, &masks, entry);
+        }
+        let last = self.model.norm.forward(x).narrow(1, new - 1, 1);
+        let vocab = self.vocab_size();
+        self.lm_logits(last).reshape([batch, vocab])
     }
 
     /// Final hidden states `[T, hidden]` of a packed row (see [`Packing`]): every token sees what
@@ -683,6 +786,30 @@ impl SegmentBatch {
                 .select(0, slots.clone())
                 .reshape([1, total, features]),
         }
+    }
+}
+
+/// The keys and values every layer computed for the tokens a generation has seen, `[batch,
+/// kv_heads, slots, head_dim]` (keys rotated), and each row's slot positions (`None`: left
+/// padding). Filled by [`LlamaForCausalLM::extend`].
+#[derive(Default)]
+pub struct KvCache {
+    layers: Vec<Option<(Tensor<4>, Tensor<4>)>>,
+    positions: Vec<Vec<Option<usize>>>,
+}
+
+impl KvCache {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Slots per row so far.
+    pub fn len(&self) -> usize {
+        self.positions.first().map_or(0, Vec::len)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 }
 

@@ -237,6 +237,32 @@ impl TextTokenizer {
         Ok(ids)
     }
 
+    /// The text of `ids`, special tokens left out (as transformers' `decode(...,
+    /// skip_special_tokens=True)`); bytes that are not UTF-8 become U+FFFD.
+    pub fn decode(&self, ids: &[u32]) -> Result<String> {
+        match self {
+            TextTokenizer::Bytes => {
+                let bytes: Vec<u8> = ids
+                    .iter()
+                    .filter(|&&id| (BYTE_OFFSET..BYTE_OFFSET + 256).contains(&id))
+                    .map(|&id| (id - BYTE_OFFSET) as u8)
+                    .collect();
+                Ok(String::from_utf8_lossy(&bytes).into_owned())
+            }
+            TextTokenizer::Hf { tokenizer, .. } => tokenizer
+                .decode(ids, true)
+                .map_err(|e| Error::runtime(format!("tokenizer failed to decode: {e}"))),
+        }
+    }
+
+    /// The id of a token's text in the vocabulary, if it is one token.
+    pub fn token_id(&self, text: &str) -> Option<u32> {
+        match self {
+            TextTokenizer::Bytes => None,
+            TextTokenizer::Hf { tokenizer, .. } => tokenizer.token_to_id(text),
+        }
+    }
+
     /// The end-of-sequence token as text (what TRL appends to plain completions), if it has one.
     pub fn eos_text(&self) -> Option<String> {
         match self {

@@ -12,6 +12,7 @@ mod dpo;
 mod export;
 mod fairness;
 mod families;
+mod generate;
 mod gguf;
 mod kernel;
 mod lora;

@@ -1,0 +1,219 @@
+//! Generation: the key/value-cached decoder reproduces transformers' greedy `generate` for every
+//! family fixture (tests/fixtures/make_families.py), alone and batched with a shorter prompt
+//! (left padding changes nothing); `fairtune generate` from the command line, its JSONL, seeded
+//! sampling, stop strings, and its bad inputs.
+
+use std::path::{Path, PathBuf};
+
+use fairtune::generate::{Finish, GenerateOptions, Sampling, generate};
+use fairtune::model;
+use fairtune::tokenizer::TextTokenizer;
+use serde_json::{Value, json};
+
+use crate::common::{self, fairtune, jsonl, write};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
+}
+
+fn greedy(max_new_tokens: usize) -> GenerateOptions {
+    GenerateOptions {
+        max_new_tokens,
+        sampling: Sampling::default(),
+        stop_ids: Vec::new(),
+        stop_strings: Vec::new(),
+    }
+}
+
+#[test]
+fn cached_greedy_generation_matches_transformers_for_every_family() {
+    let fixture = common::read_json(&fixtures().join("parity/families.json"));
+    let mut devices = vec![("cpu", common::cpu())];
+    if let Some(wgpu) = common::wgpu() {
+        devices.push(("wgpu", wgpu.device));
+    }
+    for (name, expected) in fixture["models"].as_object().unwrap() {
+        let prompt: Vec<u32> = serde_json::from_value(expected["prompt_ids"].clone()).unwrap();
+        let want: Vec<u32> = serde_json::from_value(expected["greedy_ids"].clone()).unwrap();
+        for (backend, device) in &devices {
+            let dir = fixtures().join("families").join(name);
+            let (lm, _) = model::load_llama(&dir, device).unwrap();
+            // A shorter second prompt: the first row is left-padded by nothing, the second by 2.
+            let prompts = vec![prompt.clone(), prompt[..3].to_vec()];
+            let out = pollster::block_on(generate(
+                &lm,
+                &TextTokenizer::Bytes,
+                &prompts,
+                &greedy(want.len()),
+                device,
+                |_, _| {},
+            ))
+            .unwrap();
+            assert_eq!(out[0].completion_ids, want, "{name} on {backend}: batched");
+            assert_eq!(out[0].finish, Finish::Length);
+            let alone = pollster::block_on(generate(
+                &lm,
+                &TextTokenizer::Bytes,
+                &prompts[1..],
+                &greedy(want.len()),
+                device,
+                |_, _| {},
+            ))
+            .unwrap();
+            assert_eq!(
+                alone[0].completion_ids, out[1].completion_ids,
+                "{name} on {backend}: left padding changes nothing"
+            );
+        }
+    }
+}
+
+fn chat_model() -> String {
+    fixtures().join("tiny-llama-chat").display().to_string()
+}
+
+fn generate_cli(args: &[&str]) -> std::process::Output {
+    let mut argv = vec!["generate", "--backend", "cpu"];
+    argv.extend_from_slice(args);
+    fairtune(&argv)
+}
+
+#[track_caller]
+fn lines(output: &std::process::Output) -> Vec<Value> {
+    assert!(output.status.success(), "{}", common::stderr(output));
+    String::from_utf8_lossy(&output.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
+#[test]
+fn the_generate_command() {
+    let dir = common::tempdir();
+    let model = chat_model();
+    let prompts = write(
+        dir.path(),
+        "prompts.jsonl",
+        &jsonl(&[
+            json!({"prompt": "The weather is"}),
+            json!({"prompt": [{"role": "user", "content": "Hi there!"}]}),
+        ]),
+    );
+    let prompts = prompts.to_str().unwrap();
+    let base = [
+        "--model",
+        &model,
+        "--prompts",
+        prompts,
+        "--jsonl",
+        "--max-new-tokens",
+        "6",
+    ];
+    let greedy = lines(&generate_cli(&base));
+    assert_eq!(greedy.len(), 2);
+    for line in &greedy {
+        for key in [
+            "prompt",
+            "completion",
+            "prompt_ids",
+            "completion_ids",
+            "finish",
+        ] {
+            assert!(line.get(key).is_some(), "{key}: {line}");
+        }
+        let ids = line["completion_ids"].as_array().unwrap();
+        assert!(!ids.is_empty() && ids.len() <= 6, "{line}");
+    }
+    // The chat row is rendered with the template (its prompt ids start with the BOS the
+    // template writes); the plain one is tokenized as text.
+    assert_eq!(greedy[1]["prompt"][0]["role"], "user");
+    // Greedy is deterministic; a seed makes sampling so too, and the sample is another text.
+    assert_eq!(lines(&generate_cli(&base)), greedy);
+    let mut sampled = base.to_vec();
+    sampled.extend(["--temperature", "1.5", "--seed", "3"]);
+    let a = lines(&generate_cli(&sampled));
+    assert_eq!(a, lines(&generate_cli(&sampled)), "same seed, same sample");
+    let ids =
+        |v: &[Value]| -> Vec<Value> { v.iter().map(|l| l["completion_ids"].clone()).collect() };
+    assert_ne!(ids(&a), ids(&greedy), "temperature 1.5 samples");
+
+    // One prompt streams its text to stdout; the JSONL completion for the same prompt equals it.
+    let streamed = generate_cli(&[
+        "--model",
+        &model,
+        "--prompt",
+        "The weather is",
+        "--max-new-tokens",
+        "6",
+    ]);
+    assert!(streamed.status.success(), "{}", common::stderr(&streamed));
+    let text = String::from_utf8_lossy(&streamed.stdout);
+    assert_eq!(
+        text.trim_end_matches('\n'),
+        greedy[0]["completion"].as_str().unwrap()
+    );
+
+    // A stop string cuts the completion before it.
+    let completion = greedy[0]["completion"].as_str().unwrap();
+    if let Some(stop) = completion
+        .chars()
+        .nth(2)
+        .map(String::from)
+        .filter(|s| !s.trim().is_empty())
+    {
+        let mut stopped = base.to_vec();
+        stopped.extend(["--stop", &stop]);
+        let cut = lines(&generate_cli(&stopped));
+        let got = cut[0]["completion"].as_str().unwrap();
+        assert!(
+            !got.contains(stop.as_str()) && completion.starts_with(got),
+            "{got:?} {stop:?}"
+        );
+    }
+}
+
+#[test]
+fn generate_refuses_bad_input_with_one_line() {
+    let model = chat_model();
+    let cases: [(&[&str], &str); 6] = [
+        (&["--prompt", "x"], "give --model or --run"),
+        (&["--model", &model], "give --prompt TEXT or --prompts"),
+        (
+            &["--model", &model, "--prompt", "x", "--top-p", "0"],
+            "--top-p must be in (0, 1]",
+        ),
+        (
+            &["--model", &model, "--prompt", "x", "--temperature=-1"],
+            "--temperature",
+        ),
+        (
+            &[
+                "--model",
+                &model,
+                "--prompt",
+                "x",
+                "--max-new-tokens",
+                "1000",
+            ],
+            "max_position_embeddings",
+        ),
+        (
+            &["--model", "tiny-bert", "--prompt", "x"],
+            "needs a causal LM",
+        ),
+    ];
+    for (args, needle) in cases {
+        common::expect_error(&generate_cli(args), 2, needle);
+    }
+    let dir = common::tempdir();
+    common::expect_error(
+        &generate_cli(&["--run", dir.path().to_str().unwrap(), "--prompt", "x"]),
+        2,
+        "no hf/ export",
+    );
+    common::expect_error(
+        &generate_cli(&["--model", "tiny-llama", "--prompt", "x", "--chat"]),
+        2,
+        "no chat template",
+    );
+}
