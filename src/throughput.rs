@@ -1,8 +1,9 @@
 //! Throughput benchmarks that print tables (run by `fairtune bench` and `cargo bench`):
 //! DPO training tokens/s of the real training [`Session`] (the loop `fairtune train` and the
 //! browser run) on each backend — a tiny model, and a SmolLM2-135M-sized one with LoRA and in
-//! full — and the group-statistics op's throughput at N = 1M, 10M for G = 2, 64, WGSL against
-//! the tensor-op reference. Each op row is also checked against an f64 host computation, so a
+//! full —, greedy generation tokens/s through the key/value cache ([`crate::generate`]), and the
+//! group-statistics op's throughput at N = 1M, 10M for G = 2, 64, WGSL against the tensor-op
+//! reference. Each op row is also checked against an f64 host computation, so a
 //! fast wrong kernel cannot hide.
 
 use std::fmt::Write as _;
@@ -186,6 +187,53 @@ fn dpo_throughput(
     Ok((measured as f64 / seconds, tokens as f64 / seconds))
 }
 
+/// Generated tokens per second of greedy decoding (prefill included) of `prompts` prompts of
+/// `prompt` tokens, `new` tokens each, on `selected`, the best of `repeats` runs after one warmup.
+fn generation_throughput(
+    selected: &Selected,
+    model: &Result<&str, serde_json::Value>,
+    prompts: usize,
+    prompt: usize,
+    new: usize,
+    repeats: usize,
+) -> Result<f64> {
+    use crate::generate::{GenerateOptions, Sampling, generate};
+    use crate::model::ArchConfig;
+    let arch = match model {
+        Ok(preset) => crate::model::resolve(preset, 264)?.0,
+        Err(config) => crate::model::parse_config(&config.to_string()).map_err(Error::input)?,
+    };
+    let ArchConfig::Llama(arch) = arch else {
+        return Err(Error::runtime("generation needs a decoder"));
+    };
+    let device = &selected.device;
+    let lm = arch.init(device);
+    let mut rng = StdRng::seed_from_u64(5);
+    let ids: Vec<Vec<u32>> = (0..prompts)
+        .map(|_| {
+            (0..prompt)
+                .map(|_| rng.random_range(8..arch.vocab_size as u32))
+                .collect()
+        })
+        .collect();
+    let options = GenerateOptions {
+        max_new_tokens: new,
+        sampling: Sampling::default(),
+        stop_ids: Vec::new(),
+        stop_strings: Vec::new(),
+    };
+    let tokenizer = crate::tokenizer::TextTokenizer::Bytes;
+    let mut best = f64::INFINITY;
+    for run in 0..=repeats {
+        let started = Instant::now();
+        pollster::block_on(generate(&lm, &tokenizer, &ids, &options, device, |_, _| {}))?;
+        if run > 0 {
+            best = best.min(started.elapsed().as_secs_f64());
+        }
+    }
+    Ok((prompts * new) as f64 / best)
+}
+
 /// Reset the process's peak resident set size (Linux: `5` into /proc/self/clear_refs).
 fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
@@ -302,6 +350,44 @@ pub fn run(options: &BenchOptions) -> Result<String> {
          device's; a hardware GPU's own memory is not in it)"
     )
     .ok();
+
+    writeln!(out).ok();
+    writeln!(
+        out,
+        "Greedy generation — `fairtune generate`'s loop (prefill, then one token per prompt per \
+         step through the key/value cache), random weights"
+    )
+    .ok();
+    writeln!(
+        out,
+        "| model | backend | prompts × tokens | new tokens | tokens/s |"
+    )
+    .ok();
+    writeln!(out, "|---|---|---:|---:|---:|").ok();
+    let (new, repeats) = if options.quick { (8, 1) } else { (32, 3) };
+    let works: [(&str, Result<&str, serde_json::Value>, usize, bool); 3] = [
+        ("tiny-llama", Ok("tiny-llama"), 1, true),
+        ("SmolLM2-135M-sized", Err(smollm2_sized()), 1, false),
+        ("SmolLM2-135M-sized", Err(smollm2_sized()), 4, false),
+    ];
+    for (name, model, prompts, small) in &works {
+        for backend in &selected {
+            let software = backend
+                .adapter
+                .as_ref()
+                .is_some_and(|a| a.device_type == "Cpu");
+            if software && !small {
+                continue;
+            }
+            let rate = generation_throughput(backend, model, *prompts, 32, new, repeats)?;
+            writeln!(
+                out,
+                "| {name} | {} | {prompts} × 32 | {new} | {rate:.1} |",
+                backend.backend_name()
+            )
+            .ok();
+        }
+    }
 
     let sizes: &[usize] = if options.quick {
         &[100_000, 1_000_000]
