@@ -357,6 +357,10 @@ pub struct Request {
     pub chat: bool,
     /// One JSON object per prompt on stdout instead of the text.
     pub jsonl: bool,
+    /// With `run`: the run's base model and its tuned one on the same prompts, side by side
+    /// (by default the first `limit` distinct prompts of the run's --eval file).
+    pub compare: bool,
+    pub limit: usize,
     pub options: GenerateOptions,
 }
 
@@ -503,10 +507,125 @@ fn encode_prompts(
     Ok((ids, raw, chatted))
 }
 
+/// The first `limit` distinct prompts of a run's held-out pairs (its --eval file, else --train),
+/// as JSONL prompt values.
+fn held_out_prompts(run: &std::path::Path, limit: usize) -> Result<Vec<serde_json::Value>> {
+    let finished = crate::eval::run::FinishedRun::open(run)?;
+    let path = finished
+        .config
+        .eval
+        .clone()
+        .unwrap_or_else(|| finished.config.train.clone());
+    let rows = crate::data::jsonl::read(&path)?;
+    let mut prompts: Vec<serde_json::Value> = Vec::new();
+    for row in &rows {
+        if let Some(prompt) = row.fields.get("prompt")
+            && !prompts.contains(prompt)
+        {
+            prompts.push(prompt.clone());
+        }
+        if prompts.len() == limit {
+            break;
+        }
+    }
+    if prompts.is_empty() {
+        return Err(Error::input(format!(
+            "{}: no \"prompt\" to compare on; give --prompt or --prompts",
+            path.display()
+        )));
+    }
+    Ok(prompts)
+}
+
+/// `fairtune generate --run OUT --compare`: the run's base model (its `--model`) and its tuned
+/// model (`OUT/hf`) answer the same prompts, greedy unless sampling is asked for, printed
+/// side by side (or as `{"prompt", "base", "tuned"}` lines with `--jsonl`).
+fn compare(request: &Request, device: &Device) -> Result<()> {
+    use std::io::Write;
+    let Some(run) = &request.run else {
+        return Err(Error::input("--compare needs --run OUT (a finished run)"));
+    };
+    let finished = crate::eval::run::FinishedRun::open(run)?;
+    let mut request = request.clone();
+    // Held while the prompts are read.
+    let mut _scratch = None;
+    if request.prompt.is_none() && request.prompts.is_none() {
+        let prompts = held_out_prompts(run, request.limit.max(1))?;
+        let scratch = crate::fsutil::ScratchDir::new("compare-prompts")?;
+        let path = scratch.path().join("prompts.jsonl");
+        let text: String = prompts
+            .iter()
+            .map(|p| format!("{}\n", serde_json::json!({ "prompt": p })))
+            .collect();
+        std::fs::write(&path, text)
+            .map_err(|e| Error::runtime(format!("{}: {e}", path.display())))?;
+        request.prompts = Some(path);
+        _scratch = Some(scratch);
+    }
+    let request = &request;
+    let base_request = Request {
+        model: Some(finished.config.model.clone()),
+        run: None,
+        tokenizer: finished.config.tokenizer.clone(),
+        ..request.clone()
+    };
+    let tuned_request = Request {
+        model: None,
+        ..request.clone()
+    };
+    let mut answers = Vec::new();
+    for which in [&base_request, &tuned_request] {
+        let (lm, tokenizer, source) = load(which, device)?;
+        let (prompts, raw, chatted) = encode_prompts(which, &tokenizer)?;
+        let mut options = which.options.clone();
+        let eos = match source.arch(tokenizer.vocab_size())? {
+            crate::model::ArchConfig::Llama(config) => config.eos_token_id,
+            _ => None,
+        };
+        options.stop_ids = stop_ids(&tokenizer, &source, eos, chatted);
+        let generations = pollster::block_on(generate(
+            &lm,
+            &tokenizer,
+            &prompts,
+            &options,
+            device,
+            |_, _| {},
+        ))?;
+        answers.push((raw, generations));
+    }
+    let (tuned_raw, tuned) = answers.pop().expect("two");
+    let (_, base) = answers.pop().expect("two");
+    let mut out = std::io::stdout().lock();
+    for ((prompt, base), tuned) in tuned_raw.iter().zip(&base).zip(&tuned) {
+        let line = if request.jsonl {
+            serde_json::json!({
+                "prompt": prompt, "base": base.completion, "tuned": tuned.completion,
+            })
+            .to_string()
+        } else {
+            let shown = match prompt {
+                serde_json::Value::String(text) => text.clone(),
+                other => other.to_string(),
+            };
+            format!(
+                "### {}\nbase:  {}\ntuned: {}\n",
+                shown.trim(),
+                base.completion.trim(),
+                tuned.completion.trim()
+            )
+        };
+        writeln!(out, "{line}").map_err(|e| Error::runtime(format!("stdout: {e}")))?;
+    }
+    Ok(())
+}
+
 /// `fairtune generate`: load, generate, print (the text, streamed for one prompt; or one JSON
 /// object per prompt with `--jsonl`).
 pub fn run(request: &Request, device: &Device) -> Result<()> {
     use std::io::Write;
+    if request.compare {
+        return compare(request, device);
+    }
     let (lm, tokenizer, source) = load(request, device)?;
     let (prompts, raw, chatted) = encode_prompts(request, &tokenizer)?;
     let mut options = request.options.clone();

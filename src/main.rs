@@ -480,6 +480,13 @@ struct GenerateArgs {
     /// "completion_ids", "finish"}.
     #[arg(long)]
     jsonl: bool,
+    /// With --run: the run's base model and its tuned model answer the same prompts, side by
+    /// side (default prompts: the first --limit distinct prompts of the run's --eval file).
+    #[arg(long)]
+    compare: bool,
+    /// How many held-out prompts --compare takes.
+    #[arg(long, default_value_t = 5)]
+    limit: usize,
     #[arg(long, value_enum, default_value = "auto")]
     backend: BackendChoice,
 }
@@ -680,6 +687,8 @@ fn generate(args: GenerateArgs) -> Result<()> {
         prompts: args.prompts,
         chat: args.chat,
         jsonl: args.jsonl,
+        compare: args.compare,
+        limit: args.limit,
         options: fairtune::generate::GenerateOptions {
             max_new_tokens: args.max_new_tokens,
             sampling: fairtune::generate::Sampling {

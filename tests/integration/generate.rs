@@ -217,3 +217,60 @@ fn generate_refuses_bad_input_with_one_line() {
         "no chat template",
     );
 }
+
+/// `generate --run OUT --compare`: the run's base model and its tuned model on the run's first
+/// held-out prompts; each side is what `generate` gives for that model alone.
+#[test]
+fn compare_shows_base_and_tuned_answers_side_by_side() {
+    let dir = common::tempdir();
+    let rows: Vec<Value> = (0..16)
+        .map(|i| {
+            json!({"prompt": format!("Is thing {i} good?"), "chosen": " yes it is",
+                        "rejected": " no it is not"})
+        })
+        .collect();
+    let pairs = write(dir.path(), "pairs.jsonl", &jsonl(&rows));
+    let out = dir.path().join("run");
+    common::TrainCommand::new("dpo", &chat_model(), &pairs, &out)
+        .set("--eval", pairs.display())
+        .set("--steps", 10)
+        .set("--batch-size", 4)
+        .set("--lr", "1e-2")
+        .set("--max-length", 64)
+        .set("--max-prompt-length", 32)
+        .run();
+    let run = out.to_str().unwrap();
+    let compared = lines(&generate_cli(&[
+        "--run",
+        run,
+        "--compare",
+        "--limit",
+        "2",
+        "--max-new-tokens",
+        "5",
+        "--jsonl",
+    ]));
+    assert_eq!(compared.len(), 2, "{compared:?}");
+    assert_eq!(compared[0]["prompt"], "Is thing 0 good?");
+    assert_eq!(compared[1]["prompt"], "Is thing 1 good?");
+    let alone = |model: &[&str]| {
+        let mut args = model.to_vec();
+        args.extend([
+            "--prompt",
+            "Is thing 1 good?",
+            "--max-new-tokens",
+            "5",
+            "--jsonl",
+        ]);
+        lines(&generate_cli(&args))[0]["completion"].clone()
+    };
+    let model = chat_model();
+    assert_eq!(compared[1]["base"], alone(&["--model", &model]));
+    assert_eq!(compared[1]["tuned"], alone(&["--run", run]));
+    assert_ne!(compared[1]["base"], compared[1]["tuned"], "training changed the answer");
+    common::expect_error(
+        &generate_cli(&["--model", &model, "--compare", "--prompt", "x"]),
+        2,
+        "--compare needs --run",
+    );
+}
