@@ -349,6 +349,8 @@ pub struct Request {
     pub model: Option<String>,
     /// `--run OUT`: a finished run's merged model (`OUT/hf`).
     pub run: Option<std::path::PathBuf>,
+    /// `--adapter DIR`: PEFT LoRA adapters (a run's `OUT/adapter`) on the `--model` base.
+    pub adapter: Option<std::path::PathBuf>,
     pub tokenizer: Option<std::path::PathBuf>,
     pub prompt: Option<String>,
     /// JSONL rows with a `"prompt"`: text, or a list of chat messages.
@@ -402,6 +404,16 @@ pub fn load(
             eprintln!("warning: {name} has no weights to load: generating from random init");
             arch.init(device)
         }
+    };
+    let lm = match &request.adapter {
+        Some(dir) if request.run.is_some() => {
+            return Err(Error::input(format!(
+                "--adapter {} goes on a --model base; a --run's model has its adapters merged",
+                dir.display()
+            )));
+        }
+        Some(dir) => model::lora::load_adapters(lm, &ArchConfig::Llama(arch), dir)?,
+        None => lm,
     };
     Ok((lm, tokenizer, source))
 }
@@ -566,6 +578,7 @@ fn compare(request: &Request, device: &Device) -> Result<()> {
     let base_request = Request {
         model: Some(finished.config.model.clone()),
         run: None,
+        adapter: None,
         tokenizer: finished.config.tokenizer.clone(),
         ..request.clone()
     };

@@ -448,6 +448,9 @@ struct GenerateArgs {
     /// A finished `fairtune train` run: its tuned model (OUT/hf, adapters merged).
     #[arg(long)]
     run: Option<PathBuf>,
+    /// PEFT LoRA adapters (a LoRA run's OUT/adapter, or PEFT's own) on the --model base.
+    #[arg(long)]
+    adapter: Option<PathBuf>,
     /// A tokenizer.json to use instead of the model's own.
     #[arg(long)]
     tokenizer: Option<PathBuf>,
@@ -682,6 +685,7 @@ fn generate(args: GenerateArgs) -> Result<()> {
     let request = fairtune::generate::Request {
         model: args.model,
         run: args.run,
+        adapter: args.adapter,
         tokenizer: args.tokenizer,
         prompt: args.prompt,
         prompts: args.prompts,

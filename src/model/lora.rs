@@ -200,6 +200,102 @@ impl Reparameterizer for PeftInit {
     }
 }
 
+/// PEFT's names of a checkpoint's LoRA factors: our `…q_proj.weight.lora.a` is
+/// `base_model.model.…q_proj.lora_A.weight`, stored transposed (`[r, in]`, `[out, r]`); every
+/// other parameter keeps the base model's value.
+struct PeftKeys;
+
+impl super::io::safetensors::KeyMap for PeftKeys {
+    fn candidates(&self, path: &str) -> Vec<String> {
+        match path.rsplit_once(".lora.") {
+            Some((weight, factor)) => {
+                let module = weight.strip_suffix(".weight").unwrap_or(weight);
+                let peft = if factor == "a" { "lora_A" } else { "lora_B" };
+                vec![format!("base_model.model.{module}.{peft}.weight")]
+            }
+            None => Vec::new(),
+        }
+    }
+
+    fn is_linear(&self, path: &str) -> bool {
+        path.contains(".lora.")
+    }
+
+    fn may_be_new(&self, path: &str) -> bool {
+        !path.contains(".lora.")
+    }
+}
+
+/// A PEFT LoRA adapter directory (`adapter_config.json` + `adapter_model.safetensors`, as
+/// `save_adapters` and PEFT write them) attached to `model`: its rank, α and target modules
+/// from the config, its factors from the weights. Refused when the config is not a LoRA of
+/// projections this architecture has, or a factor is missing or of the wrong shape.
+pub fn load_adapters<M: Module>(model: M, arch: &ArchConfig, dir: &Path) -> Result<M> {
+    let config_path = dir.join("adapter_config.json");
+    let text = std::fs::read_to_string(&config_path).map_err(|e| {
+        Error::input(format!(
+            "{}: cannot read ({e}); is {} a PEFT adapter directory?",
+            config_path.display(),
+            dir.display()
+        ))
+    })?;
+    let config: serde_json::Value = serde_json::from_str(&text)
+        .map_err(|e| Error::input(format!("{}: not valid JSON: {e}", config_path.display())))?;
+    let bad = |why: &str| Error::input(format!("{}: {why}", config_path.display()));
+    if config["peft_type"].as_str() != Some("LORA") {
+        return Err(bad("not a LoRA adapter (peft_type must be \"LORA\")"));
+    }
+    let rank = config["r"]
+        .as_u64()
+        .filter(|&r| r > 0)
+        .ok_or_else(|| bad("\"r\" must be a positive integer"))? as usize;
+    let alpha = config["lora_alpha"]
+        .as_f64()
+        .ok_or_else(|| bad("\"lora_alpha\" must be a number"))?;
+    let names = config["target_modules"]
+        .as_array()
+        .ok_or_else(|| bad("\"target_modules\" must be a list of module names"))?;
+    let mut targets = Vec::new();
+    for name in names {
+        let name = name.as_str().unwrap_or("");
+        let target = match name {
+            "q_proj" => LoraTarget::Q,
+            "k_proj" => LoraTarget::K,
+            "v_proj" => LoraTarget::V,
+            "o_proj" => LoraTarget::O,
+            "gate_proj" => LoraTarget::Gate,
+            "up_proj" => LoraTarget::Up,
+            "down_proj" => LoraTarget::Down,
+            other => {
+                return Err(bad(&format!(
+                    "target module {other:?} is not one fairtune adapts (q_proj, k_proj, \
+                     v_proj, o_proj, gate_proj, up_proj, down_proj)"
+                )));
+            }
+        };
+        targets.push(target);
+    }
+    let settings = LoraSettings {
+        rank,
+        alpha,
+        dropout: 0.0,
+        targets,
+    };
+    let adapted = settings.apply(model, arch, &[])?;
+    let checkpoint =
+        super::io::safetensors::Checkpoint::from_file(&dir.join("adapter_model.safetensors"))?;
+    let (adapted, report) = super::io::safetensors::load(adapted, checkpoint, &PeftKeys)?;
+    if !report.unused.is_empty() {
+        let shown: Vec<&str> = report.unused.iter().take(4).map(String::as_str).collect();
+        return Err(Error::input(format!(
+            "{}: tensors this model has no adapter for: {}",
+            dir.display(),
+            shown.join(", ")
+        )));
+    }
+    Ok(adapted)
+}
+
 /// Save the adapters of `module` in PEFT's layout at `dir`: for each adapted `W [in, out]`
 /// (burn's layout) with factors `A [in, r]`, `B [r, out]`, PEFT's `lora_A.weight = Aᵀ [r, in]`
 /// and `lora_B.weight = Bᵀ [out, r]`, under `base_model.model.<HF module path>`.

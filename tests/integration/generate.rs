@@ -267,10 +267,68 @@ fn compare_shows_base_and_tuned_answers_side_by_side() {
     let model = chat_model();
     assert_eq!(compared[1]["base"], alone(&["--model", &model]));
     assert_eq!(compared[1]["tuned"], alone(&["--run", run]));
-    assert_ne!(compared[1]["base"], compared[1]["tuned"], "training changed the answer");
+    assert_ne!(
+        compared[1]["base"], compared[1]["tuned"],
+        "training changed the answer"
+    );
     common::expect_error(
         &generate_cli(&["--model", &model, "--compare", "--prompt", "x"]),
         2,
         "--compare needs --run",
+    );
+}
+
+/// `--adapter OUT/adapter` (PEFT's layout) on the base model generates what the run's merged
+/// model does; a directory that is not an adapter is one clear error.
+#[test]
+fn peft_adapters_on_the_base_generate_as_the_merged_run() {
+    let dir = common::tempdir();
+    let rows: Vec<Value> = (0..16)
+        .map(|i| {
+            json!({"prompt": format!("Is thing {i} good?"), "chosen": " yes it is",
+                        "rejected": " no it is not"})
+        })
+        .collect();
+    let pairs = write(dir.path(), "pairs.jsonl", &jsonl(&rows));
+    let out = dir.path().join("lora");
+    let model = chat_model();
+    common::TrainCommand::new("dpo", &model, &pairs, &out)
+        .set("--steps", 10)
+        .set("--batch-size", 4)
+        .set("--lr", "5e-2")
+        .set("--lora-rank", 4)
+        .set("--max-length", 64)
+        .set("--max-prompt-length", 32)
+        .run();
+    let adapter = out.join("adapter");
+    let ask = |source: &[&str]| {
+        let mut args = source.to_vec();
+        args.extend([
+            "--prompt",
+            "Is thing 3 good?",
+            "--max-new-tokens",
+            "8",
+            "--jsonl",
+        ]);
+        lines(&generate_cli(&args))[0]["completion_ids"].clone()
+    };
+    let with_adapter = ask(&["--model", &model, "--adapter", adapter.to_str().unwrap()]);
+    assert_eq!(with_adapter, ask(&["--run", out.to_str().unwrap()]));
+    assert_ne!(
+        with_adapter,
+        ask(&["--model", &model]),
+        "the adapters change the answer"
+    );
+    common::expect_error(
+        &generate_cli(&[
+            "--model",
+            &model,
+            "--adapter",
+            dir.path().to_str().unwrap(),
+            "--prompt",
+            "x",
+        ]),
+        2,
+        "a PEFT adapter directory?",
     );
 }

@@ -91,6 +91,18 @@ impl Checkpoint {
             source: dir.to_path_buf(),
         })
     }
+
+    /// Read one safetensors file (e.g. a PEFT `adapter_model.safetensors`).
+    pub fn from_file(file: &Path) -> Result<Self> {
+        let mut tensors = HashMap::new();
+        let mut skipped = Vec::new();
+        read_safetensors(file, &mut tensors, &mut skipped)?;
+        Ok(Self {
+            tensors,
+            skipped,
+            source: file.to_path_buf(),
+        })
+    }
 }
 
 /// Read the tensors of one safetensors file into `tensors` as f32, one tensor at a time (the
