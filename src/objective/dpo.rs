@@ -517,6 +517,18 @@ pub struct DpoOutput {
     pub rejected_logps: Tensor<1>,
 }
 
+/// The mean of batches' scalar losses `[1]`, each weighted by its count of examples (detached):
+/// the loss of the batches joined.
+pub(super) fn batch_weighted_mean(batches: impl Iterator<Item = (Tensor<1>, usize)>) -> Tensor<1> {
+    let batches: Vec<(Tensor<1>, usize)> = batches.collect();
+    let total = batches.iter().map(|(_, n)| n).sum::<usize>().max(1) as f64;
+    batches
+        .into_iter()
+        .map(|(loss, n)| loss.detach() * (n as f64 / total))
+        .reduce(|sum, term| sum + term)
+        .expect("at least one batch")
+}
+
 /// Numerically stable log σ(x) = min(x, 0) − log1p(exp(−|x|)). Kept instead of burn's
 /// `activation::log_sigmoid`, which computes `−(m + log(exp(−m) + exp(−x − m)))`: in f32 that
 /// rounds log σ(x) to 0 for x > ~17 (log(1 + 2·10⁻⁸) = 0), where log1p keeps e^{−x}, as torch's
@@ -788,17 +800,14 @@ impl DpoOutput {
     /// The per-pair vectors of several batches as one output; `loss` becomes the pairs' mean of
     /// the batches' losses (each batch's weighted by its pairs).
     pub fn cat(outputs: Vec<DpoOutput>) -> DpoOutput {
-        let pairs: Vec<usize> = outputs.iter().map(|o| o.chosen_rewards.dims()[0]).collect();
-        let total = pairs.iter().sum::<usize>().max(1) as f64;
-        let mut loss = None;
+        let loss = batch_weighted_mean(
+            outputs
+                .iter()
+                .map(|o| (o.loss.clone(), o.chosen_rewards.dims()[0])),
+        );
         let (mut cr, mut rr, mut cl, mut rl) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut per_pair = Vec::new();
-        for (output, n) in outputs.into_iter().zip(pairs) {
-            let weighted = output.loss.detach() * (n as f64 / total);
-            loss = Some(match loss {
-                Some(sum) => sum + weighted,
-                None => weighted,
-            });
+        for output in outputs {
             per_pair.push(output.per_pair);
             cr.push(output.chosen_rewards);
             rr.push(output.rejected_rewards);
@@ -806,7 +815,7 @@ impl DpoOutput {
             rl.push(output.rejected_logps);
         }
         DpoOutput {
-            loss: loss.expect("at least one batch"),
+            loss,
             per_pair: Tensor::cat(per_pair, 0),
             chosen_rewards: Tensor::cat(cr, 0),
             rejected_rewards: Tensor::cat(rr, 0),

@@ -128,18 +128,13 @@ impl KtoOutput {
 
     /// Several batches' outputs as one; `loss` becomes the examples' mean of the batches' losses.
     pub fn cat(outputs: Vec<KtoOutput>) -> KtoOutput {
-        let sizes: Vec<usize> = outputs.iter().map(|o| o.desirable.len()).collect();
-        let total = sizes.iter().sum::<usize>().max(1) as f64;
-        let mut loss = None;
+        let loss = super::dpo::batch_weighted_mean(
+            outputs.iter().map(|o| (o.loss.clone(), o.desirable.len())),
+        );
         let (mut per_example, mut rewards, mut logps, mut kl) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         let mut desirable = Vec::new();
-        for (output, n) in outputs.into_iter().zip(sizes) {
-            let weighted = output.loss.detach() * (n as f64 / total);
-            loss = Some(match loss {
-                Some(sum) => sum + weighted,
-                None => weighted,
-            });
+        for output in outputs {
             per_example.push(output.per_example);
             rewards.push(output.rewards);
             logps.push(output.logps);
@@ -147,7 +142,7 @@ impl KtoOutput {
             desirable.extend(output.desirable);
         }
         KtoOutput {
-            loss: loss.expect("at least one batch"),
+            loss,
             per_example: Tensor::cat(per_example, 0),
             rewards: Tensor::cat(rewards, 0),
             logps: Tensor::cat(logps, 0),

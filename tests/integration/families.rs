@@ -38,6 +38,32 @@ fn ids_tensor(rows: &[Vec<u32>], device: &Device) -> Tensor<2, Int> {
     Tensor::from_data(TensorData::new(flat, [batch, seq]), device)
 }
 
+/// The largest difference of `lm`'s logits on `inputs` from `want`, asserted within 1e-4, and
+/// nothing of the checkpoint left unused.
+#[track_caller]
+fn logits_within(
+    lm: &fairtune::model::LlamaForCausalLM,
+    report: &fairtune::model::io::safetensors::LoadReport,
+    inputs: &[Vec<u32>],
+    want: &[f32],
+    device: &Device,
+    what: &str,
+) -> f32 {
+    assert!(
+        report.unused.is_empty(),
+        "{what}: unused {:?}",
+        report.unused
+    );
+    let logits = to_vec(lm.forward(ids_tensor(inputs, device)));
+    let worst = logits
+        .iter()
+        .zip(want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    assert!(worst <= 1e-4, "{what}: logits differ by {worst}");
+    worst
+}
+
 /// log-softmax of one row of logits at `target`.
 fn log_prob(row: &[f32], target: usize) -> f64 {
     let max = row.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
@@ -68,18 +94,7 @@ fn every_family_matches_transformers() {
         for (backend, device) in devices() {
             let what = format!("{name} on {backend}");
             let (lm, report) = model::load_llama(&dir, &device).unwrap();
-            assert!(
-                report.unused.is_empty(),
-                "{what}: unused {:?}",
-                report.unused
-            );
-            let logits = to_vec(lm.forward(ids_tensor(&inputs, &device)));
-            let worst = logits
-                .iter()
-                .zip(&want)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0.0f32, f32::max);
-            assert!(worst <= 1e-4, "{what}: logits differ by {worst}");
+            let worst = logits_within(&lm, &report, &inputs, &want, &device, &what);
 
             // The packed forward of training: each sequence's summed log-probs of its tokens
             // after the first equal those of transformers' logits.
@@ -138,19 +153,9 @@ fn every_family_matches_transformers() {
             let gguf = fixtures().join("families").join(format!("{name}.gguf"));
             if gguf.exists() {
                 let (lm, report) = model::load_llama_gguf(&gguf, &device).unwrap();
-                assert!(
-                    report.unused.is_empty(),
-                    "{what}: unused {:?}",
-                    report.unused
-                );
-                let logits = to_vec(lm.forward(ids_tensor(&inputs, &device)));
-                let worst = logits
-                    .iter()
-                    .zip(&want)
-                    .map(|(a, b)| (a - b).abs())
-                    .fold(0.0f32, f32::max);
-                assert!(worst <= 1e-4, "{what} from GGUF: logits differ by {worst}");
-                eprintln!("{what} from GGUF: logits within {worst:.1e}");
+                let what = format!("{what} from GGUF");
+                let worst = logits_within(&lm, &report, &inputs, &want, &device, &what);
+                eprintln!("{what}: logits within {worst:.1e}");
                 ggufs += 1;
             }
         }

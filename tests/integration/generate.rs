@@ -72,6 +72,29 @@ fn chat_model() -> String {
     fixtures().join("tiny-llama-chat").display().to_string()
 }
 
+/// A short DPO run of the chat fixture on 16 yes/no pairs (`extra` flags added), its OUT.
+fn tiny_dpo_run(dir: &Path, name: &str, extra: &[(&str, &str)]) -> PathBuf {
+    let rows: Vec<Value> = (0..16)
+        .map(|i| {
+            json!({"prompt": format!("Is thing {i} good?"), "chosen": " yes it is",
+                   "rejected": " no it is not"})
+        })
+        .collect();
+    let pairs = write(dir, "pairs.jsonl", &jsonl(&rows));
+    let out = dir.join(name);
+    let mut command = common::TrainCommand::new("dpo", &chat_model(), &pairs, &out)
+        .set("--eval", pairs.display())
+        .set("--steps", 10)
+        .set("--batch-size", 4)
+        .set("--max-length", 64)
+        .set("--max-prompt-length", 32);
+    for (flag, value) in extra {
+        command = command.set(flag, value);
+    }
+    command.run();
+    out
+}
+
 fn generate_cli(args: &[&str]) -> std::process::Output {
     let mut argv = vec!["generate", "--backend", "cpu"];
     argv.extend_from_slice(args);
@@ -223,22 +246,7 @@ fn generate_refuses_bad_input_with_one_line() {
 #[test]
 fn compare_shows_base_and_tuned_answers_side_by_side() {
     let dir = common::tempdir();
-    let rows: Vec<Value> = (0..16)
-        .map(|i| {
-            json!({"prompt": format!("Is thing {i} good?"), "chosen": " yes it is",
-                        "rejected": " no it is not"})
-        })
-        .collect();
-    let pairs = write(dir.path(), "pairs.jsonl", &jsonl(&rows));
-    let out = dir.path().join("run");
-    common::TrainCommand::new("dpo", &chat_model(), &pairs, &out)
-        .set("--eval", pairs.display())
-        .set("--steps", 10)
-        .set("--batch-size", 4)
-        .set("--lr", "1e-2")
-        .set("--max-length", 64)
-        .set("--max-prompt-length", 32)
-        .run();
+    let out = tiny_dpo_run(dir.path(), "run", &[("--lr", "1e-2")]);
     let run = out.to_str().unwrap();
     let compared = lines(&generate_cli(&[
         "--run",
@@ -283,23 +291,12 @@ fn compare_shows_base_and_tuned_answers_side_by_side() {
 #[test]
 fn peft_adapters_on_the_base_generate_as_the_merged_run() {
     let dir = common::tempdir();
-    let rows: Vec<Value> = (0..16)
-        .map(|i| {
-            json!({"prompt": format!("Is thing {i} good?"), "chosen": " yes it is",
-                        "rejected": " no it is not"})
-        })
-        .collect();
-    let pairs = write(dir.path(), "pairs.jsonl", &jsonl(&rows));
-    let out = dir.path().join("lora");
+    let out = tiny_dpo_run(
+        dir.path(),
+        "lora",
+        &[("--lr", "5e-2"), ("--lora-rank", "4")],
+    );
     let model = chat_model();
-    common::TrainCommand::new("dpo", &model, &pairs, &out)
-        .set("--steps", 10)
-        .set("--batch-size", 4)
-        .set("--lr", "5e-2")
-        .set("--lora-rank", 4)
-        .set("--max-length", 64)
-        .set("--max-prompt-length", 32)
-        .run();
     let adapter = out.join("adapter");
     let ask = |source: &[&str]| {
         let mut args = source.to_vec();
