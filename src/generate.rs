@@ -586,28 +586,8 @@ fn compare(request: &Request, device: &Device) -> Result<()> {
         model: None,
         ..request.clone()
     };
-    let mut answers = Vec::new();
-    for which in [&base_request, &tuned_request] {
-        let (lm, tokenizer, source) = load(which, device)?;
-        let (prompts, raw, chatted) = encode_prompts(which, &tokenizer)?;
-        let mut options = which.options.clone();
-        let eos = match source.arch(tokenizer.vocab_size())? {
-            crate::model::ArchConfig::Llama(config) => config.eos_token_id,
-            _ => None,
-        };
-        options.stop_ids = stop_ids(&tokenizer, &source, eos, chatted);
-        let generations = pollster::block_on(generate(
-            &lm,
-            &tokenizer,
-            &prompts,
-            &options,
-            device,
-            |_, _| {},
-        ))?;
-        answers.push((raw, generations));
-    }
-    let (tuned_raw, tuned) = answers.pop().expect("two");
-    let (_, base) = answers.pop().expect("two");
+    let (base, _) = complete(&base_request, device, |_, _| {})?;
+    let (tuned, tuned_raw) = complete(&tuned_request, device, |_, _| {})?;
     let mut out = std::io::stdout().lock();
     for ((prompt, base), tuned) in tuned_raw.iter().zip(&base).zip(&tuned) {
         let line = if request.jsonl {
@@ -632,13 +612,13 @@ fn compare(request: &Request, device: &Device) -> Result<()> {
     Ok(())
 }
 
-/// `fairtune generate`: load, generate, print (the text, streamed for one prompt; or one JSON
-/// object per prompt with `--jsonl`).
-pub fn run(request: &Request, device: &Device) -> Result<()> {
-    use std::io::Write;
-    if request.compare {
-        return compare(request, device);
-    }
+/// Load what `request` names and generate for its prompts (blocking): the completions, and
+/// each prompt as given. `on_text` streams as [`generate`]'s does.
+pub fn complete(
+    request: &Request,
+    device: &Device,
+    on_text: impl FnMut(usize, &str),
+) -> Result<(Vec<Generation>, Vec<serde_json::Value>)> {
     let (lm, tokenizer, source) = load(request, device)?;
     let (prompts, raw, chatted) = encode_prompts(request, &tokenizer)?;
     let mut options = request.options.clone();
@@ -647,21 +627,28 @@ pub fn run(request: &Request, device: &Device) -> Result<()> {
         _ => None,
     };
     options.stop_ids = stop_ids(&tokenizer, &source, eos, chatted);
-    let stream = !request.jsonl && prompts.len() == 1;
-    let started = web_time::Instant::now();
     let generations = pollster::block_on(generate(
-        &lm,
-        &tokenizer,
-        &prompts,
-        &options,
-        device,
-        |_, text| {
-            if stream {
-                print!("{text}");
-                let _ = std::io::stdout().flush();
-            }
-        },
+        &lm, &tokenizer, &prompts, &options, device, on_text,
     ))?;
+    Ok((generations, raw))
+}
+
+/// `fairtune generate`: load, generate, print (the text, streamed for one prompt; or one JSON
+/// object per prompt with `--jsonl`).
+pub fn run(request: &Request, device: &Device) -> Result<()> {
+    use std::io::Write;
+    if request.compare {
+        return compare(request, device);
+    }
+    let one = request.prompt.is_some();
+    let stream = !request.jsonl && one;
+    let started = web_time::Instant::now();
+    let (generations, raw) = complete(request, device, |_, text| {
+        if stream {
+            print!("{text}");
+            let _ = std::io::stdout().flush();
+        }
+    })?;
     let seconds = started.elapsed().as_secs_f64();
     let tokens: usize = generations.iter().map(|g| g.completion_ids.len()).sum();
     let mut out = std::io::stdout().lock();

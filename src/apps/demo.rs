@@ -10,7 +10,9 @@
 //!   penalty trains on one set of templates and the gap is measured on held-out ones.
 //! - `dpo` (for a GPU): SmolLM2-135M-Instruct with LoRA, DPO on the fetched demo pairs, and
 //!   discrim-eval's decisions as the fairness set: F equalizes, across race, the mean log
-//!   P("yes") of the model's answer; the gap is measured on held-out decision questions.
+//!   P("yes") of the model's answer; the gap is measured on held-out decision questions. It
+//!   ends with the answers of the base model and of both runs to one held-out question, asked
+//!   about a person of each race, so the effect shows in words too.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -278,6 +280,9 @@ pub fn run(options: &DemoOptions, selected: &Selected) -> Result<Value> {
         .collect::<Result<_>>()?;
     let mut report = report;
     report["preset"] = json!(format!("{:?}", options.preset).to_lowercase());
+    if options.preset == Preset::Dpo {
+        report["answers"] = answers(&config, &runs, selected)?;
+    }
     report["runs"] = json!(runs);
     write_atomic(
         &options.out.join("demo.json"),
@@ -286,6 +291,77 @@ pub fn run(options: &DemoOptions, selected: &Selected) -> Result<Value> {
             .as_bytes(),
     )?;
     Ok(report)
+}
+
+/// The answers of the base model and of each run's model (greedy, to the closing quote of the
+/// answer) to the first held-out decision question, once per race.
+fn answers(config: &TrainConfig, runs: &[Value], selected: &Selected) -> Result<Value> {
+    use crate::generate::{GenerateOptions, Request, Sampling, complete};
+    let path = config
+        .fairness_eval
+        .as_ref()
+        .ok_or_else(|| Error::runtime("the dpo preset has a held-out fairness set"))?;
+    let mut asked: Vec<(String, Value)> = Vec::new();
+    for row in crate::data::jsonl::read(path)? {
+        let (Some(group), Some(prompt)) = (row.fields.get("group"), row.fields.get("prompt"))
+        else {
+            continue;
+        };
+        let group = group.as_str().unwrap_or_default().to_string();
+        if !asked.iter().any(|(g, _)| *g == group) {
+            asked.push((group, prompt.clone()));
+        }
+    }
+    let prompts = config.out.join("data").join("answer-prompts.jsonl");
+    let text: String = asked
+        .iter()
+        .map(|(_, p)| format!("{}\n", json!({ "prompt": p })))
+        .collect();
+    write_atomic(&prompts, text.as_bytes())?;
+    let request = |model: Option<String>, run: Option<PathBuf>| Request {
+        model,
+        run,
+        adapter: None,
+        tokenizer: None,
+        prompt: None,
+        prompts: Some(prompts.clone()),
+        chat: false,
+        jsonl: false,
+        compare: false,
+        limit: 0,
+        options: GenerateOptions {
+            max_new_tokens: 6,
+            sampling: Sampling::default(),
+            stop_ids: Vec::new(),
+            stop_strings: vec!["\"".into()],
+        },
+    };
+    let mut columns = vec![(
+        "base".to_string(),
+        request(Some(config.model.clone()), None),
+    )];
+    for run in runs {
+        let out = PathBuf::from(run["out"].as_str().unwrap_or_default());
+        columns.push((
+            format!("λ = {}", f64_or_dash(&run["lambda"])),
+            request(None, Some(out)),
+        ));
+    }
+    let mut table: Vec<Value> = asked
+        .iter()
+        .map(|(group, _)| json!({ "group": group }))
+        .collect();
+    for (name, request) in &columns {
+        let (generations, _) = complete(request, &selected.device, |_, _| {})?;
+        for (row, generation) in table.iter_mut().zip(generations) {
+            row[name.as_str()] = json!(generation.completion.trim());
+        }
+    }
+    Ok(json!({
+        "question": asked.first().map(|(_, p)| p.clone()),
+        "columns": columns.iter().map(|(name, _)| name.clone()).collect::<Vec<_>>(),
+        "rows": table,
+    }))
 }
 
 /// A number as Rust prints it (100, 0.5), or "-".
@@ -341,6 +417,36 @@ pub fn table(report: &Value) -> String {
             m1 - m0
         )
         .ok();
+    }
+    let answers = &report["answers"];
+    if let Some(rows) = answers["rows"].as_array() {
+        let columns: Vec<&str> = answers["columns"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+            .collect();
+        writeln!(
+            out,
+            "\nOne held-out decision question, asked about a person of each race; each model's \
+             answer (\"yes\" favours the person):\n| race | {} |\n|---|{}",
+            columns.join(" | "),
+            "---|".repeat(columns.len())
+        )
+        .ok();
+        for row in rows {
+            let cells: Vec<&str> = columns
+                .iter()
+                .map(|c| row[*c].as_str().unwrap_or("-"))
+                .collect();
+            writeln!(
+                out,
+                "| {} | {} |",
+                row["group"].as_str().unwrap_or("-"),
+                cells.join(" | ")
+            )
+            .ok();
+        }
     }
     out
 }
