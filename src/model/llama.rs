@@ -555,9 +555,21 @@ impl LlamaForCausalLM {
         for (layer, entry) in self.model.layers.iter().zip(&mut cache.layers) {
             x = layer.forward_cached(x, &rope, &masks, entry);
         }
-        let last = self.model.norm.forward(x).narrow(1, new - 1, 1);
-        let vocab = self.vocab_size();
-        self.lm_logits(last).reshape([batch, vocab])
+        let hidden = self.model.norm.forward(x).narrow(1, new - 1, 1);
+        let width = self.hidden_size();
+        let hidden = hidden.reshape([batch, width]);
+        match &self.lm_head {
+            Some(head) => head.forward(hidden),
+            // Tied: W·hᵀ with the embeddings [vocab, hidden] as stored, not a transposed copy
+            // of them per step (a CPU matmul with a transposed operand copies it whole).
+            None => self
+                .model
+                .embed_tokens
+                .weight
+                .val()
+                .matmul(hidden.transpose())
+                .transpose(),
+        }
     }
 
     /// Final hidden states `[T, hidden]` of a packed row (see [`Packing`]): every token sees what

@@ -234,15 +234,34 @@ impl<K: KeyMap> ModuleMapper for Loader<'_, K> {
             return param;
         }
         let device = param.lazy_device();
-        let tensor = Tensor::<D>::from_data(TensorData::new(data, shape), &device);
-        let tensor = if transpose {
-            tensor.transpose()
+        // Transposed on the host into a contiguous tensor: `Tensor::transpose` would leave a
+        // strided view in the parameter, which the CPU backend copies whole at every use.
+        let (data, shape) = if transpose {
+            (transpose_2d(&data, shape[0], shape[1]), stored)
         } else {
-            tensor
+            (data, shape)
         };
+        let tensor = Tensor::<D>::from_data(TensorData::new(data, shape), &device);
         let require_grad = param.is_require_grad();
         Param::initialized(param.id, tensor.set_require_grad(require_grad))
     }
+}
+
+/// `[rows, cols]` row-major data as `[cols, rows]` row-major.
+fn transpose_2d(data: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0.0; data.len()];
+    // In tiles, so both sides stay in cache.
+    const TILE: usize = 32;
+    for r0 in (0..rows).step_by(TILE) {
+        for c0 in (0..cols).step_by(TILE) {
+            for r in r0..(r0 + TILE).min(rows) {
+                for c in c0..(c0 + TILE).min(cols) {
+                    out[c * rows + r] = data[r * cols + c];
+                }
+            }
+        }
+    }
+    out
 }
 
 /// What loading did besides succeeding.
