@@ -64,6 +64,10 @@ pub struct LlamaConfig {
     pub rope_parameters: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rope_scaling: Option<serde_json::Value>,
+    /// A GGUF's `rope_freqs` (llama.cpp's per-dimension divisors of the rotary frequencies,
+    /// Llama 3.1's scaling baked in); fairtune's own field, never in a Hugging Face config.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_divisors: Option<Vec<f64>>,
     /// Mistral, Qwen2, Qwen3: the attention window of sliding layers (see [`Family`]).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sliding_window: Option<usize>,
@@ -106,12 +110,19 @@ impl LlamaConfig {
 
     /// The rotary base and scaling (validated by [`Self::validate`]).
     pub fn rope(&self) -> RopeSpec {
-        RopeSpec::from_config(
+        let spec = RopeSpec::from_config(
             self.rope_theta,
             self.rope_parameters.as_ref(),
             self.rope_scaling.as_ref(),
         )
-        .expect("a validated config")
+        .expect("a validated config");
+        match &self.rope_divisors {
+            Some(divisors) => RopeSpec {
+                scaling: super::rope::RopeScaling::Divisors(divisors.clone()),
+                ..spec
+            },
+            None => spec,
+        }
     }
 
     /// The attention window of layer `layer`: `None` for full attention (see [`Family`]).
@@ -180,6 +191,18 @@ impl LlamaConfig {
             self.rope_parameters.as_ref(),
             self.rope_scaling.as_ref(),
         )?;
+        if let Some(divisors) = &self.rope_divisors {
+            if divisors.len() != self.head_dim() / 2 {
+                return Err(format!(
+                    "rope_freqs has {} divisors for a head_dim of {}",
+                    divisors.len(),
+                    self.head_dim()
+                ));
+            }
+            if !divisors.iter().all(|&d| d.is_finite() && d > 0.0) {
+                return Err("rope_freqs divisors must be positive numbers".into());
+            }
+        }
         if self.sliding_window == Some(0) {
             return Err("sliding_window must be positive".into());
         }

@@ -32,6 +32,9 @@ pub enum RopeScaling {
     Dynamic {
         factor: f64,
     },
+    /// Each frequency divided by its own divisor: llama.cpp's `rope_freqs` tensor, the form a
+    /// GGUF gives Llama 3.1's scaling in (from its factors, baked per dimension).
+    Divisors(Vec<f64>),
 }
 
 /// The base and scaling of a model's rotary embeddings.
@@ -109,6 +112,13 @@ impl RopeSpec {
         }
         match &self.scaling {
             RopeScaling::None => Ok(()),
+            RopeScaling::Divisors(divisors) => {
+                if divisors.iter().all(|&d| d.is_finite() && d > 0.0) {
+                    Ok(())
+                } else {
+                    Err("rope_freqs divisors must be positive numbers".into())
+                }
+            }
             RopeScaling::Linear { factor } | RopeScaling::Dynamic { factor } => {
                 if positive(*factor) {
                     Ok(())
@@ -146,6 +156,9 @@ impl RopeSpec {
             .collect();
         match &self.scaling {
             RopeScaling::None | RopeScaling::Dynamic { .. } => base,
+            RopeScaling::Divisors(divisors) => {
+                base.iter().zip(divisors).map(|(f, d)| f / d).collect()
+            }
             RopeScaling::Linear { factor } => base.iter().map(|f| f / factor).collect(),
             RopeScaling::Llama3 {
                 factor,
@@ -171,6 +184,64 @@ impl RopeSpec {
                 .collect(),
         }
     }
+}
+
+/// Divisors as transformers' `llama3` rope parameters, when they are some: the factor is the
+/// largest divisor, and the band between the kept and the divided frequencies fixes the two
+/// wavelength bounds (only their ratios to `original_max_position_embeddings` matter, which is
+/// set to Llama 3.1's 8192). `None` when the divisors follow no llama3 scaling (checked by
+/// recomputing them from the parameters found) or leave its bounds undetermined.
+pub fn divisors_as_llama3(theta: f64, head_dim: usize, divisors: &[f64]) -> Option<Value> {
+    let factor = divisors.iter().copied().fold(1.0, f64::max);
+    let wavelength =
+        |i: usize| 2.0 * std::f64::consts::PI * theta.powf((2 * i) as f64 / head_dim as f64);
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-4 * b.abs().max(1.0);
+    let medium: Vec<(f64, f64)> = divisors
+        .iter()
+        .enumerate()
+        .filter(|(_, d)| !close(**d, 1.0) && !close(**d, factor))
+        .map(|(i, &d)| {
+            let smooth = (1.0 / d - 1.0 / factor) / (1.0 - 1.0 / factor);
+            (1.0 / wavelength(i), smooth)
+        })
+        .collect();
+    let (&(x0, y0), &(x1, y1)) = (medium.first()?, medium.last()?);
+    if factor <= 1.0 || (x1 - x0).abs() < f64::EPSILON {
+        return None;
+    }
+    // smooth = a·(1/wavelength) + b, with 1/low_wavelength = −b/a, 1/high_wavelength = (1 − b)/a.
+    let a = (y1 - y0) / (x1 - x0);
+    let b = y0 - a * x0;
+    let original = 8192.0;
+    let (low_freq_factor, high_freq_factor) = (original * -b / a, original * (1.0 - b) / a);
+    let spec = RopeSpec {
+        theta,
+        scaling: RopeScaling::Llama3 {
+            factor,
+            low_freq_factor,
+            high_freq_factor,
+            original_max_position_embeddings: original,
+        },
+    };
+    spec.validate().ok()?;
+    let plain = RopeSpec {
+        theta,
+        scaling: RopeScaling::None,
+    };
+    let recomputed: Vec<f64> = plain
+        .inv_freq(head_dim)
+        .iter()
+        .zip(spec.inv_freq(head_dim))
+        .map(|(base, scaled)| base / scaled)
+        .collect();
+    if !recomputed.iter().zip(divisors).all(|(r, d)| close(*r, *d)) {
+        return None;
+    }
+    Some(serde_json::json!({
+        "rope_type": "llama3", "rope_theta": theta, "factor": factor,
+        "low_freq_factor": low_freq_factor, "high_freq_factor": high_freq_factor,
+        "original_max_position_embeddings": original,
+    }))
 }
 
 /// The rotations of a batch of positions: `x·cos + rotate_half(x)·sin`,

@@ -156,3 +156,48 @@ fn every_family_exports_to_its_own_layout() {
         );
     }
 }
+
+/// A GGUF's rope_freqs (Llama 3.1's scaling as llama.cpp bakes it) exports as the transformers
+/// `llama3` rope parameters they come from: the exported directory gives the GGUF's logits.
+#[test]
+fn gguf_rope_freqs_export_as_llama3_parameters() {
+    let device = common::cpu();
+    let gguf = fixtures().join("families/llama3-rope.gguf");
+    let (lm, _) = model::load_llama_gguf(&gguf, &device).unwrap();
+    let config = model::ArchConfig::Llama(
+        <fairtune::gguf::Gguf as fairtune::model::io::gguf::GgufLlama>::llama_config(
+            &fairtune::gguf::Gguf::open(&gguf).unwrap(),
+        )
+        .unwrap(),
+    );
+    let dir = common::tempdir();
+    let out = dir.path().join("hf");
+    save_hf(
+        &lm,
+        &config,
+        &ExportHead::CausalLm,
+        &TextTokenizer::Bytes,
+        &out,
+    )
+    .unwrap();
+    let written = common::read_json(&out.join("config.json"));
+    let rope = &written["rope_parameters"];
+    assert_eq!(rope["rope_type"], "llama3", "{written}");
+    assert!(
+        (rope["factor"].as_f64().unwrap() - 8.0).abs() < 1e-4,
+        "{rope}"
+    );
+    assert!(written.get("rope_divisors").is_none());
+    let (back, _) = model::load_llama(&out, &device).unwrap();
+    let input = ids(&[&[1, 17, 45, 99, 3, 60, 4, 88, 2]]);
+    let (a, b) = (
+        to_vec(back.forward(input.clone())),
+        to_vec(lm.forward(input)),
+    );
+    let worst = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max);
+    assert!(worst < 1e-4, "exported logits differ by {worst}");
+}

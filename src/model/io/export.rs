@@ -284,6 +284,18 @@ pub fn config_json(arch: &ArchConfig, head: &ExportHead) -> Value {
             // The family's own model_type and class (the decoder's fields keep their HF names).
             object.insert("model_type".into(), json!(config.family.model_type()));
             object.remove("family");
+            // A GGUF's rope_freqs as the llama3 parameters they come from (save_hf refuses
+            // divisors that follow none).
+            if let Some(divisors) = object.remove("rope_divisors") {
+                let divisors: Vec<f64> = serde_json::from_value(divisors).unwrap_or_default();
+                if let Some(params) = crate::model::rope::divisors_as_llama3(
+                    config.rope_theta,
+                    config.head_dim(),
+                    &divisors,
+                ) {
+                    object.insert("rope_parameters".into(), params);
+                }
+            }
             (config.family.causal_lm_class(), None)
         }
         (ExportHead::CausalLm, _) => ("LlamaForCausalLM", None),
@@ -316,6 +328,17 @@ pub fn save_hf<M: Module>(
     tokenizer: &TextTokenizer,
     dir: &Path,
 ) -> Result<()> {
+    if let ArchConfig::Llama(config) = arch
+        && let Some(divisors) = &config.rope_divisors
+        && crate::model::rope::divisors_as_llama3(config.rope_theta, config.head_dim(), divisors)
+            .is_none()
+    {
+        return Err(Error::input(
+            "the model's rope scaling came from a GGUF's rope_freqs that follow no llama3 \
+             scaling, which a Hugging Face config.json cannot state; export it from the \
+             model's Hugging Face directory instead",
+        ));
+    }
     let mut shapes = Shapes::default();
     module.visit(&mut shapes);
     // (HF name, stored shape, our path, whether a burn [in, out] linear weight to transpose)

@@ -131,12 +131,9 @@ impl GgufLlama for Gguf {
             }
         }
         // Llama 3.x: llama.cpp bakes the llama3 scaling into per-dimension divisors.
-        if self.tensor("rope_freqs.weight").is_some() {
-            return Err(Error::input(format!(
-                "{}: rope_freqs (Llama 3.1-style rope scaling baked into the GGUF) is not \
-                 supported yet; load the model's Hugging Face directory instead",
-                self.path.display()
-            )));
+        if let Some(info) = self.tensor("rope_freqs.weight") {
+            let (_, divisors) = self.tensor_f32(info)?;
+            config.rope_divisors = Some(divisors.into_iter().map(f64::from).collect());
         }
         config
             .validate()
@@ -149,6 +146,10 @@ impl GgufLlama for Gguf {
         let mut tensors = HashMap::new();
         let mut skipped = Vec::new();
         for info in &self.tensors {
+            // Read into the config (its rope divisors), not a weight.
+            if info.name == "rope_freqs.weight" {
+                continue;
+            }
             let Some(name) = hf_llama_name(&info.name) else {
                 skipped.push(info.name.clone());
                 continue;
