@@ -100,6 +100,25 @@ fn bert_classifier_export_round_trips_with_its_head() {
     assert_eq!(config.name(), "bert");
 }
 
+/// `lm` saved as a Hugging Face causal LM under `dir/hf`; that directory and its config.json.
+fn export_lm(
+    lm: &model::LlamaForCausalLM,
+    config: &model::ArchConfig,
+    dir: &std::path::Path,
+) -> (PathBuf, Value) {
+    let out = dir.join("hf");
+    save_hf(
+        lm,
+        config,
+        &ExportHead::CausalLm,
+        &TextTokenizer::Bytes,
+        &out,
+    )
+    .unwrap();
+    let written = common::read_json(&out.join("config.json"));
+    (out, written)
+}
+
 /// Each decoder family exports to its own layout: config.json names the family's model_type and
 /// class, keeps its fields (biases, q/k norms, windows, rope scaling), and loads back to the
 /// same logits.
@@ -116,16 +135,7 @@ fn every_family_exports_to_its_own_layout() {
         let (lm, _) = model::load_llama(&source, &device).unwrap();
         let config = model::read_config(&source).unwrap();
         let dir = common::tempdir();
-        let out = dir.path().join("hf");
-        save_hf(
-            &lm,
-            &config,
-            &ExportHead::CausalLm,
-            &TextTokenizer::Bytes,
-            &out,
-        )
-        .unwrap();
-        let written = common::read_json(&out.join("config.json"));
+        let (out, written) = export_lm(&lm, &config, dir.path());
         let source_json = common::read_json(&source.join("config.json"));
         assert_eq!(written["architectures"][0], class, "{name}");
         assert_eq!(written["model_type"], source_json["model_type"], "{name}");
@@ -171,16 +181,7 @@ fn gguf_rope_freqs_export_as_llama3_parameters() {
         .unwrap(),
     );
     let dir = common::tempdir();
-    let out = dir.path().join("hf");
-    save_hf(
-        &lm,
-        &config,
-        &ExportHead::CausalLm,
-        &TextTokenizer::Bytes,
-        &out,
-    )
-    .unwrap();
-    let written = common::read_json(&out.join("config.json"));
+    let (out, written) = export_lm(&lm, &config, dir.path());
     let rope = &written["rope_parameters"];
     assert_eq!(rope["rope_type"], "llama3", "{written}");
     assert!(
