@@ -176,23 +176,24 @@ fn the_generate_command() {
         greedy[0]["completion"].as_str().unwrap()
     );
 
-    // A stop string cuts the completion before it.
+    // A stop string cuts the completion before it: its first non-space character after the
+    // first as the stop, so a cut always happens and always shortens it.
     let completion = greedy[0]["completion"].as_str().unwrap();
-    if let Some(stop) = completion
-        .chars()
-        .nth(2)
-        .map(String::from)
-        .filter(|s| !s.trim().is_empty())
-    {
-        let mut stopped = base.to_vec();
-        stopped.extend(["--stop", &stop]);
-        let cut = lines(&generate_cli(&stopped));
-        let got = cut[0]["completion"].as_str().unwrap();
-        assert!(
-            !got.contains(stop.as_str()) && completion.starts_with(got),
-            "{got:?} {stop:?}"
-        );
-    }
+    let (at, stop) = completion
+        .char_indices()
+        .skip(1)
+        .find(|(_, c)| !c.is_whitespace())
+        .map(|(i, c)| (i, c.to_string()))
+        .expect("a greedy completion of several characters");
+    let mut stopped = base.to_vec();
+    stopped.extend(["--stop", &stop]);
+    let cut = lines(&generate_cli(&stopped));
+    let got = cut[0]["completion"].as_str().unwrap();
+    assert_eq!(
+        got,
+        &completion[..completion.find(stop.as_str()).unwrap().min(at)]
+    );
+    assert_eq!(cut[0]["finish"], "stop_string", "{}", cut[0]);
 }
 
 #[test]
