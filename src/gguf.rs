@@ -295,6 +295,13 @@ impl Gguf {
     }
 
     /// The tensor's bytes, checked against its type and the file's size.
+    /// Whether `info`'s data can be read (a supported type, inside the file).
+    pub fn check_readable(&self, info: &TensorInfo) -> Result<()> {
+        self.raw(info)
+            .map(|_| ())
+            .map_err(|e| Error::input(format!("{}: {e}", self.path.display())))
+    }
+
     fn raw(&self, info: &TensorInfo) -> std::result::Result<&[u8], String> {
         let name = &info.name;
         let Some(&(_, type_name, block, block_bytes)) =

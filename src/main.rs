@@ -8,6 +8,7 @@ use fairtune::data::Truncation;
 use fairtune::data::sampler::DataOrder;
 use fairtune::device::{self, BackendChoice};
 use fairtune::model::lora::{LoraSettings, LoraTarget};
+use fairtune::model::precision::BaseDtype;
 use fairtune::objective::{
     DpoConfig, DpoLossKind, FDivergence, FairnessKind, FairnessScore, PenaltyForm,
 };
@@ -202,6 +203,15 @@ struct TrainArgs {
     /// memory of one layer instead of all, for one more policy forward per step (dpo).
     #[arg(long)]
     gradient_checkpointing: bool,
+    /// How the frozen weights are stored (dpo): the base under LoRA, the reference in full
+    /// fine-tuning. f16/bf16 halve their memory (adapters, optimizer and loss stay f32); auto:
+    /// f16 where the device computes in it, when LoRA is on.
+    #[arg(long, value_enum, default_value_t = BaseDtype::F32)]
+    base_dtype: BaseDtype,
+    /// Refuse a run whose memory plan (printed at the start) exceeds this: a size (8GiB,
+    /// 512MiB), none, or auto (the memory the OS says is available, for the CPU backend).
+    #[arg(long, default_value = "auto")]
+    memory_limit: fairtune::train::memory::MemoryLimit,
     /// Train LoRA adapters of this rank instead of every weight (0 = full fine-tuning).
     #[arg(long, default_value_t = 0)]
     lora_rank: usize,
@@ -317,6 +327,8 @@ impl TrainArgs {
         });
         config.reference_cache = self.reference_cache;
         config.gradient_checkpointing = self.gradient_checkpointing;
+        config.base_dtype = self.base_dtype;
+        config.memory_limit = self.memory_limit;
         config.fairness = self.fairness;
         config.fairness_penalty = self.fairness_penalty;
         config.fairness_lambda = self.fairness_lambda;

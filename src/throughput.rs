@@ -18,6 +18,7 @@ use crate::error::{Error, Result};
 use crate::fsutil::ScratchDir;
 use crate::group_stats::{self, GroupStatsImpl};
 use crate::model::lora::{LoraSettings, LoraTarget};
+use crate::model::precision::BaseDtype;
 use crate::train::dpo::DpoTask;
 use crate::train::{InitOn, RunDir, Session, Task, TrainConfig};
 
@@ -77,6 +78,8 @@ struct DpoWork {
     lora: bool,
     /// `--gradient-checkpointing`: decoder layers recomputed in backward.
     recompute: bool,
+    /// `--base-dtype`: how the frozen weights are stored.
+    base: BaseDtype,
     pairs_per_step: usize,
     prompt: usize,
     completion: usize,
@@ -100,6 +103,7 @@ fn dpo_workloads() -> Vec<DpoWork> {
         model: Err(smollm2_sized()),
         lora,
         recompute,
+        base: BaseDtype::F32,
         pairs_per_step: 2,
         prompt: 128,
         completion: 128,
@@ -111,6 +115,7 @@ fn dpo_workloads() -> Vec<DpoWork> {
             model: Ok("tiny-llama"),
             lora: false,
             recompute: false,
+            base: BaseDtype::F32,
             pairs_per_step: 8,
             prompt: 32,
             completion: 32,
@@ -121,6 +126,22 @@ fn dpo_workloads() -> Vec<DpoWork> {
             true,
             false,
         ),
+        DpoWork {
+            base: BaseDtype::F16,
+            ..smol(
+                "SmolLM2-135M-sized, LoRA r 8, --base-dtype f16",
+                true,
+                false,
+            )
+        },
+        DpoWork {
+            base: BaseDtype::Bf16,
+            ..smol(
+                "SmolLM2-135M-sized, LoRA r 8, --base-dtype bf16",
+                true,
+                false,
+            )
+        },
         smol(
             "SmolLM2-135M-sized, full fine-tuning (frozen reference copy), 2 pairs × 258 tokens",
             false,
@@ -162,6 +183,7 @@ fn dpo_throughput(
     config.max_length = work.prompt + work.completion + 2;
     config.max_prompt_length = work.prompt;
     config.gradient_checkpointing = work.recompute;
+    config.base_dtype = work.base;
     if work.lora {
         config.lora = Some(LoraSettings {
             rank: 8,
@@ -239,12 +261,9 @@ fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
-/// Peak resident set size since the last reset, in MiB (Linux: VmHWM), if the OS says.
+/// Peak resident set size since the last reset, in MiB, if the OS says.
 fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
+    crate::train::memory::peak_resident().map(|bytes| bytes as f64 / (1u64 << 20) as f64)
 }
 
 /// Mean seconds of one group_stats forward, and its worst relative error against f64.
@@ -321,6 +340,14 @@ pub fn run(options: &BenchOptions) -> Result<String> {
             if software && !work.small {
                 eprintln!(
                     "notice: {} skipped on {} (a software rasterizer: hours, not minutes)",
+                    work.name,
+                    backend.describe()
+                );
+                continue;
+            }
+            if let Err(why) = work.base.resolve(&backend.device) {
+                eprintln!(
+                    "notice: {} skipped on {}: {why}",
                     work.name,
                     backend.describe()
                 );

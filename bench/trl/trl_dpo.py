@@ -1,4 +1,5 @@
-"""One run of TRL's stock DPOTrainer for the race (bench/trl/race.py starts it; CPU, fp32).
+"""One run of TRL's stock DPOTrainer for the race (bench/trl/race.py starts it; CPU, fp32) and the
+memory table (bench/trl/memory.py: random-init models from a config, bf16 weights).
 
 Prints one JSON line: the tokens of every step (non-pad tokens fed to the policy, chosen and
 rejected rows, so a prompt counts twice: TRL's own `num_tokens` count) and the wall time at the
@@ -43,11 +44,22 @@ def main():
     parser.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     parser.add_argument("--gradient-checkpointing", action="store_true",
                         help="transformers' activation checkpointing per decoder layer")
+    parser.add_argument("--dtype", choices=["fp32", "bf16"], default="fp32",
+                        help="bf16: the model loaded in bf16 and bf16 mixed precision on")
+    parser.add_argument("--random-init", action="store_true",
+                        help="--model is a directory with a config.json (and tokenizer): random weights")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
-    model = AutoModelForCausalLM.from_pretrained(args.model, dtype=torch.float32)
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float32
+    if args.random_init:
+        from transformers import AutoConfig
+
+        torch.manual_seed(0)
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(args.model), dtype=dtype)
+    else:
+        model = AutoModelForCausalLM.from_pretrained(args.model, dtype=dtype)
     peft_config = None
     if args.mode == "lora":
         peft_config = LoraConfig(r=8, lora_alpha=16, lora_dropout=0.0, task_type="CAUSAL_LM",
@@ -57,7 +69,7 @@ def main():
         gradient_accumulation_steps=1, max_steps=args.steps, learning_rate=args.lr, beta=args.beta,
         loss_type=["sigmoid"], lr_scheduler_type="linear", warmup_steps=0, weight_decay=0.0,
         max_grad_norm=1.0, train_sampling_strategy="sequential", dataloader_num_workers=0, seed=42,
-        logging_steps=1, save_strategy="no", report_to=[], use_cpu=args.device == "cpu", bf16=False, fp16=False,
+        logging_steps=1, save_strategy="no", report_to=[], use_cpu=args.device == "cpu", bf16=args.dtype == "bf16", fp16=False,
         gradient_checkpointing=args.gradient_checkpointing,
         gradient_checkpointing_kwargs={"use_reentrant": False}, dataset_num_proc=None)
     clock = StepClock()

@@ -104,10 +104,12 @@ impl Scorer {
                 "--benchmark scores causal LMs; {model_name} is an encoder"
             )));
         };
-        if options.max_length > arch.max_position_embeddings {
+        if options.max_length > arch.max_positions() {
             return Err(Error::input(format!(
-                "--max-length {} exceeds the model's {} positions",
-                options.max_length, arch.max_position_embeddings
+                "--max-length {} exceeds the model's {} {}",
+                options.max_length,
+                arch.max_positions_key(),
+                arch.max_positions()
             )));
         }
         let device = selected.device.clone().autodiff();

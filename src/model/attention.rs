@@ -26,22 +26,31 @@ use burn::tensor::{Bool, Tensor};
 /// Masked scores are filled with this before the softmax (finite, so a row's maximum is real).
 const HIDDEN: f32 = -1.0e9;
 
-/// `softmax(scale·q·kᵀ, hidden where mask)·v`; differentiable in q, k and v, with the memory of
-/// the backend's fused forward (see the module docs).
+/// `softmax(s, hidden where mask)·v` with `s = scale·q·kᵀ` (Gemma 2, `softcap` c: `s =
+/// c·tanh(scale·q·kᵀ / c)`); differentiable in q, k and v, with the memory of the backend's fused
+/// forward (see the module docs).
 pub fn attention(
     q: Tensor<4>,
     k: Tensor<4>,
     v: Tensor<4>,
     mask: Tensor<4, Bool>,
     scale: f64,
+    softcap: Option<f64>,
 ) -> Tensor<4> {
     Tensor::from_dispatch(<Dispatch as FusedAttentionBackend>::fused_attention(
         q.into_dispatch(),
         k.into_dispatch(),
         v.into_dispatch(),
         mask.into_dispatch(),
-        scale,
+        Settings { scale, softcap },
     ))
+}
+
+/// The scale on the scores and their soft cap.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Settings {
+    pub scale: f64,
+    pub softcap: Option<f64>,
 }
 
 /// The op as a backend extension: the default bodies (the backend's own ops) serve every
@@ -55,11 +64,11 @@ pub trait FusedAttentionBackend: Backend {
         k: FloatTensor<Self>,
         v: FloatTensor<Self>,
         mask: BoolTensor<Self>,
-        scale: f64,
+        settings: Settings,
     ) -> FloatTensor<Self> {
         let options = AttentionModuleOptions {
-            scale: Some(scale),
-            softcap: None,
+            scale: Some(settings.scale),
+            softcap: settings.softcap,
             is_causal: false,
         };
         let shape = scores_shape(&q, &k);
@@ -68,7 +77,8 @@ pub trait FusedAttentionBackend: Backend {
     }
 
     // Backward: p = softmax(s) recomputed; dv = pᵀ·g; dp = g·vᵀ; δ = rowsum(g ∘ out);
-    // ds = p ∘ (dp − δ); dq = scale·ds·k; dk = scale·dsᵀ·q. Returns (dq, dk, dv).
+    // ds = p ∘ (dp − δ), times 1 − tanh²(scale·q·kᵀ / c) under a softcap c; dq = scale·ds·k;
+    // dk = scale·dsᵀ·q. Returns (dq, dk, dv).
     #[fusion(default)]
     #[allow(clippy::too_many_arguments)]
     fn fused_attention_backward(
@@ -78,13 +88,15 @@ pub trait FusedAttentionBackend: Backend {
         v: FloatTensor<Self>,
         mask: BoolTensor<Self>,
         out: FloatTensor<Self>,
-        scale: f64,
+        settings: Settings,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
+        let scale = settings.scale;
         let shape = scores_shape(&q, &k);
         let scores = Self::float_mul_scalar(
             Self::float_matmul(q.clone(), Self::float_swap_dims(k.clone(), 2, 3)),
             scale.into(),
         );
+        let (scores, slope) = super::fused::capped::<Self>(scores, settings.softcap);
         let scores = Self::float_mask_fill(scores, Self::bool_expand(mask, shape), HIDDEN.into());
         let max = Self::float_max_dim(scores.clone(), 3);
         let exp = Self::float_exp(Self::float_sub(scores, max));
@@ -93,10 +105,12 @@ pub trait FusedAttentionBackend: Backend {
         let grad_v = Self::float_matmul(Self::float_swap_dims(probs.clone(), 2, 3), grad.clone());
         let grad_probs = Self::float_matmul(grad.clone(), Self::float_swap_dims(v, 2, 3));
         let delta = Self::float_sum_dim(Self::float_mul(grad, out), 3);
-        let grad_scores = Self::float_mul_scalar(
-            Self::float_mul(probs, Self::float_sub(grad_probs, delta)),
-            scale.into(),
-        );
+        let grad_scores = Self::float_mul(probs, Self::float_sub(grad_probs, delta));
+        let grad_scores = match slope {
+            Some(slope) => Self::float_mul(grad_scores, slope),
+            None => grad_scores,
+        };
+        let grad_scores = Self::float_mul_scalar(grad_scores, scale.into());
         let grad_q = Self::float_matmul(grad_scores.clone(), k);
         let grad_k = Self::float_matmul(Self::float_swap_dims(grad_scores, 2, 3), q);
         (grad_q, grad_k, grad_v)
@@ -113,7 +127,7 @@ impl FusedAttentionBackend for Flex {}
 
 impl FusedAttentionBackend for CubeBackend {}
 
-/// What the backward needs: the inputs, the mask, the forward's output and the scale.
+/// What the backward needs: the inputs, the mask, the forward's output and the settings.
 #[derive(Debug, Clone)]
 struct AttentionState<B: Backend> {
     q: FloatTensor<B>,
@@ -121,7 +135,7 @@ struct AttentionState<B: Backend> {
     v: FloatTensor<B>,
     mask: BoolTensor<B>,
     out: FloatTensor<B>,
-    scale: f64,
+    settings: Settings,
 }
 
 #[derive(Debug)]
@@ -135,7 +149,7 @@ impl<B: FusedAttentionBackend> Backward<B, 3> for FusedAttentionBackward {
         let grad = grads.consume::<B>(&ops.node);
         let s = ops.state;
         let (grad_q, grad_k, grad_v) =
-            B::fused_attention_backward(grad, s.q, s.k, s.v, s.mask, s.out, s.scale);
+            B::fused_attention_backward(grad, s.q, s.k, s.v, s.mask, s.out, s.settings);
         super::fused::register!(
             grads,
             B,
@@ -152,7 +166,7 @@ impl<B: FusedAttentionBackend, C: CheckpointStrategy> FusedAttentionBackend for 
         k: FloatTensor<Self>,
         v: FloatTensor<Self>,
         mask: BoolTensor<Self>,
-        scale: f64,
+        settings: Settings,
     ) -> FloatTensor<Self> {
         let (q, guard_q) = q.into_parts();
         let (k, guard_k) = k.into_parts();
@@ -163,18 +177,19 @@ impl<B: FusedAttentionBackend, C: CheckpointStrategy> FusedAttentionBackend for 
             .stateful()
         {
             OpsKind::Tracked(prep) => {
-                let out = B::fused_attention(q.clone(), k.clone(), v.clone(), mask.clone(), scale);
+                let out =
+                    B::fused_attention(q.clone(), k.clone(), v.clone(), mask.clone(), settings);
                 let state = AttentionState {
                     q,
                     k,
                     v,
                     mask,
                     out: out.clone(),
-                    scale,
+                    settings,
                 };
                 prep.finish(state, out)
             }
-            OpsKind::UnTracked(prep) => prep.finish(B::fused_attention(q, k, v, mask, scale)),
+            OpsKind::UnTracked(prep) => prep.finish(B::fused_attention(q, k, v, mask, settings)),
         }
     }
 
@@ -185,7 +200,7 @@ impl<B: FusedAttentionBackend, C: CheckpointStrategy> FusedAttentionBackend for 
         v: FloatTensor<Self>,
         mask: BoolTensor<Self>,
         out: FloatTensor<Self>,
-        scale: f64,
+        settings: Settings,
     ) -> (FloatTensor<Self>, FloatTensor<Self>, FloatTensor<Self>) {
         // Only reached when someone differentiates the gradient itself; no second-order graph is
         // recorded, so the results are constants.
@@ -196,7 +211,7 @@ impl<B: FusedAttentionBackend, C: CheckpointStrategy> FusedAttentionBackend for 
             v.into_primitive(),
             mask,
             out.into_primitive(),
-            scale,
+            settings,
         );
         (
             <Self as AutodiffBackend>::from_inner(dq),

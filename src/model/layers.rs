@@ -19,9 +19,18 @@ pub fn linear(d_input: usize, d_output: usize, bias: bool, std: f64, device: &De
 /// Forming `W₀ + s·A·B` first (what `Param::val` gives) would make the backward pass compute the
 /// dense `[in, out]` weight gradient `xᵀ·g` only to reduce it to A and B — the FLOPs of full
 /// fine-tuning; apart, the adapter's gradients cost `r·(in + out)` per token.
+///
+/// A frozen weight stored in half precision ([`super::precision`]) is widened per use.
 pub fn project<const D: usize>(linear: &Linear, x: Tensor<D>, lora_dropout: f64) -> Tensor<D> {
     let Some(adapter) = linear.weight.adapter() else {
-        return linear.forward(x);
+        if linear.weight.dtype() == x.dtype() {
+            return linear.forward(x);
+        }
+        let y = super::precision::frozen_matmul(x, linear.weight.val());
+        return match &linear.bias {
+            Some(bias) => y + super::precision::full(bias.val()).unsqueeze(),
+            None => y,
+        };
     };
     let adapter_input = if lora_dropout > 0.0 && x.device().is_autodiff() {
         let keep = 1.0 - lora_dropout;
@@ -29,7 +38,7 @@ pub fn project<const D: usize>(linear: &Linear, x: Tensor<D>, lora_dropout: f64)
     } else {
         x.clone()
     };
-    let y = x.matmul(linear.weight.base().unsqueeze())
+    let y = super::precision::frozen_matmul(x, linear.weight.base())
         + adapter_input
             .matmul(adapter.a.val().unsqueeze())
             .matmul(adapter.b.val().unsqueeze())
@@ -40,11 +49,13 @@ pub fn project<const D: usize>(linear: &Linear, x: Tensor<D>, lora_dropout: f64)
     }
 }
 
-/// Root-mean-square norm (Zhang & Sennrich 2019), as `LlamaRMSNorm`: `x / rms(x) * weight`.
+/// Root-mean-square norm (Zhang & Sennrich 2019), as `LlamaRMSNorm`: `x / rms(x) * weight`; as
+/// `GemmaRMSNorm` with `unit_offset`: `x / rms(x) * (1 + weight)`.
 #[derive(Module, Debug)]
 pub struct RmsNorm {
     pub weight: Param<Tensor<1>>,
     pub eps: f64,
+    pub unit_offset: bool,
 }
 
 impl RmsNorm {
@@ -52,12 +63,27 @@ impl RmsNorm {
         Self {
             weight: Initializer::Ones.init([dim], device),
             eps,
+            unit_offset: false,
+        }
+    }
+
+    /// Gemma's: the weight is an offset from 1 (zeros at initialization).
+    pub fn gemma(dim: usize, eps: f64, device: &Device) -> Self {
+        Self {
+            weight: Initializer::Zeros.init([dim], device),
+            eps,
+            unit_offset: true,
         }
     }
 
     /// One autodiff node that keeps only `x` for backward ([`super::fused::rms_norm`]).
     pub fn forward<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
-        super::fused::rms_norm(x, self.weight.val(), self.eps)
+        let weight = if self.unit_offset {
+            self.weight.val() + 1.0
+        } else {
+            self.weight.val()
+        };
+        super::fused::rms_norm(x, weight, self.eps)
     }
 }
 
@@ -102,6 +128,37 @@ pub fn attention(
 ) -> Tensor<4> {
     let [_, _, _, head_dim] = q.dims();
     let scores = q.matmul(k.swap_dims(2, 3)) / (head_dim as f64).sqrt();
+    masked_softmax_values(scores, mask, v, dropout)
+}
+
+/// [`attention`] with the scores scaled by `scale` instead of `head_dim^−½`, and soft-capped to
+/// `c·tanh(s / c)` before the mask under `softcap` c (Gemma 2).
+pub fn attention_scaled(
+    q: Tensor<4>,
+    k: Tensor<4>,
+    v: Tensor<4>,
+    mask: Tensor<4, Bool>,
+    scale: f64,
+    softcap: Option<f64>,
+) -> Tensor<4> {
+    let scores = soft_cap(q.matmul(k.swap_dims(2, 3)) * scale, softcap);
+    masked_softmax_values(scores, mask, v, None)
+}
+
+/// Gemma 2's soft cap `c·tanh(x / c)` under `cap` c; `x` as it is without.
+pub fn soft_cap<const D: usize>(x: Tensor<D>, cap: Option<f64>) -> Tensor<D> {
+    match cap {
+        Some(cap) => (x / cap).tanh() * cap,
+        None => x,
+    }
+}
+
+fn masked_softmax_values(
+    scores: Tensor<4>,
+    mask: Tensor<4, Bool>,
+    v: Tensor<4>,
+    dropout: Option<&Dropout>,
+) -> Tensor<4> {
     let scores = scores.mask_fill(mask, -1.0e9);
     let probs = softmax(scores, 3);
     let probs = match dropout {

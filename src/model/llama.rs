@@ -14,9 +14,11 @@ use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
 use super::family::Family;
-use super::fused::swiglu;
-use super::layers::{RmsNorm, attention, linear, merge_heads, project, split_heads};
-use super::rope::{Rope, RopeSpec};
+use super::fused::{geglu, swiglu};
+use super::layers::{
+    RmsNorm, attention, attention_scaled, linear, merge_heads, project, split_heads,
+};
+use super::rope::{Frequencies, RopeSpec, Ropes};
 use crate::data::batch::Packing;
 
 /// Mirrors the fields of Hugging Face's `LlamaConfig` (config.json) that the model uses, and
@@ -77,9 +79,55 @@ pub struct LlamaConfig {
     /// Qwen2, Qwen3: the layers before this one attend fully (default 28).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_window_layers: Option<usize>,
-    /// Qwen2, Qwen3: each layer's `full_attention` or `sliding_attention` (transformers 5).
+    /// Qwen2, Qwen3, Gemma 2/3: each layer's `full_attention` or `sliding_attention`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub layer_types: Option<Vec<String>>,
+    /// Gemma: the MLP's activation (`gelu_pytorch_tanh`; Gemma's name for `hidden_act`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hidden_activation: Option<String>,
+    /// Gemma 2/3: attention scores are scaled by `query_pre_attn_scalar^−½` (not `head_dim^−½`).
+    /// An integer in transformers' config class: written as one when whole.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "whole_as_integer"
+    )]
+    pub query_pre_attn_scalar: Option<f64>,
+    /// Gemma 2: attention scores become `c·tanh(s / c)` before the mask.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attn_logit_softcapping: Option<f64>,
+    /// Gemma 2: the output logits become `c·tanh(z / c)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub final_logit_softcapping: Option<f64>,
+    /// Gemma 3 (transformers 4 layout): the rotary base of sliding layers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rope_local_base_freq: Option<f64>,
+    /// Gemma 3 (transformers 4 layout, when `layer_types` is absent): every n-th layer is full.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sliding_window_pattern: Option<usize>,
+    /// Phi-3 (transformers 4 layout): the share of each head that is rotated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub partial_rotary_factor: Option<f64>,
+    /// Phi-3: the pretraining length that `longrope` scaling extends.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub original_max_position_embeddings: Option<usize>,
+}
+
+/// The MLP's gate activation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Activation {
+    /// SiLU: SwiGLU (Llama, Mistral, Qwen, Phi-3).
+    Silu,
+    /// GELU with the tanh approximation: GeGLU (Gemma).
+    GeluTanh,
+}
+
+fn whole_as_integer<S: serde::Serializer>(value: &Option<f64>, s: S) -> Result<S::Ok, S::Error> {
+    match value {
+        Some(v) if v.fract() == 0.0 && v.abs() < 1e15 => s.serialize_some(&(*v as i64)),
+        Some(v) => s.serialize_some(v),
+        None => s.serialize_none(),
+    }
 }
 
 fn default_max_position_embeddings() -> usize {
@@ -108,14 +156,9 @@ impl LlamaConfig {
             .unwrap_or(self.hidden_size / self.num_attention_heads.max(1))
     }
 
-    /// The rotary base and scaling (validated by [`Self::validate`]).
+    /// The rotary base and scaling (validated by [`Self::validate`]); Gemma 3's full layers'.
     pub fn rope(&self) -> RopeSpec {
-        let spec = RopeSpec::from_config(
-            self.rope_theta,
-            self.rope_parameters.as_ref(),
-            self.rope_scaling.as_ref(),
-        )
-        .expect("a validated config");
+        let spec = self.rope_spec(false).expect("a validated config");
         match &self.rope_divisors {
             Some(divisors) => RopeSpec {
                 scaling: super::rope::RopeScaling::Divisors(divisors.clone()),
@@ -125,11 +168,122 @@ impl LlamaConfig {
         }
     }
 
+    /// The longest sequence the model serves as fairtune computes it: `max_position_embeddings`,
+    /// or LongRoPE's pretraining length (beyond it transformers switches to the long factors).
+    pub fn max_positions(&self) -> usize {
+        self.rope()
+            .max_positions()
+            .map_or(self.max_position_embeddings, |m| {
+                m.min(self.max_position_embeddings)
+            })
+    }
+
+    /// The config.json field [`Self::max_positions`] comes from, for error messages.
+    pub fn max_positions_key(&self) -> &'static str {
+        match self.rope().max_positions() {
+            Some(m) if m < self.max_position_embeddings => {
+                "original_max_position_embeddings (LongRoPE)"
+            }
+            _ => "max_position_embeddings",
+        }
+    }
+
+    /// Gemma 3: the rotary settings of its sliding layers (`None` for other families).
+    pub fn local_rope(&self) -> Option<RopeSpec> {
+        (self.family == Family::Gemma3).then(|| self.rope_spec(true).expect("a validated config"))
+    }
+
+    /// The rope settings of the full layers (or Gemma 3's sliding ones, `local`): from
+    /// `rope_parameters` (per layer type for Gemma 3), else `rope_theta` and `rope_scaling`;
+    /// Phi-3's `original_max_position_embeddings` joins them as transformers moves it in.
+    fn rope_spec(&self, local: bool) -> Result<RopeSpec, String> {
+        let mut params = self.rope_parameters.clone().filter(|v| !v.is_null());
+        let mut scaling = self.rope_scaling.clone().filter(|v| !v.is_null());
+        let mut theta = self.rope_theta;
+        if self.family == Family::Gemma3 && local {
+            // transformers: the sliding layers' base defaults to `rope_local_base_freq`.
+            theta = self.rope_local_base_freq.unwrap_or(10_000.0);
+        }
+        if self.family == Family::Gemma3 {
+            let nested = params
+                .as_ref()
+                .and_then(|p| p.get("full_attention").or(p.get("sliding_attention")))
+                .is_some();
+            if nested {
+                let key = if local {
+                    "sliding_attention"
+                } else {
+                    "full_attention"
+                };
+                params = params.and_then(|p| p.get(key).cloned());
+            } else if local {
+                (params, scaling) = (None, None);
+            }
+        }
+        for value in [&mut params, &mut scaling].into_iter().flatten() {
+            if let Some(object) = value.as_object_mut() {
+                if let Some(original) = self.original_max_position_embeddings {
+                    object.insert("original_max_position_embeddings".into(), original.into());
+                }
+                object
+                    .entry("max_position_embeddings")
+                    .or_insert(self.max_position_embeddings.into());
+            }
+        }
+        RopeSpec::from_config(theta, params.as_ref(), scaling.as_ref())
+    }
+
+    /// How many dimensions of each head are rotated (Phi-3's `partial_rotary_factor`).
+    pub fn rotary_dim(&self) -> usize {
+        let factor = self
+            .rope_parameters
+            .as_ref()
+            .and_then(|p| p.get("partial_rotary_factor"))
+            .and_then(serde_json::Value::as_f64)
+            .or(self.partial_rotary_factor)
+            .unwrap_or(1.0);
+        (self.head_dim() as f64 * factor) as usize
+    }
+
+    /// The MLP's activation (validated by [`Self::validate`]).
+    pub fn activation(&self) -> Result<Activation, String> {
+        let name = match (self.family.is_gemma(), &self.hidden_activation) {
+            (true, Some(name)) => name.as_str(),
+            _ => self.hidden_act.as_str(),
+        };
+        match name {
+            "silu" if !self.family.is_gemma() => Ok(Activation::Silu),
+            "gelu_pytorch_tanh" if self.family.is_gemma() => Ok(Activation::GeluTanh),
+            other => Err(format!(
+                "activation {other:?} is not supported for {} (it uses {:?})",
+                self.family.model_type(),
+                if self.family.is_gemma() {
+                    "gelu_pytorch_tanh"
+                } else {
+                    "silu"
+                }
+            )),
+        }
+    }
+
     /// The attention window of layer `layer`: `None` for full attention (see [`Family`]).
     pub fn layer_window(&self, layer: usize) -> Option<usize> {
         match self.family {
             Family::Llama => None,
-            Family::Mistral => self.sliding_window,
+            Family::Mistral | Family::Phi3 => self.sliding_window,
+            Family::Gemma2 | Family::Gemma3 => {
+                let sliding = match &self.layer_types {
+                    Some(types) => types.get(layer).is_some_and(|t| t == "sliding_attention"),
+                    None => {
+                        let pattern = match self.family {
+                            Family::Gemma2 => 2,
+                            _ => self.sliding_window_pattern.unwrap_or(6),
+                        };
+                        !(layer + 1).is_multiple_of(pattern.max(1))
+                    }
+                };
+                if sliding { self.sliding_window } else { None }
+            }
             Family::Qwen2 | Family::Qwen3 => {
                 let window = self.sliding_window.filter(|_| self.use_sliding_window)?;
                 let sliding = match &self.layer_types {
@@ -176,27 +330,47 @@ impl LlamaConfig {
                 self.head_dim()
             ));
         }
-        if self.hidden_act != "silu" {
-            return Err(format!(
-                "hidden_act {:?} is not supported (Llama uses \"silu\")",
-                self.hidden_act
-            ));
-        }
+        self.activation()?;
         let positive = |x: f64| x.is_finite() && x > 0.0;
         if !positive(self.rms_norm_eps) || !positive(self.rope_theta) {
             return Err("rms_norm_eps and rope_theta must be positive".into());
         }
-        RopeSpec::from_config(
-            self.rope_theta,
-            self.rope_parameters.as_ref(),
-            self.rope_scaling.as_ref(),
-        )?;
-        if let Some(divisors) = &self.rope_divisors {
-            if divisors.len() != self.head_dim() / 2 {
+        for (name, value) in [
+            ("query_pre_attn_scalar", self.query_pre_attn_scalar),
+            ("attn_logit_softcapping", self.attn_logit_softcapping),
+            ("final_logit_softcapping", self.final_logit_softcapping),
+            ("rope_local_base_freq", self.rope_local_base_freq),
+        ] {
+            if value.is_some_and(|v| !positive(v)) {
+                return Err(format!("{name} must be positive"));
+            }
+        }
+        let rotary = self.rotary_dim();
+        if rotary == 0 || rotary > self.head_dim() || !rotary.is_multiple_of(2) {
+            return Err(format!(
+                "partial_rotary_factor gives {rotary} rotated dimensions of a head of {}: it \
+                 must be an even number, at least 2",
+                self.head_dim()
+            ));
+        }
+        for local in [false, true] {
+            let spec = self.rope_spec(local)?;
+            if let super::rope::RopeScaling::LongRope { short_factor, .. } = &spec.scaling
+                && short_factor.len() != rotary / 2
+            {
                 return Err(format!(
-                    "rope_freqs has {} divisors for a head_dim of {}",
+                    "longrope's short_factor has {} entries for {} rotated dimensions",
+                    short_factor.len(),
+                    rotary
+                ));
+            }
+        }
+        if let Some(divisors) = &self.rope_divisors {
+            if divisors.len() != self.rotary_dim() / 2 {
+                return Err(format!(
+                    "rope_freqs has {} divisors for {} rotated dimensions",
                     divisors.len(),
-                    self.head_dim()
+                    self.rotary_dim()
                 ));
             }
             if !divisors.iter().all(|&d| d.is_finite() && d > 0.0) {
@@ -236,26 +410,47 @@ impl LlamaConfig {
             .collect();
         let lm_head = (!self.tie_word_embeddings)
             .then(|| linear(self.hidden_size, self.vocab_size, false, std, device));
+        let rope = self.rope();
+        let max_position_embeddings = self.max_positions();
         LlamaForCausalLM {
             model: LlamaModel {
                 embed_tokens,
                 layers,
-                norm: RmsNorm::new(self.hidden_size, self.rms_norm_eps, device),
+                norm: self.norm(self.hidden_size, device),
             },
             lm_head,
-            rope: self.rope(),
-            max_position_embeddings: self.max_position_embeddings,
+            rope,
+            local_rope: self.local_rope(),
+            rotary_dim: self.rotary_dim(),
+            embed_scale: self
+                .family
+                .is_gemma()
+                .then(|| (self.hidden_size as f64).sqrt()),
+            final_softcap: self.final_logit_softcapping,
+            max_position_embeddings,
+        }
+    }
+
+    /// An RMSNorm of the family's kind over `dim` features.
+    fn norm(&self, dim: usize, device: &Device) -> RmsNorm {
+        if self.family.is_gemma() {
+            RmsNorm::gemma(dim, self.rms_norm_eps, device)
+        } else {
+            RmsNorm::new(dim, self.rms_norm_eps, device)
         }
     }
 }
 
 #[derive(Module, Debug)]
 pub struct LlamaAttention {
-    pub q_proj: Linear,
-    pub k_proj: Linear,
-    pub v_proj: Linear,
+    /// `None` when fused into `qkv_proj`.
+    pub q_proj: Option<Linear>,
+    pub k_proj: Option<Linear>,
+    pub v_proj: Option<Linear>,
+    /// Phi-3: q, k and v as one projection, their rows in that order.
+    pub qkv_proj: Option<Linear>,
     pub o_proj: Linear,
-    /// Qwen3: RMSNorm over each query / key head, before the rotation.
+    /// Qwen3, Gemma 3: RMSNorm over each query / key head, before the rotation.
     pub q_norm: Option<RmsNorm>,
     pub k_norm: Option<RmsNorm>,
     pub num_heads: usize,
@@ -265,6 +460,14 @@ pub struct LlamaAttention {
     pub window: Option<usize>,
     /// Dropout on the inputs of LoRA adapters (see [`project`]).
     pub lora_dropout: f64,
+    /// Gemma 2/3: the scores' scale (`query_pre_attn_scalar^−½`; `head_dim^−½` when `None`).
+    #[module(skip)]
+    pub scale: Option<f64>,
+    /// Gemma 2: the scores' soft cap.
+    #[module(skip)]
+    pub softcap: Option<f64>,
+    /// Gemma 3's sliding layers: rotated with the local table (see [`Ropes`]).
+    pub local_rope: bool,
 }
 
 impl LlamaAttention {
@@ -277,23 +480,27 @@ impl LlamaAttention {
             config.initializer_range,
         );
         let o_bias = family.o_bias(config.attention_bias);
-        let norm = || {
-            family
-                .qk_norm()
-                .then(|| RmsNorm::new(head_dim, config.rms_norm_eps, device))
-        };
+        let norm = || family.qk_norm().then(|| config.norm(head_dim, device));
+        let fused = family.fused_projections();
+        let separate = |width: usize| (!fused).then(|| linear(hidden, width, bias, std, device));
+        let window = config.layer_window(layer);
         Self {
-            q_proj: linear(hidden, heads * head_dim, bias, std, device),
-            k_proj: linear(hidden, kv_heads * head_dim, bias, std, device),
-            v_proj: linear(hidden, kv_heads * head_dim, bias, std, device),
+            q_proj: separate(heads * head_dim),
+            k_proj: separate(kv_heads * head_dim),
+            v_proj: separate(kv_heads * head_dim),
+            qkv_proj: fused
+                .then(|| linear(hidden, (heads + 2 * kv_heads) * head_dim, bias, std, device)),
             o_proj: linear(heads * head_dim, hidden, o_bias, std, device),
             q_norm: norm(),
             k_norm: norm(),
             num_heads: heads,
             num_kv_heads: kv_heads,
             head_dim,
-            window: config.layer_window(layer),
+            window,
             lora_dropout: 0.0,
+            scale: config.query_pre_attn_scalar.map(|s| s.powf(-0.5)),
+            softcap: config.attn_logit_softcapping,
+            local_rope: family == Family::Gemma3 && window.is_some(),
         }
     }
 
@@ -302,30 +509,63 @@ impl LlamaAttention {
     fn qkv(
         &self,
         x: Tensor<3>,
-        rope: &Rope,
+        ropes: &Ropes,
         layout: impl Fn(Tensor<3>) -> Tensor<3>,
     ) -> (Tensor<4>, Tensor<4>, Tensor<4>) {
         let p = self.lora_dropout;
-        let heads = |linear: &Linear, x: Tensor<3>, count: usize| {
-            split_heads(layout(project(linear, x, p)), count)
+        let (q, k, v) = match &self.qkv_proj {
+            Some(fused) => {
+                let all = layout(project(fused, x, p));
+                let q_width = self.num_heads * self.head_dim;
+                let kv_width = self.num_kv_heads * self.head_dim;
+                (
+                    all.clone().narrow(2, 0, q_width),
+                    all.clone().narrow(2, q_width, kv_width),
+                    all.narrow(2, q_width + kv_width, kv_width),
+                )
+            }
+            None => {
+                let part = |linear: &Option<Linear>, x: Tensor<3>| {
+                    layout(project(
+                        linear.as_ref().expect("separate projections"),
+                        x,
+                        p,
+                    ))
+                };
+                (
+                    part(&self.q_proj, x.clone()),
+                    part(&self.k_proj, x.clone()),
+                    part(&self.v_proj, x),
+                )
+            }
         };
         let normed = |norm: &Option<RmsNorm>, x: Tensor<4>| match norm {
             Some(norm) => norm.forward(x),
             None => x,
         };
-        let q = heads(&self.q_proj, x.clone(), self.num_heads);
-        let k = heads(&self.k_proj, x.clone(), self.num_kv_heads);
-        let q = rope.apply(normed(&self.q_norm, q));
-        let k = rope.apply(normed(&self.k_norm, k));
-        let v = heads(&self.v_proj, x, self.num_kv_heads);
+        let rope = ropes.of(self.local_rope);
+        let q = rope.apply(normed(&self.q_norm, split_heads(q, self.num_heads)));
+        let k = rope.apply(normed(&self.k_norm, split_heads(k, self.num_kv_heads)));
+        let v = split_heads(v, self.num_kv_heads);
         (q, k, v)
     }
 
-    fn forward(&self, x: Tensor<3>, rope: &Rope, masks: &Masks) -> Tensor<3> {
+    /// Attention of `q` over `k`, `v` (already repeated to the query heads) under `mask`.
+    fn attend(&self, q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, mask: Tensor<4, Bool>) -> Tensor<4> {
+        match (self.scale, self.softcap) {
+            (None, None) => attention(q, k, v, mask, None),
+            (scale, softcap) => {
+                let scale = scale.unwrap_or(1.0 / (self.head_dim as f64).sqrt());
+                attention_scaled(q, k, v, mask, scale, softcap)
+            }
+        }
+    }
+
+    fn forward(&self, x: Tensor<3>, ropes: &Ropes, masks: &Masks) -> Tensor<3> {
         let mask = masks.of(self.window);
-        let (q, k, v) = self.qkv(x, rope, |t| t);
+        let (q, k, v) = self.qkv(x, ropes, |t| t);
         let (k, v) = (self.repeat_kv(k), self.repeat_kv(v));
-        let out = merge_heads(attention(q, k, v, mask, None));
+        let out = merge_heads(self.attend(q, k, v, mask));
         project(&self.o_proj, out, self.lora_dropout)
     }
 
@@ -336,13 +576,13 @@ impl LlamaAttention {
     /// head are stacked along the rows (`[segments, kv, rep·width, head_dim]`).
     fn forward_packed(&self, x: Tensor<3>, batch: &SegmentBatch) -> Tensor<3> {
         let [_, total, _] = x.dims();
-        let (q, k, v) = self.qkv(x, &batch.rope, |t| batch.to_segments(t));
+        let (q, k, v) = self.qkv(x, &batch.ropes, |t| batch.to_segments(t));
         let (kv_heads, repeats) = (self.num_kv_heads, self.num_heads / self.num_kv_heads);
         let (segments, width, head_dim) = (batch.segments, batch.width, self.head_dim);
         let q = q.reshape([segments, kv_heads, repeats * width, head_dim]);
-        let scale = 1.0 / (head_dim as f64).sqrt();
+        let scale = self.scale.unwrap_or(1.0 / (head_dim as f64).sqrt());
         let mask = batch.masks.of(self.window);
-        let out = super::attention::attention(q, k, v, mask, scale).reshape([
+        let out = super::attention::attention(q, k, v, mask, scale, self.softcap).reshape([
             segments,
             self.num_heads,
             width,
@@ -357,11 +597,11 @@ impl LlamaAttention {
     fn forward_cached(
         &self,
         x: Tensor<3>,
-        rope: &Rope,
+        ropes: &Ropes,
         mask: Tensor<4, Bool>,
         cache: &mut Option<(Tensor<4>, Tensor<4>)>,
     ) -> Tensor<3> {
-        let (q, k, v) = self.qkv(x, rope, |t| t);
+        let (q, k, v) = self.qkv(x, ropes, |t| t);
         let (k, v) = match cache.take() {
             Some((past_k, past_v)) => (
                 Tensor::cat(vec![past_k, k], 2),
@@ -371,7 +611,7 @@ impl LlamaAttention {
         };
         *cache = Some((k.clone(), v.clone()));
         let (k, v) = (self.repeat_kv(k), self.repeat_kv(v));
-        let out = merge_heads(attention(q, k, v, mask, None));
+        let out = merge_heads(self.attend(q, k, v, mask));
         project(&self.o_proj, out, self.lora_dropout)
     }
 
@@ -390,20 +630,54 @@ impl LlamaAttention {
 
 #[derive(Module, Debug)]
 pub struct LlamaMlp {
-    pub gate_proj: Linear,
-    pub up_proj: Linear,
+    /// `None` when fused into `gate_up_proj`.
+    pub gate_proj: Option<Linear>,
+    pub up_proj: Option<Linear>,
+    /// Phi-3: gate and up as one projection, the gate's columns first.
+    pub gate_up_proj: Option<Linear>,
     pub down_proj: Linear,
     pub lora_dropout: f64,
+    /// Gemma: GeGLU (tanh-approximated GELU) instead of SwiGLU.
+    pub gelu: bool,
 }
 
 impl LlamaMlp {
-    // SwiGLU (Shazeer 2020): down(silu(gate(x)) * up(x)).
+    fn new(config: &LlamaConfig, device: &Device) -> Self {
+        let (hidden, inter) = (config.hidden_size, config.intermediate_size);
+        let (bias, std) = (config.mlp_bias, config.initializer_range);
+        let fused = config.family.fused_projections();
+        let separate = || (!fused).then(|| linear(hidden, inter, bias, std, device));
+        Self {
+            gate_proj: separate(),
+            up_proj: separate(),
+            gate_up_proj: fused.then(|| linear(hidden, 2 * inter, bias, std, device)),
+            down_proj: linear(inter, hidden, bias, std, device),
+            lora_dropout: 0.0,
+            gelu: config.activation() == Ok(Activation::GeluTanh),
+        }
+    }
+
+    // SwiGLU (Shazeer 2020): down(silu(gate(x)) * up(x)); GeGLU with gelu_tanh for Gemma.
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let p = self.lora_dropout;
-        let gated = swiglu(
-            project(&self.gate_proj, x.clone(), p),
-            project(&self.up_proj, x, p),
-        );
+        let (gate, up) = match &self.gate_up_proj {
+            Some(fused) => {
+                let both = project(fused, x, p);
+                let half = both.dims()[2] / 2;
+                (both.clone().narrow(2, 0, half), both.narrow(2, half, half))
+            }
+            None => {
+                let part = |linear: &Option<Linear>, x: Tensor<3>| {
+                    project(linear.as_ref().expect("separate projections"), x, p)
+                };
+                (part(&self.gate_proj, x.clone()), part(&self.up_proj, x))
+            }
+        };
+        let gated = if self.gelu {
+            geglu(gate, up)
+        } else {
+            swiglu(gate, up)
+        };
         project(&self.down_proj, gated, p)
     }
 }
@@ -413,59 +687,69 @@ pub struct LlamaDecoderLayer {
     pub self_attn: LlamaAttention,
     pub mlp: LlamaMlp,
     pub input_layernorm: RmsNorm,
+    /// The MLP's input norm; with sandwich norms (Gemma 2/3), the attention output's norm.
     pub post_attention_layernorm: RmsNorm,
+    /// Gemma 2/3: the MLP's input and output norms.
+    pub pre_feedforward_layernorm: Option<RmsNorm>,
+    pub post_feedforward_layernorm: Option<RmsNorm>,
 }
 
 impl LlamaDecoderLayer {
     fn new(config: &LlamaConfig, layer: usize, device: &Device) -> Self {
-        let (hidden, inter) = (config.hidden_size, config.intermediate_size);
-        let (bias, std, eps) = (
-            config.mlp_bias,
-            config.initializer_range,
-            config.rms_norm_eps,
-        );
+        let hidden = config.hidden_size;
+        let sandwich = || {
+            config
+                .family
+                .sandwich_norms()
+                .then(|| config.norm(hidden, device))
+        };
         Self {
             self_attn: LlamaAttention::new(config, layer, device),
-            mlp: LlamaMlp {
-                gate_proj: linear(hidden, inter, bias, std, device),
-                up_proj: linear(hidden, inter, bias, std, device),
-                down_proj: linear(inter, hidden, bias, std, device),
-                lora_dropout: 0.0,
-            },
-            input_layernorm: RmsNorm::new(hidden, eps, device),
-            post_attention_layernorm: RmsNorm::new(hidden, eps, device),
+            mlp: LlamaMlp::new(config, device),
+            input_layernorm: config.norm(hidden, device),
+            post_attention_layernorm: config.norm(hidden, device),
+            pre_feedforward_layernorm: sandwich(),
+            post_feedforward_layernorm: sandwich(),
         }
     }
 
-    fn forward(&self, x: Tensor<3>, rope: &Rope, masks: &Masks) -> Tensor<3> {
-        let h = x.clone()
-            + self
-                .self_attn
-                .forward(self.input_layernorm.forward(x), rope, masks);
-        h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
+    /// The two residual blocks around `attend` (the attention of the normed input).
+    fn blocks(&self, x: Tensor<3>, attend: impl FnOnce(Tensor<3>) -> Tensor<3>) -> Tensor<3> {
+        let attended = attend(self.input_layernorm.forward(x.clone()));
+        match (
+            &self.pre_feedforward_layernorm,
+            &self.post_feedforward_layernorm,
+        ) {
+            (Some(pre), Some(post)) => {
+                let h = x + self.post_attention_layernorm.forward(attended);
+                h.clone() + post.forward(self.mlp.forward(pre.forward(h)))
+            }
+            _ => {
+                let h = x + attended;
+                h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
+            }
+        }
+    }
+
+    fn forward(&self, x: Tensor<3>, ropes: &Ropes, masks: &Masks) -> Tensor<3> {
+        self.blocks(x, |normed| self.self_attn.forward(normed, ropes, masks))
     }
 
     fn forward_cached(
         &self,
         x: Tensor<3>,
-        rope: &Rope,
+        ropes: &Ropes,
         masks: &Masks,
         cache: &mut Option<(Tensor<4>, Tensor<4>)>,
     ) -> Tensor<3> {
         let mask = masks.of(self.self_attn.window);
-        let h = x.clone()
-            + self
-                .self_attn
-                .forward_cached(self.input_layernorm.forward(x), rope, mask, cache);
-        h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
+        self.blocks(x, |normed| {
+            self.self_attn.forward_cached(normed, ropes, mask, cache)
+        })
     }
 
     pub(super) fn forward_packed(&self, x: Tensor<3>, batch: &SegmentBatch) -> Tensor<3> {
-        let h = x.clone()
-            + self
-                .self_attn
-                .forward_packed(self.input_layernorm.forward(x), batch);
-        h.clone() + self.mlp.forward(self.post_attention_layernorm.forward(h))
+        self.blocks(x, |normed| self.self_attn.forward_packed(normed, batch))
     }
 }
 
@@ -483,6 +767,17 @@ pub struct LlamaForCausalLM {
     pub lm_head: Option<Linear>,
     #[module(skip)]
     pub rope: RopeSpec,
+    /// Gemma 3: the rotary settings of the sliding layers.
+    #[module(skip)]
+    pub local_rope: Option<RopeSpec>,
+    /// Rotated dimensions of each head.
+    pub rotary_dim: usize,
+    /// Gemma: embeddings × √hidden.
+    #[module(skip)]
+    pub embed_scale: Option<f64>,
+    /// Gemma 2: the output logits' soft cap.
+    #[module(skip)]
+    pub final_softcap: Option<f64>,
     pub max_position_embeddings: usize,
 }
 
@@ -497,8 +792,8 @@ impl LlamaForCausalLM {
     pub fn hidden_states(&self, input_ids: Tensor<2, Int>) -> Tensor<3> {
         let device = input_ids.device();
         let [_, seq] = input_ids.dims();
-        let rope = Rope::new(seq, &self.inv_freq(), &device);
         let positions: Vec<usize> = (0..seq).collect();
+        let rope = self.ropes(&positions, 1, &device);
         let masks = Masks::new(&self.windows(), |window| {
             // Hidden: the future, and with a window the keys W or more tokens back.
             let mut hidden = vec![false; seq * seq];
@@ -511,7 +806,7 @@ impl LlamaForCausalLM {
             Tensor::<2, Bool>::from_data(TensorData::new(hidden, [seq, seq]), &device)
                 .unsqueeze::<4>()
         });
-        let mut x = self.model.embed_tokens.forward(input_ids);
+        let mut x = self.embed(input_ids);
         for layer in &self.model.layers {
             x = layer.forward(x, &rope, &masks);
         }
@@ -555,7 +850,7 @@ impl LlamaForCausalLM {
             .flatten()
             .map(|&(_, position)| position.unwrap_or(0))
             .collect();
-        let rope = Rope::at(&positions, batch, &self.inv_freq(), device);
+        let rope = self.ropes(&positions, batch, device);
         let slots = &cache.positions;
         let masks = Masks::new(&self.windows(), |window| {
             let mut hidden = vec![true; batch * new * total];
@@ -574,25 +869,39 @@ impl LlamaForCausalLM {
             }
             Tensor::<4, Bool>::from_data(TensorData::new(hidden, [batch, 1, new, total]), device)
         });
-        let mut x = self.model.embed_tokens.forward(ids);
+        let mut x = self.embed(ids);
         for (layer, entry) in self.model.layers.iter().zip(&mut cache.layers) {
             x = layer.forward_cached(x, &rope, &masks, entry);
         }
         let hidden = self.model.norm.forward(x).narrow(1, new - 1, 1);
         let width = self.hidden_size();
         let hidden = hidden.reshape([batch, width]);
-        match &self.lm_head {
-            Some(head) => head.forward(hidden),
+        self.cap_logits(match &self.lm_head {
+            Some(head) => super::layers::project(head, hidden, 0.0),
             // Tied: W·hᵀ with the embeddings [vocab, hidden] as stored, not a transposed copy
             // of them per step (a CPU matmul with a transposed operand copies it whole).
-            None => self
-                .model
-                .embed_tokens
-                .weight
-                .val()
+            None => super::precision::full(self.model.embed_tokens.weight.val())
                 .matmul(hidden.transpose())
                 .transpose(),
+        })
+    }
+
+    /// Token embeddings `[batch, seq, hidden]` (Gemma: × √hidden, in the weights' precision).
+    pub(super) fn embed(&self, ids: Tensor<2, Int>) -> Tensor<3> {
+        self.scale_embeddings(super::precision::full(self.model.embed_tokens.forward(ids)))
+    }
+
+    /// The family's scale on looked-up embeddings (none but Gemma's).
+    pub(super) fn scale_embeddings<const D: usize>(&self, x: Tensor<D>) -> Tensor<D> {
+        match self.embed_scale {
+            Some(scale) => x * (scale as f32),
+            None => x,
         }
+    }
+
+    /// Gemma 2's final soft cap, `c·tanh(z / c)`, on logits (as they are for other families).
+    pub fn cap_logits<const D: usize>(&self, logits: Tensor<D>) -> Tensor<D> {
+        super::layers::soft_cap(logits, self.final_softcap)
     }
 
     /// Final hidden states `[T, hidden]` of a packed row (see [`Packing`]): every token sees what
@@ -600,7 +909,7 @@ impl LlamaForCausalLM {
     /// shared prefixes computed once and no padding.
     pub fn packed_hidden_states(&self, packing: &Packing, device: &Device) -> Tensor<2> {
         self.packed_with_layers(packing, device, |ids, batch| {
-            let mut x = self.model.embed_tokens.forward(ids);
+            let mut x = self.embed(ids);
             for layer in &self.model.layers {
                 x = layer.forward_packed(x, &batch);
             }
@@ -621,7 +930,7 @@ impl LlamaForCausalLM {
         let ids: Vec<i64> = packing.tokens.iter().map(|&t| i64::from(t)).collect();
         let input_ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, total]), device);
         let x = if self.model.layers.is_empty() {
-            self.model.embed_tokens.forward(input_ids)
+            self.embed(input_ids)
         } else {
             layers(input_ids, SegmentBatch::of(self, packing, device))
         };
@@ -635,14 +944,19 @@ impl LlamaForCausalLM {
         self.model.embed_tokens.weight.lazy_shape()[1]
     }
 
-    /// The rotary inverse frequencies of the attention heads.
-    fn inv_freq(&self) -> Vec<f64> {
-        let head_dim = self
-            .model
-            .layers
-            .first()
-            .map_or(2, |l| l.self_attn.head_dim);
-        self.rope.inv_freq(head_dim)
+    /// The rotary frequencies of the full layers and (Gemma 3) the sliding ones.
+    fn frequencies(&self) -> (Frequencies, Option<Frequencies>) {
+        let rotary = self.rotary_dim;
+        (
+            Frequencies::of(&self.rope, rotary),
+            self.local_rope.as_ref().map(|r| Frequencies::of(r, rotary)),
+        )
+    }
+
+    /// The rotations of `batch` rows of tokens at `positions`.
+    fn ropes(&self, positions: &[usize], batch: usize, device: &Device) -> Ropes {
+        let (global, local) = self.frequencies();
+        Ropes::at(positions, batch, &global, local.as_ref(), device)
     }
 
     /// The distinct attention windows of the layers (`None`: full attention).
@@ -658,17 +972,14 @@ impl LlamaForCausalLM {
 
     /// Project hidden states onto the vocabulary.
     pub fn lm_logits(&self, hidden: Tensor<3>) -> Tensor<3> {
-        match &self.lm_head {
-            Some(head) => head.forward(hidden),
+        self.cap_logits(match &self.lm_head {
+            Some(head) => super::layers::project(head, hidden, 0.0),
             None => hidden.matmul(
-                self.model
-                    .embed_tokens
-                    .weight
-                    .val()
+                super::precision::full(self.model.embed_tokens.weight.val())
                     .transpose()
                     .unsqueeze::<3>(),
             ),
-        }
+        })
     }
 
     /// The output projection as `[vocab, hidden]`: the embeddings when tied, else `lm_head`'s
@@ -717,8 +1028,8 @@ pub(super) struct SegmentBatch {
     /// `[segments, 1, repeats · width, width]`, true = hidden, for the stacked query heads: one
     /// per attention window of the layers.
     masks: Masks,
-    /// Rotations of every slot, `[segments, 1, width, head_dim]` (padding at position 0).
-    rope: Rope,
+    /// Rotations of every slot, `[segments, 1, width, rotated]` (padding at position 0).
+    ropes: Ropes,
 }
 
 impl SegmentBatch {
@@ -728,7 +1039,7 @@ impl SegmentBatch {
         Self::new(
             packing,
             attention.num_heads / attention.num_kv_heads,
-            &model.inv_freq(),
+            &model.frequencies(),
             &model.windows(),
             device,
         )
@@ -737,7 +1048,7 @@ impl SegmentBatch {
     fn new(
         packing: &Packing,
         repeats: usize,
-        inv_freq: &[f64],
+        frequencies: &(Frequencies, Option<Frequencies>),
         windows: &[Option<usize>],
         device: &Device,
     ) -> Self {
@@ -795,7 +1106,13 @@ impl SegmentBatch {
             gather: (!single).then(|| ints(rows)),
             scatter: (!single).then(|| ints(scatter)),
             masks: Masks::new(windows, mask),
-            rope: Rope::at(&positions, segments, inv_freq, device),
+            ropes: Ropes::at(
+                &positions,
+                segments,
+                &frequencies.0,
+                frequencies.1.as_ref(),
+                device,
+            ),
         }
     }
 

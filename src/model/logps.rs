@@ -124,10 +124,19 @@ pub fn sequence_logps_weighted(
             .clone()
             .select(0, int_vector(&positions[start..end], device));
         if extras.wpo {
-            sum_sq.push(fused::log_sum_squared_probs(picked.clone(), weight.clone()));
+            sum_sq.push(fused::log_sum_squared_probs(
+                picked.clone(),
+                weight.clone(),
+                model.final_softcap,
+            ));
         }
         let target = int_vector(&targets[start..end], device);
-        token_logps.push(fused::token_logps(picked, weight.clone(), target));
+        token_logps.push(fused::token_logps(
+            picked,
+            weight.clone(),
+            target,
+            model.final_softcap,
+        ));
     }
     let token_logps = Tensor::cat(token_logps, 0);
     // WPO: Σ_t (log p(y_t) − log Σ_v p_v²) per sequence, every token counted once.

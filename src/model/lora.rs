@@ -32,6 +32,34 @@ pub enum LoraTarget {
     Gate,
     Up,
     Down,
+    /// Phi-3's fused q/k/v projection (`qkv_proj`).
+    Qkv,
+    /// Phi-3's fused gate/up projection (`gate_up_proj`).
+    GateUp,
+}
+
+impl LoraTarget {
+    /// The projection's module under a Llama-family layer.
+    fn decoder_module(self) -> &'static str {
+        match self {
+            LoraTarget::Q => "self_attn.q_proj",
+            LoraTarget::K => "self_attn.k_proj",
+            LoraTarget::V => "self_attn.v_proj",
+            LoraTarget::O => "self_attn.o_proj",
+            LoraTarget::Gate => "mlp.gate_proj",
+            LoraTarget::Up => "mlp.up_proj",
+            LoraTarget::Down => "mlp.down_proj",
+            LoraTarget::Qkv => "self_attn.qkv_proj",
+            LoraTarget::GateUp => "mlp.gate_up_proj",
+        }
+    }
+
+    /// PEFT's name of it (the module path's last part).
+    fn decoder_name(self) -> &'static str {
+        self.decoder_module()
+            .rsplit_once('.')
+            .map_or("", |(_, name)| name)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -55,6 +83,11 @@ impl LoraSettings {
             dropout: 0.0,
             targets: Vec::new(),
         }
+    }
+
+    /// The adapters' scale α/r (`base + scale·A·B`).
+    pub fn scale(&self) -> f64 {
+        self.alpha / self.rank as f64
     }
 
     pub fn validate(&self) -> Result<()> {
@@ -81,6 +114,9 @@ impl LoraSettings {
         use LoraTarget::*;
         match (self.targets.is_empty(), arch) {
             (false, _) => self.targets.clone(),
+            (true, ArchConfig::Llama(config)) if config.family.fused_projections() => {
+                vec![Qkv, O, GateUp, Down]
+            }
             (true, ArchConfig::Llama(_)) => vec![Q, K, V, O, Gate, Up, Down],
             (true, ArchConfig::Bert(_)) => vec![Q, K, V, O, Up, Down],
         }
@@ -91,17 +127,38 @@ impl LoraSettings {
         let mut paths = Vec::new();
         match arch {
             ArchConfig::Llama(config) => {
+                let fused = config.family.fused_projections();
+                for target in self.targets_for(arch) {
+                    use LoraTarget::*;
+                    let name = config.family.model_type();
+                    match (fused, target) {
+                        (true, Q | K | V) => {
+                            return Err(Error::input(format!(
+                                "--lora-targets {}: {name} has one qkv_proj for q, k and v \
+                                 (use qkv)",
+                                target.decoder_name().trim_end_matches("_proj")
+                            )));
+                        }
+                        (true, Gate | Up) => {
+                            return Err(Error::input(format!(
+                                "--lora-targets {}: {name} has one gate_up_proj for gate and \
+                                 up (use gate-up)",
+                                target.decoder_name().trim_end_matches("_proj")
+                            )));
+                        }
+                        (false, Qkv | GateUp) => {
+                            return Err(Error::input(format!(
+                                "--lora-targets {}: only Phi-3 fuses its projections; {name} \
+                                 has q, k, v, o, gate, up, down",
+                                if target == Qkv { "qkv" } else { "gate-up" }
+                            )));
+                        }
+                        _ => {}
+                    }
+                }
                 for layer in 0..config.num_hidden_layers {
                     for target in &self.targets_for(arch) {
-                        let module = match target {
-                            LoraTarget::Q => "self_attn.q_proj",
-                            LoraTarget::K => "self_attn.k_proj",
-                            LoraTarget::V => "self_attn.v_proj",
-                            LoraTarget::O => "self_attn.o_proj",
-                            LoraTarget::Gate => "mlp.gate_proj",
-                            LoraTarget::Up => "mlp.up_proj",
-                            LoraTarget::Down => "mlp.down_proj",
-                        };
+                        let module = target.decoder_module();
                         paths.push(format!("model.layers.{layer}.{module}.weight"));
                     }
                 }
@@ -116,9 +173,9 @@ impl LoraSettings {
                             LoraTarget::O => "attention.output.dense",
                             LoraTarget::Up => "intermediate.dense",
                             LoraTarget::Down => "output.dense",
-                            LoraTarget::Gate => {
+                            LoraTarget::Gate | LoraTarget::Qkv | LoraTarget::GateUp => {
                                 return Err(Error::input(
-                                    "--lora-targets gate: BERT has no gate projection \
+                                    "--lora-targets: BERT has no gate or fused projections \
                                      (use q, k, v, o, up, down)",
                                 ));
                             }
@@ -150,19 +207,16 @@ impl LoraSettings {
         self.targets_for(arch)
             .iter()
             .map(|t| match (arch, t) {
-                (ArchConfig::Llama(_), LoraTarget::Q) => "q_proj",
-                (ArchConfig::Llama(_), LoraTarget::K) => "k_proj",
-                (ArchConfig::Llama(_), LoraTarget::V) => "v_proj",
-                (ArchConfig::Llama(_), LoraTarget::O) => "o_proj",
-                (ArchConfig::Llama(_), LoraTarget::Gate) => "gate_proj",
-                (ArchConfig::Llama(_), LoraTarget::Up) => "up_proj",
-                (ArchConfig::Llama(_), LoraTarget::Down) => "down_proj",
+                (ArchConfig::Llama(_), target) => target.decoder_name(),
                 (ArchConfig::Bert(_), LoraTarget::Q) => "query",
                 (ArchConfig::Bert(_), LoraTarget::K) => "key",
                 (ArchConfig::Bert(_), LoraTarget::V) => "value",
                 (ArchConfig::Bert(_), LoraTarget::O) => "attention.output.dense",
                 (ArchConfig::Bert(_), LoraTarget::Up) => "intermediate.dense",
-                (ArchConfig::Bert(_), LoraTarget::Down | LoraTarget::Gate) => "output.dense",
+                (
+                    ArchConfig::Bert(_),
+                    LoraTarget::Down | LoraTarget::Gate | LoraTarget::Qkv | LoraTarget::GateUp,
+                ) => "output.dense",
             })
             .collect()
     }
@@ -187,12 +241,20 @@ impl Reparameterizer for PeftInit {
             let a = adapter.a.val();
             let [d_in, _] = a.dims();
             let bound = 1.0 / (d_in.max(1) as f64).sqrt();
-            // At the precision burn chose for the factors (the base's, for a half base).
+            // Always f32: burn makes the factors in the base's precision, and a base stored in
+            // half (`--base-dtype`) still trains f32 adapters.
             let a =
-                Tensor::<2>::random(a.dims(), Distribution::Uniform(-bound, bound), &a.device())
-                    .cast(a.dtype());
+                Tensor::<2>::random(a.dims(), Distribution::Uniform(-bound, bound), &a.device());
+            let b = adapter.b.val();
+            let b = if b.dtype() == burn::tensor::DType::F32 {
+                adapter.b
+            } else {
+                // B starts at zero (PEFT's and burn's init alike).
+                Param::from_tensor(Tensor::<2>::zeros(b.dims(), &b.device()))
+            };
             LoraAdapter {
                 a: Param::from_tensor(a),
+                b,
                 ..adapter
             }
         });
@@ -266,10 +328,13 @@ pub fn load_adapters<M: Module>(model: M, arch: &ArchConfig, dir: &Path) -> Resu
             "gate_proj" => LoraTarget::Gate,
             "up_proj" => LoraTarget::Up,
             "down_proj" => LoraTarget::Down,
+            "qkv_proj" => LoraTarget::Qkv,
+            "gate_up_proj" => LoraTarget::GateUp,
             other => {
                 return Err(bad(&format!(
                     "target module {other:?} is not one fairtune adapts (q_proj, k_proj, \
-                     v_proj, o_proj, gate_proj, up_proj, down_proj)"
+                     v_proj, o_proj, gate_proj, up_proj, down_proj; Phi-3's qkv_proj, \
+                     gate_up_proj)"
                 )));
             }
         };
@@ -307,7 +372,8 @@ pub fn save_adapters<M: Module>(
     dir: &Path,
 ) -> Result<usize> {
     let mut tensors = BTreeMap::new();
-    for t in parameters(module)? {
+    // The factors alone: reading the rest would copy the frozen base to the host whole.
+    for t in parameters(module, |path| path.contains(".lora."))? {
         let Some((weight, factor)) = t.name.rsplit_once(".lora.") else {
             continue;
         };

@@ -13,6 +13,7 @@ pub mod layers;
 pub mod llama;
 pub mod logps;
 pub mod lora;
+pub mod precision;
 pub mod recompute;
 pub mod rope;
 pub mod source;
@@ -34,6 +35,8 @@ pub use source::{ModelSource, PRESETS, locate, resolve};
 /// An architecture and its Hugging Face-style configuration.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 #[serde(tag = "model_type", rename_all = "lowercase")]
+// One config per run, moved around a handful of times: boxing the larger one gains nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum ArchConfig {
     Llama(LlamaConfig),
     Bert(BertConfig),
@@ -115,10 +118,9 @@ pub fn load_llama_gguf(
     file: &Path,
     device: &burn::tensor::Device,
 ) -> Result<(LlamaForCausalLM, load::LoadReport)> {
-    let gguf = Gguf::open(file)?;
+    let gguf = std::sync::Arc::new(Gguf::open(file)?);
     let config = gguf.llama_config()?;
     let checkpoint = gguf.llama_checkpoint(&config)?;
-    drop(gguf);
     load::load(config.init(device), checkpoint, &load::LlamaKeys)
 }
 
@@ -127,11 +129,35 @@ pub fn load_llama_from(
     source: &ModelSource,
     device: &burn::tensor::Device,
 ) -> Result<Option<(LlamaForCausalLM, load::LoadReport)>> {
-    match source {
-        ModelSource::Pretrained(dir) => load_llama(dir, device).map(Some),
-        ModelSource::Gguf(file) => load_llama_gguf(file, device).map(Some),
-        ModelSource::Preset(_) | ModelSource::ConfigFile(_) => Ok(None),
-    }
+    load_llama_stored(source, device, None)
+}
+
+/// [`load_llama_from`] with every matrix stored as `store` (f16, bf16) as it is placed, so the
+/// f32 model never exists whole ([`precision`]); `None`: f32.
+pub fn load_llama_stored(
+    source: &ModelSource,
+    device: &burn::tensor::Device,
+    store: Option<burn::tensor::FloatDType>,
+) -> Result<Option<(LlamaForCausalLM, load::LoadReport)>> {
+    let (config, checkpoint) = match source {
+        ModelSource::Pretrained(dir) => {
+            let ArchConfig::Llama(config) = read_config(dir)? else {
+                return Err(Error::input(format!(
+                    "{}: not a Llama model",
+                    dir.display()
+                )));
+            };
+            (config, load::Checkpoint::from_dir(dir)?)
+        }
+        ModelSource::Gguf(file) => {
+            let gguf = std::sync::Arc::new(Gguf::open(file)?);
+            let config = gguf.llama_config()?;
+            let checkpoint = gguf.llama_checkpoint(&config)?;
+            (config, checkpoint)
+        }
+        ModelSource::Preset(_) | ModelSource::ConfigFile(_) => return Ok(None),
+    };
+    load::load_stored(config.init(device), checkpoint, &load::LlamaKeys, store).map(Some)
 }
 
 /// Parse a Hugging Face config.json, naming the problem when it does not fit.

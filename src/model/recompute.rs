@@ -93,7 +93,8 @@ impl LayerTape {
         let forward = self.forwards.len();
         let dropout = has_dropout(model);
         let embed = model.model.embed_tokens.clone().no_grad();
-        let mut x = embed.forward(ids.clone()).detach();
+        let looked_up = super::precision::full(embed.forward(ids.clone()));
+        let mut x = model.scale_embeddings(looked_up).detach();
         let mut inputs = Vec::with_capacity(model.model.layers.len());
         for (index, layer) in model.model.layers.iter().enumerate() {
             if dropout {
@@ -152,7 +153,8 @@ impl LayerTape {
             // the gradient already there (the tied output projection's), not formed densely.
             let [_, total_tokens, width] = grad.dims();
             let ids = recorded.ids.clone().reshape([total_tokens]);
-            let rows = grad.reshape([total_tokens, width]);
+            // Gemma scales the looked-up rows: its ∂loss/∂row carries the scale too.
+            let rows = model.scale_embeddings(grad.reshape([total_tokens, width]));
             let sum = match total.remove::<2>(weight.id) {
                 Some(earlier) => earlier,
                 None => Tensor::zeros(weight.lazy_shape(), &rows.device()),
@@ -405,7 +407,7 @@ mod tests {
         let ids: Vec<i64> = packing.tokens.iter().map(|&t| i64::from(t)).collect();
         let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, total]), device);
         let batch = SegmentBatch::of(model, packing, device);
-        let mut x = model.model.embed_tokens.forward(ids);
+        let mut x = model.embed(ids);
         for (layer, &seed) in model.model.layers.iter().zip(seeds) {
             device.seed(seed);
             x = layer.forward_packed(x, &batch);

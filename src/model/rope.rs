@@ -1,7 +1,10 @@
 //! Rotary position embeddings (Su et al. 2021, "RoFormer: Enhanced Transformer with Rotary
 //! Position Embedding") in Hugging Face's half-split layout, and the frequency scalings
 //! transformers 5 applies to them (`modeling_rope_utils.py`): `linear` (Chen et al. 2023,
-//! position interpolation), `llama3` (Llama 3.1's band-wise scaling) and `dynamic` (NTK-aware).
+//! position interpolation), `llama3` (Llama 3.1's band-wise scaling), `dynamic` (NTK-aware) and
+//! `longrope` (Ding et al. 2024, "LongRoPE"; Phi-3's 128k models). With a
+//! `partial_rotary_factor` only the first dimensions of each head rotate (the rest pass as
+//! they are); Gemma 3 has two settings, one per layer type ([`Ropes`]).
 //!
 //! A config gives them as transformers 5 writes them, one `rope_parameters` object with
 //! `rope_theta`, `rope_type` and the type's own keys, or as transformers 4 did, a top-level
@@ -35,6 +38,15 @@ pub enum RopeScaling {
     /// Each frequency divided by its own divisor: llama.cpp's `rope_freqs` tensor, the form a
     /// GGUF gives Llama 3.1's scaling in (from its factors, baked per dimension).
     Divisors(Vec<f64>),
+    /// LongRoPE within the pretraining length (`original_max_position_embeddings`, which
+    /// fairtune does not exceed under it): each frequency divided by its short factor, cos and
+    /// sin multiplied by `attention_factor` (given, else √(1 + ln s / ln L) for the extension
+    /// s = max / original length L, 1 when s ≤ 1).
+    LongRope {
+        short_factor: Vec<f64>,
+        attention_factor: f64,
+        original_max_position_embeddings: usize,
+    },
 }
 
 /// The base and scaling of a model's rotary embeddings.
@@ -87,6 +99,29 @@ impl RopeSpec {
             "dynamic" => RopeScaling::Dynamic {
                 factor: number("factor")?,
             },
+            "longrope" => {
+                let short_factor = object
+                    .get("short_factor")
+                    .and_then(Value::as_array)
+                    .and_then(|a| a.iter().map(Value::as_f64).collect::<Option<Vec<f64>>>())
+                    .ok_or("rope type \"longrope\" needs a list of numbers \"short_factor\"")?;
+                let original = number("original_max_position_embeddings")?;
+                let factor = match object.get("factor").and_then(Value::as_f64) {
+                    Some(factor) => factor,
+                    None => number("max_position_embeddings")? / original,
+                };
+                let attention_factor = match object.get("attention_factor").and_then(Value::as_f64)
+                {
+                    Some(given) => given,
+                    None if factor <= 1.0 => 1.0,
+                    None => (1.0 + factor.ln() / original.ln()).sqrt(),
+                };
+                RopeScaling::LongRope {
+                    short_factor,
+                    attention_factor,
+                    original_max_position_embeddings: original as usize,
+                }
+            }
             "llama3" => RopeScaling::Llama3 {
                 factor: number("factor")?,
                 low_freq_factor: number("low_freq_factor")?,
@@ -96,7 +131,7 @@ impl RopeSpec {
             other => {
                 return Err(format!(
                     "rope type {other:?} is not supported (supported: default, linear, \
-                     dynamic, llama3)"
+                     dynamic, llama3, longrope)"
                 ));
             }
         };
@@ -112,6 +147,24 @@ impl RopeSpec {
         }
         match &self.scaling {
             RopeScaling::None => Ok(()),
+            RopeScaling::LongRope {
+                short_factor,
+                attention_factor,
+                original_max_position_embeddings,
+            } => {
+                if short_factor.iter().all(|&f| positive(f))
+                    && positive(*attention_factor)
+                    && *original_max_position_embeddings > 0
+                {
+                    Ok(())
+                } else {
+                    Err(
+                        "longrope needs positive short factors, attention factor and \
+                         original_max_position_embeddings"
+                            .into(),
+                    )
+                }
+            }
             RopeScaling::Divisors(divisors) => {
                 if divisors.iter().all(|&d| d.is_finite() && d > 0.0) {
                     Ok(())
@@ -149,7 +202,30 @@ impl RopeSpec {
         }
     }
 
-    /// The inverse frequencies θ^(−2i/d) of the `head_dim / 2` rotated pairs, scaled.
+    /// What cos and sin are multiplied by (LongRoPE's attention factor; else 1).
+    pub fn attention_factor(&self) -> f64 {
+        match &self.scaling {
+            RopeScaling::LongRope {
+                attention_factor, ..
+            } => *attention_factor,
+            _ => 1.0,
+        }
+    }
+
+    /// The longest sequence the scaling serves as fairtune computes it (LongRoPE: its
+    /// pretraining length, beyond which transformers switches to the long factors).
+    pub fn max_positions(&self) -> Option<usize> {
+        match &self.scaling {
+            RopeScaling::LongRope {
+                original_max_position_embeddings,
+                ..
+            } => Some(*original_max_position_embeddings),
+            _ => None,
+        }
+    }
+
+    /// The inverse frequencies θ^(−2i/d) of the `head_dim / 2` rotated pairs, scaled
+    /// (`head_dim`: the rotated dimensions).
     pub fn inv_freq(&self, head_dim: usize) -> Vec<f64> {
         let base: Vec<f64> = (0..head_dim / 2)
             .map(|i| 1.0 / self.theta.powf((2 * i) as f64 / head_dim as f64))
@@ -160,6 +236,9 @@ impl RopeSpec {
                 base.iter().zip(divisors).map(|(f, d)| f / d).collect()
             }
             RopeScaling::Linear { factor } => base.iter().map(|f| f / factor).collect(),
+            RopeScaling::LongRope { short_factor, .. } => {
+                base.iter().zip(short_factor).map(|(f, s)| f / s).collect()
+            }
             RopeScaling::Llama3 {
                 factor,
                 low_freq_factor,
@@ -244,21 +323,71 @@ pub fn divisors_as_llama3(theta: f64, head_dim: usize, divisors: &[f64]) -> Opti
     }))
 }
 
+/// What a forward's rotations are computed from: the inverse frequencies of the rotated pairs
+/// and the factor on cos and sin.
+#[derive(Clone, Debug, PartialEq)]
+pub(super) struct Frequencies {
+    pub inv_freq: Vec<f64>,
+    pub attention_factor: f64,
+}
+
+impl Frequencies {
+    pub(super) fn of(spec: &RopeSpec, rotary_dim: usize) -> Self {
+        Self {
+            inv_freq: spec.inv_freq(rotary_dim),
+            attention_factor: spec.attention_factor(),
+        }
+    }
+}
+
+/// The rotations of a forward's layers: one table, or Gemma 3's two (full and sliding layers).
+pub(super) struct Ropes {
+    global: Rope,
+    local: Option<Rope>,
+}
+
+impl Ropes {
+    /// The rotations at `positions` (see [`Rope::at`]) of each frequency set.
+    pub(super) fn at(
+        positions: &[usize],
+        batch: usize,
+        global: &Frequencies,
+        local: Option<&Frequencies>,
+        device: &Device,
+    ) -> Self {
+        Self {
+            global: Rope::at(positions, batch, global, device),
+            local: local.map(|f| Rope::at(positions, batch, f, device)),
+        }
+    }
+
+    /// The table of a layer with local (sliding, Gemma 3) or global rotations.
+    pub(super) fn of(&self, local: bool) -> &Rope {
+        match (&self.local, local) {
+            (Some(rope), true) => rope,
+            _ => &self.global,
+        }
+    }
+}
+
 /// The rotations of a batch of positions: `x·cos + rotate_half(x)·sin`,
-/// `rotate_half([a, b]) = [−b, a]`.
+/// `rotate_half([a, b]) = [−b, a]`, over the first `2 · inv_freq.len()` dimensions of each head
+/// (all of them unless the rotary factor is partial).
 pub(super) struct Rope {
     cos: Tensor<4>,
     sin: Tensor<4>,
 }
 
 impl Rope {
-    pub(super) fn new(seq: usize, inv_freq: &[f64], device: &Device) -> Self {
-        Self::at(&(0..seq).collect::<Vec<_>>(), 1, inv_freq, device)
-    }
-
-    /// The rotations of tokens at position ids `positions`, `[batch, 1, seq, head_dim]` for
-    /// `batch` rows of `positions.len() / batch`, `head_dim = 2 · inv_freq.len()`.
-    pub(super) fn at(positions: &[usize], batch: usize, inv_freq: &[f64], device: &Device) -> Self {
+    /// The rotations of tokens at position ids `positions`, `[batch, 1, seq, rotated]` for
+    /// `batch` rows of `positions.len() / batch`, `rotated = 2 · inv_freq.len()`.
+    pub(super) fn at(
+        positions: &[usize],
+        batch: usize,
+        frequencies: &Frequencies,
+        device: &Device,
+    ) -> Self {
+        let inv_freq = &frequencies.inv_freq;
         let half = inv_freq.len();
         let head_dim = 2 * half;
         let seq = positions.len() / batch.max(1);
@@ -274,14 +403,27 @@ impl Rope {
             seq,
             head_dim,
         ]);
+        let factor = frequencies.attention_factor;
+        if factor == 1.0 {
+            return Self {
+                cos: angles.clone().cos(),
+                sin: angles.sin(),
+            };
+        }
         Self {
-            cos: angles.clone().cos(),
-            sin: angles.sin(),
+            cos: angles.clone().cos() * factor,
+            sin: angles.sin() * factor,
         }
     }
 
     pub(super) fn apply(&self, x: Tensor<4>) -> Tensor<4> {
         let [_, _, _, head_dim] = x.dims();
+        let rotated = self.cos.dims()[3];
+        if rotated < head_dim {
+            let rest = x.clone().narrow(3, rotated, head_dim - rotated);
+            let turned = self.apply(x.narrow(3, 0, rotated));
+            return Tensor::cat(vec![turned, rest], 3);
+        }
         let half = head_dim / 2;
         let first = x.clone().narrow(3, 0, half);
         let second = x.clone().narrow(3, half, half);

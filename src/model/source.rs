@@ -135,6 +135,12 @@ impl ModelSource {
     }
 
     /// The directory with pretrained weights, if any.
+    /// Whether the model's weights come from a file (a Hugging Face directory's or a GGUF's),
+    /// not drawn at random: loading it again gives the same weights.
+    pub fn has_weights(&self) -> bool {
+        matches!(self, ModelSource::Pretrained(_) | ModelSource::Gguf(_))
+    }
+
     pub fn weights(&self) -> Option<&Path> {
         match self {
             ModelSource::Pretrained(dir) => Some(dir),

@@ -9,9 +9,10 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use burn::module::Module;
+use burn::module::{Module, ModuleVisitor, Param, ParamGroup, ParamId};
 use burn::optim::ModuleOptimizer;
 use burn::store::ModuleRecord;
+use burn::tensor::Tensor;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -33,12 +34,62 @@ pub struct TrainState {
     pub task: Option<serde_json::Value>,
 }
 
-/// Save a module's weights to `path` atomically.
-pub fn save_module<M: Module>(module: &M, path: &Path) -> Result<()> {
+/// What a model record holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Contents {
+    /// Every parameter.
+    All,
+    /// The trained parameters alone when others are frozen (LoRA, a fresh head on a frozen
+    /// encoder) — for a model whose frozen weights are `--model`'s file weights, which whatever
+    /// reads the record loads again exactly. A LoRA checkpoint of a 1.5B model is then its
+    /// adapters' megabytes, not the base's gigabytes (which, copied to the host to be written,
+    /// were a run's peak memory). A randomly drawn base is recorded whole: another backend, or
+    /// another order of drawing, would not draw it again the same.
+    Trained,
+}
+
+/// The ids of `module`'s trainable parameters when others are frozen: what training changes.
+fn trained_ids<M: Module>(module: &M) -> Option<Vec<ParamId>> {
+    struct Split {
+        trained: Vec<ParamId>,
+        frozen: bool,
+    }
+    impl ModuleVisitor for Split {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            // A fresh module's lazy parameters (a record is about to fill them): reading one
+            // would draw it.
+            if !param.is_initialized() {
+                return;
+            }
+            if param.is_require_grad() {
+                self.trained.push(param.id);
+            } else {
+                self.frozen = true;
+            }
+        }
+    }
+    let mut split = Split {
+        trained: Vec::new(),
+        frozen: false,
+    };
+    module.visit(&mut split);
+    (split.frozen && !split.trained.is_empty()).then_some(split.trained)
+}
+
+/// What to write of `module`.
+fn record_of<M: Module>(module: &M, contents: Contents) -> ModuleRecord {
+    match (contents, trained_ids(module)) {
+        (Contents::Trained, Some(ids)) => {
+            module.clone().into_record_group(ParamGroup::from_ids(ids))
+        }
+        _ => module.clone().into_record(),
+    }
+}
+
+/// Save a module's weights to `path` atomically (see [`Contents`]).
+pub fn save_module<M: Module>(module: &M, path: &Path, contents: Contents) -> Result<()> {
     let tmp = path.with_extension("bpk.tmp");
-    module
-        .clone()
-        .into_record()
+    record_of(module, contents)
         .save(&tmp)
         .map_err(|e| io(&tmp, "write weights", e))?;
     sync_file(&tmp)?;
@@ -47,9 +98,11 @@ pub fn save_module<M: Module>(module: &M, path: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Load weights saved by [`save_module`] into `module`.
+/// Load weights saved by [`save_module`] into `module` (a record of the trained parameters
+/// alone, [`Contents::Trained`], leaves the frozen ones as `module` has them).
 pub fn load_module<M: Module>(module: M, path: &Path) -> Result<M> {
     let record = ModuleRecord::load(path).map_err(|e| io(path, "read weights", e))?;
+    let record = record.allow_partial(trained_ids(&module).is_some());
     module.try_load_record(record).map_err(|e| {
         Error::runtime(format!(
             "{}: weights do not fit the model: {e}",
@@ -68,6 +121,7 @@ pub fn save<M: Module>(
     model: &M,
     optimizer: &ModuleOptimizer,
     state: &TrainState,
+    contents: Contents,
     task_files: impl FnOnce(&Path) -> Result<()>,
 ) -> Result<PathBuf> {
     let dir = checkpoints_dir(out);
@@ -80,9 +134,7 @@ pub fn save<M: Module>(
     fs::create_dir_all(&tmp).map_err(|e| io(&tmp, "create directory", e))?;
 
     let model_path = tmp.join("model.bpk");
-    model
-        .clone()
-        .into_record()
+    record_of(model, contents)
         .save(&model_path)
         .map_err(|e| io(&model_path, "write weights", e))?;
     sync_file(&model_path)?;

@@ -10,8 +10,8 @@ use serde_json::{Map, Value, json};
 
 use super::fairness_source::{FairnessSource, check_cells};
 use super::{
-    FairnessBatch, FairnessSet, RunDir, StepOutput, TaskRunner, TrainConfig, read_async,
-    read_blocking, report_load,
+    FairnessBatch, FairnessSet, RunDir, StepOutput, TaskRunner, TrainConfig, checkpoint,
+    read_async, read_blocking, report_load,
 };
 use crate::data::batch::{encoder_batch, int_vector};
 use crate::data::records::{self, ClassifyExample};
@@ -115,7 +115,7 @@ impl ClassifyTask {
                 arch.name()
             )));
         };
-        config.check_max_length(arch.max_position_embeddings)?;
+        config.check_max_length(arch.max_position_embeddings, "max_position_embeddings")?;
         let encoder = Encoder::new(
             &tokenizer,
             config.max_length,
@@ -387,6 +387,14 @@ impl TaskRunner for ClassifyTask {
         map.insert("accuracy".into(), json!(correct as f64 / n));
         map.insert("loss".into(), json!(loss_sum / n));
         Ok(Some(map))
+    }
+
+    fn record_contents(&self) -> checkpoint::Contents {
+        if self.source.has_weights() {
+            checkpoint::Contents::Trained
+        } else {
+            checkpoint::Contents::All
+        }
     }
 
     fn apply_lora(&self, model: BertClassifier, lora: &LoraSettings) -> Result<BertClassifier> {

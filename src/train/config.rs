@@ -13,7 +13,12 @@ use crate::device::BackendChoice;
 use crate::error::{Error, Result};
 use crate::fsutil::write_atomic;
 use crate::model::lora::LoraSettings;
+use crate::model::precision::BaseDtype;
 use crate::objective::{DpoConfig, FairnessKind, FairnessScore, FairnessSpec, PenaltyForm};
+
+fn is_f32(dtype: &BaseDtype) -> bool {
+    *dtype == BaseDtype::F32
+}
 
 fn is_squared(form: &PenaltyForm) -> bool {
     *form == PenaltyForm::Squared
@@ -76,6 +81,14 @@ pub struct TrainConfig {
     /// so runs from before it existed keep their fingerprint.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub gradient_checkpointing: bool,
+    /// How the frozen weights are stored (dpo): the base under LoRA, the reference in full
+    /// fine-tuning. Not written when f32, so older runs keep their fingerprint.
+    #[serde(default, skip_serializing_if = "is_f32")]
+    pub base_dtype: BaseDtype,
+    /// The memory a run may take before it is refused (checked before the model loads); not
+    /// part of what a run is.
+    #[serde(skip)]
+    pub memory_limit: super::memory::MemoryLimit,
 
     pub fairness: FairnessKind,
     /// F's form: squared deviations (the default) or fairret's norm.
@@ -126,6 +139,8 @@ impl TrainConfig {
             lora: None,
             reference_cache: None,
             gradient_checkpointing: false,
+            base_dtype: BaseDtype::F32,
+            memory_limit: Default::default(),
             fairness: FairnessKind::Dp,
             fairness_penalty: PenaltyForm::Squared,
             fairness_lambda: 0.0,
@@ -200,6 +215,19 @@ impl TrainConfig {
         if self.gradient_checkpointing && self.task != Task::Dpo {
             return bad("--gradient-checkpointing is for --task dpo (the decoder models)".into());
         }
+        if self.base_dtype != BaseDtype::F32 {
+            let name = self.base_dtype.name();
+            if self.task != Task::Dpo {
+                return bad(format!(
+                    "--base-dtype {name} is for --task dpo (the decoder models)"
+                ));
+            }
+            if self.lora.is_none() && !self.dpo.needs_reference() {
+                return bad(format!(
+                    "--base-dtype {name} stores the frozen weights: in full fine-tuning that is                      the reference model, and this --loss has none (add --lora-rank)"
+                ));
+            }
+        }
         match (self.task, self.fairness_score()) {
             (Task::Classify, score) if score != FairnessScore::Prob => {
                 return bad("--fairness-score for classify must be prob".into());
@@ -251,11 +279,11 @@ impl TrainConfig {
         Ok(())
     }
 
-    /// `--max-length` must fit the model's position embeddings.
-    pub fn check_max_length(&self, max_position_embeddings: usize) -> Result<()> {
-        if self.max_length > max_position_embeddings {
+    /// `--max-length` must fit the model's positions (`limit`, read from config.json's `key`).
+    pub fn check_max_length(&self, limit: usize, key: &str) -> Result<()> {
+        if self.max_length > limit {
             return Err(Error::input(format!(
-                "--max-length {} exceeds the model's max_position_embeddings {max_position_embeddings}",
+                "--max-length {} exceeds the model's {key} {limit}",
                 self.max_length
             )));
         }

@@ -33,6 +33,7 @@ use crate::model::logps::{
     single_groups,
 };
 use crate::model::lora::LoraSettings;
+use crate::model::precision;
 use crate::model::recompute::LayerTape;
 use crate::model::{self, ArchConfig, LlamaConfig, LlamaForCausalLM, ModelSource};
 use crate::objective::{
@@ -66,6 +67,10 @@ pub struct DpoTask {
     arch: LlamaConfig,
     source: ModelSource,
     device: Device,
+    /// The precision the frozen weights are stored in (`--base-dtype`; `None`: f32).
+    base_storage: Option<burn::tensor::FloatDType>,
+    /// Tokens through the policy in the largest step (for the memory plan).
+    step_tokens: usize,
     train: Vec<Pair>,
     eval: Vec<Pair>,
     sampler: EpochSampler,
@@ -379,7 +384,12 @@ impl DpoTask {
                 arch.name()
             )));
         };
-        config.check_max_length(arch.max_position_embeddings)?;
+        config.check_max_length(arch.max_positions(), arch.max_positions_key())?;
+        // auto: half only under LoRA, where the whole base is frozen.
+        let base_storage = match (config.base_dtype, &config.lora) {
+            (precision::BaseDtype::Auto, None) => None,
+            (dtype, _) => dtype.resolve(&selected.device)?,
+        };
         let mut encoder = Encoder::new(&tokenizer, config.max_length, config.max_prompt_length)?;
         encoder.truncation = config.truncation;
 
@@ -452,6 +462,29 @@ impl DpoTask {
             ));
         }
         check_cells(&groups, num_labels)?;
+        // The largest step: the longest pairs of a batch (a pair's shared prompt runs once in
+        // the packed forward), and of a fairness batch beside it.
+        let longest = |mut lengths: Vec<usize>, batch: usize| -> usize {
+            lengths.sort_unstable_by(|a, b| b.cmp(a));
+            lengths.iter().take(batch).sum()
+        };
+        let mut step_tokens = longest(
+            train
+                .iter()
+                .map(|p| {
+                    let (a, b) = (&p.chosen.tokens, &p.rejected.tokens);
+                    let shared = a.iter().zip(b).take_while(|(x, y)| x == y).count();
+                    a.len() + b.len() - shared
+                })
+                .collect(),
+            config.batch_size,
+        );
+        if let Some((examples, _)) = &separate {
+            step_tokens += longest(
+                examples.iter().map(|e| e.sequence.tokens.len()).collect(),
+                config.fairness_batch_size.unwrap_or(config.batch_size),
+            );
+        }
         let fairness = FairnessSource::new(config, separate, train_has_groups, &groups)?;
 
         let eval = match &config.eval {
@@ -545,7 +578,17 @@ impl DpoTask {
             tape: None,
             group_weights,
             tokenizer,
+            base_storage,
+            step_tokens,
         })
+    }
+
+    /// `model` (frozen) with its matrices in the run's storage precision.
+    fn stored(&self, model: LlamaForCausalLM) -> LlamaForCausalLM {
+        match self.base_storage {
+            Some(dtype) => precision::store_matrices(model, dtype),
+            None => model,
+        }
     }
 
     /// The encoded training pairs (chosen, rejected), in file order.
@@ -974,7 +1017,15 @@ fn mix_parameters(
                     source.dims()[0],
                     "TR-DPO mixes models of the same shape"
                 );
-                value * (1.0 - alpha) + source.reshape(shape) * alpha
+                // In f32, stored back in the reference's precision (`--base-dtype`).
+                let dtype = value.dtype();
+                let mixed = precision::full(value) * (1.0 - alpha)
+                    + precision::full(source.reshape(shape)) * alpha;
+                if mixed.dtype() == dtype {
+                    mixed
+                } else {
+                    mixed.cast(burn::tensor::FloatDType::from(dtype))
+                }
             })
         }
     }
@@ -1112,12 +1163,18 @@ impl TaskRunner for DpoTask {
     type Model = LlamaForCausalLM;
 
     fn init_model(&self, device: &Device) -> Result<LlamaForCausalLM> {
-        match model::load_llama_from(&self.source, device)? {
+        // Under LoRA the whole model is the frozen base: its matrices go half as they are
+        // placed (or drawn), so the f32 model never exists whole.
+        let store = self.base_storage.filter(|_| self.config.lora.is_some());
+        match model::load_llama_stored(&self.source, device, store)? {
             Some((model, report)) => {
                 report_load(&report);
                 Ok(model)
             }
-            None => Ok(self.arch.init(device)),
+            None => Ok(match store {
+                Some(dtype) => precision::store_matrices(self.arch.init(device), dtype),
+                None => self.arch.init(device),
+            }),
         }
     }
 
@@ -1133,10 +1190,10 @@ impl TaskRunner for DpoTask {
                 RunDir::Existing(out)
                     if self.config.dpo.sync_ref.is_some() && out.join("reference.bpk").exists() =>
                 {
-                    checkpoint::load_module(
+                    self.stored(checkpoint::load_module(
                         self.arch.init(&self.device),
                         &out.join("reference.bpk"),
-                    )?
+                    )?)
                 }
                 _ => model.valid(),
             });
@@ -1150,11 +1207,16 @@ impl TaskRunner for DpoTask {
             }
             RunDir::New(out) => {
                 let reference = model.valid();
-                checkpoint::save_module(&reference, &out.join("reference.bpk"))?;
+                checkpoint::save_module(
+                    &reference,
+                    &out.join("reference.bpk"),
+                    checkpoint::Contents::All,
+                )?;
                 reference
             }
         };
-        self.reference = Some(reference.valid());
+        // The policy trains in f32; only its frozen copy goes half.
+        self.reference = Some(self.stored(reference.valid()));
         self.load_reference_cache()
     }
 
@@ -1164,7 +1226,7 @@ impl TaskRunner for DpoTask {
             && step > 0
             && step.is_multiple_of(sync.steps)
         {
-            let policy = model.valid().materialize();
+            let policy = precision::widen(model.valid()).materialize();
             let reference = self.reference.take().expect("a reference to update");
             self.reference = Some(mix_parameters(reference, &policy, sync.mixup_alpha));
         }
@@ -1325,6 +1387,38 @@ impl TaskRunner for DpoTask {
         Ok(Some(map))
     }
 
+    fn memory_plan(&self) -> Option<super::memory::Plan> {
+        let (adapted, rank) = match &self.config.lora {
+            Some(lora) => (
+                lora.weight_paths(&ArchConfig::Llama(self.arch.clone()))
+                    .unwrap_or_default(),
+                lora.rank,
+            ),
+            None => (Vec::new(), 0),
+        };
+        let counts = super::memory::count(&self.arch, &adapted, rank);
+        let copy = self.config.lora.is_none()
+            && self.config.dpo.needs_reference()
+            && self.config.reference_cache.is_none();
+        Some(super::memory::plan(
+            &self.arch,
+            &self.config,
+            counts,
+            &adapted,
+            self.base_storage,
+            self.step_tokens,
+            copy,
+        ))
+    }
+
+    fn record_contents(&self) -> checkpoint::Contents {
+        if self.source.has_weights() {
+            checkpoint::Contents::Trained
+        } else {
+            checkpoint::Contents::All
+        }
+    }
+
     fn apply_lora(&self, model: LlamaForCausalLM, lora: &LoraSettings) -> Result<LlamaForCausalLM> {
         let model = lora.apply(model, &ArchConfig::Llama(self.arch.clone()), &[])?;
         Ok(model.with_lora_dropout(lora.dropout))
@@ -1335,11 +1429,17 @@ impl TaskRunner for DpoTask {
         if self.config.dpo.sync_ref.is_some()
             && let Some(reference) = &self.reference
         {
-            checkpoint::save_module(reference, &out.join("reference.bpk"))?;
+            checkpoint::save_module(
+                reference,
+                &out.join("reference.bpk"),
+                checkpoint::Contents::All,
+            )?;
         }
+        // Unmerged: each weight is merged (and widened) as it is written, so the export never
+        // holds a merged f32 copy of the model beside it.
         super::export_run(
             model,
-            &model.valid().materialize(),
+            &model.valid(),
             &ArchConfig::Llama(self.arch.clone()),
             &model::io::export::ExportHead::CausalLm,
             &self.config,
@@ -1379,9 +1479,11 @@ impl TaskRunner for DpoTask {
 
     fn save_files(&self, dir: &Path) -> Result<()> {
         match (&self.config.dpo.sync_ref, &self.reference) {
-            (Some(_), Some(reference)) => {
-                checkpoint::save_module(reference, &dir.join("reference.bpk"))
-            }
+            (Some(_), Some(reference)) => checkpoint::save_module(
+                reference,
+                &dir.join("reference.bpk"),
+                checkpoint::Contents::All,
+            ),
             _ => Ok(()),
         }
     }

@@ -21,6 +21,7 @@ pub mod config;
 pub mod dpo;
 pub mod fairness_source;
 pub mod held_out;
+pub mod memory;
 pub mod ner;
 pub mod progress;
 pub mod report;
@@ -89,6 +90,15 @@ pub trait TaskRunner {
     /// Task metrics on the eval set (`None` without one), keys without the `eval/` prefix.
     /// Async: its device reads must not block in a browser (the desktop blocks on it).
     async fn evaluate(&mut self, model: &Self::Model) -> Result<Option<Map<String, Value>>>;
+    /// What the run will hold in memory, when the task can say (checked before the model loads).
+    fn memory_plan(&self) -> Option<memory::Plan> {
+        None
+    }
+    /// What the run's checkpoints and `model.bpk` record of the model: its trained parameters
+    /// alone when the frozen ones are `--model`'s file weights (see [`checkpoint::Contents`]).
+    fn record_contents(&self) -> checkpoint::Contents {
+        checkpoint::Contents::All
+    }
     /// Attach LoRA adapters (after `prepare`, which keeps the un-adapted model as reference).
     fn apply_lora(&self, model: Self::Model, lora: &LoraSettings) -> Result<Self::Model>;
     /// Save `model` as a Hugging Face directory (weights, config, tokenizer) at `out/hf`, LoRA

@@ -15,8 +15,8 @@ use serde_json::{Map, Value, json};
 
 use super::fairness_source::{FairnessSource, check_cells};
 use super::{
-    FairnessBatch, FairnessSet, RunDir, StepOutput, TaskRunner, TrainConfig, read_async,
-    report_load,
+    FairnessBatch, FairnessSet, RunDir, StepOutput, TaskRunner, TrainConfig, checkpoint,
+    read_async, report_load,
 };
 use crate::data::batch::encoder_batch;
 use crate::data::records::{self, TokenExample};
@@ -138,7 +138,7 @@ impl NerTask {
                 arch.name()
             )));
         };
-        config.check_max_length(arch.max_position_embeddings)?;
+        config.check_max_length(arch.max_position_embeddings, "max_position_embeddings")?;
         let encoder = Encoder::new(&tokenizer, config.max_length, 1)?;
 
         let train_rows = records::read_token_classification(&config.train)?;
@@ -440,6 +440,14 @@ impl TaskRunner for NerTask {
             }
         }
         Ok((!map.is_empty()).then_some(map))
+    }
+
+    fn record_contents(&self) -> checkpoint::Contents {
+        if self.source.has_weights() {
+            checkpoint::Contents::Trained
+        } else {
+            checkpoint::Contents::All
+        }
     }
 
     fn apply_lora(&self, model: BertClassifier, lora: &LoraSettings) -> Result<BertClassifier> {

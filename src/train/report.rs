@@ -34,6 +34,9 @@ pub struct RunReport {
     pub total_params: usize,
     pub wall_s: f64,
     pub tokens_per_s: f64,
+    /// The process's peak resident memory (Linux), device memory included on a software GPU.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peak_memory_bytes: Option<u64>,
     #[serde(flatten)]
     pub held_out: HeldOut,
 }

@@ -9,6 +9,7 @@ use burn::module::{Module, ModuleVisitor, Param};
 use burn::tensor::{Device, Tensor};
 
 use super::checkpoint::{self, TrainState};
+use super::memory;
 use super::progress::{MetricsLog, Progress};
 use super::{
     InitOn, RunDir, RunReport, Session, Task, TaskRunner, TrainConfig, classify, config, dpo,
@@ -33,7 +34,8 @@ pub fn run(config: &TrainConfig, selected: &Selected) -> Result<RunReport> {
 }
 
 /// A finished run's exports: with LoRA, the adapters alone (PEFT layout) at `out/adapter`; and
-/// `merged` (the model with adapters folded in) as a Hugging Face directory at `out/hf`.
+/// `merged` (the model, its adapters folded in as each weight is written) as a Hugging Face
+/// directory at `out/hf`.
 pub(crate) fn export_run<M: Module, N: Module>(
     adapted: &M,
     merged: &N,
@@ -52,7 +54,12 @@ pub(crate) fn export_run<M: Module, N: Module>(
             &out.join("adapter"),
         )?;
     }
-    crate::model::io::export::save_hf(merged, arch, head, tokenizer, &out.join("hf"))
+    // Adapters still on `merged` are merged as each weight is written.
+    let scale = config
+        .lora
+        .as_ref()
+        .map(crate::model::lora::LoraSettings::scale);
+    crate::model::io::export::save_hf(merged, scale, arch, head, tokenizer, &out.join("hf"))
 }
 
 /// `fairtune export`: the causal LM that `model` names (GGUF, Hugging Face directory, config,
@@ -82,20 +89,54 @@ pub fn export_model(model: &str, tokenizer: Option<PathBuf>, out: &Path) -> Resu
         }
         None => arch.init(&device),
     };
+    let class = arch.family.causal_lm_class();
     let arch = crate::model::ArchConfig::Llama(arch);
     crate::model::io::export::save_hf(
         &weights,
+        None,
         &arch,
         &crate::model::io::export::ExportHead::CausalLm,
         &tokenizer,
         out,
     )?;
     Ok(format!(
-        "{}: LlamaForCausalLM, {} parameters (fp32), {}",
+        "{}: {class}, {} parameters (fp32), {}",
         out.display(),
         weights.num_params(),
         tokenizer.describe()
     ))
+}
+
+/// Say what the run will need in memory, and refuse it when that is more than it may use:
+/// `--memory-limit`, or (auto) what the OS says is available where the weights live in host
+/// memory (the CPU backend, a software GPU); a hardware GPU's size is not known through wgpu.
+fn check_memory(plan: &memory::Plan, config: &TrainConfig, selected: &Selected) -> Result<()> {
+    let host = !selected.is_wgpu()
+        || selected
+            .adapter
+            .as_ref()
+            .is_some_and(|a| a.device_type == "Cpu");
+    let limit = match config.memory_limit {
+        memory::MemoryLimit::Bytes(bytes) => Some((bytes, "--memory-limit".to_string())),
+        memory::MemoryLimit::None => None,
+        memory::MemoryLimit::Auto if host => {
+            memory::available().map(|bytes| (bytes, "available".to_string()))
+        }
+        memory::MemoryLimit::Auto => None,
+    };
+    let place = if host { "" } else { " (device memory)" };
+    match &limit {
+        Some((bytes, what)) => eprintln!(
+            "memory{place}: {} (limit {} {what})",
+            plan.describe(),
+            memory::size(*bytes)
+        ),
+        None => eprintln!("memory{place}: {}", plan.describe()),
+    }
+    match limit {
+        Some((bytes, _)) => memory::check(plan, bytes, config),
+        None => Ok(()),
+    }
 }
 
 /// Say what loading pretrained weights left out or started fresh.
@@ -133,11 +174,16 @@ fn count_params<M: Module>(model: &M) -> (usize, usize) {
 
 fn train<T: TaskRunner>(config: &TrainConfig, selected: &Selected, task: T) -> Result<RunReport> {
     let out = &config.out;
+    // Before anything is written: a refused run leaves nothing to clean up.
+    if let Some(plan) = task.memory_plan() {
+        check_memory(&plan, config, selected)?;
+    }
     let resume_from = config::prepare_out_dir(config, task.groups())?;
     let dir = match resume_from {
         Some(_) => RunDir::Existing(out),
         None => RunDir::New(out),
     };
+    let contents = task.record_contents();
     let mut session = Session::start(config, selected, task, dir, InitOn::Device)?;
     let mut tokens_seen = 0;
     if let Some(dir) = &resume_from {
@@ -193,7 +239,8 @@ fn train<T: TaskRunner>(config: &TrainConfig, selected: &Selected, task: T) -> R
                 tokens_seen,
                 task: session.task.save_state()?,
             };
-            checkpoint::save(out, session.model(), &session.optimizer, &state, |dir| {
+            let (model, optimizer) = (session.model(), &session.optimizer);
+            checkpoint::save(out, model, optimizer, &state, contents, |dir| {
                 session.task.save_files(dir)
             })?;
         }
@@ -221,7 +268,7 @@ fn train<T: TaskRunner>(config: &TrainConfig, selected: &Selected, task: T) -> R
     // more memory than a step did) — and the checkpoint is written even when an output fails,
     // so no trained step is lost.
     let outputs = (|| -> Result<RunReport> {
-        checkpoint::save_module(&model, &out.join("model.bpk"))?;
+        checkpoint::save_module(&model, &out.join("model.bpk"), contents)?;
         task.export(&model, out)?;
         let (trainable_params, total_params) = count_params(&model);
         Ok(RunReport {
@@ -240,6 +287,7 @@ fn train<T: TaskRunner>(config: &TrainConfig, selected: &Selected, task: T) -> R
             total_params,
             wall_s,
             tokens_per_s: tokens_this_run as f64 / wall_s.max(1e-9),
+            peak_memory_bytes: memory::peak_resident(),
             held_out: pollster::block_on(held_out(&mut task, &model, &selected.device))?,
         })
     })();
@@ -253,7 +301,7 @@ fn train<T: TaskRunner>(config: &TrainConfig, selected: &Selected, task: T) -> R
             task: task_state?,
         };
         // A finished run is not resumed: the task's files are not needed in its last checkpoint.
-        checkpoint::save(out, &model, &optimizer, &state, |_| Ok(()))?;
+        checkpoint::save(out, &model, &optimizer, &state, contents, |_| Ok(()))?;
     }
     let report = outputs?;
     write_atomic(

@@ -406,3 +406,97 @@ fn keep_start_truncation_that_leaves_no_pairs_is_one_clear_error() {
         "all 3 examples were left out",
     );
 }
+
+/// `--base-dtype` where it cannot apply: another task, full fine-tuning without a reference,
+/// bf16 on wgpu (WGSL has none).
+#[test]
+fn base_dtypes_that_cannot_apply() {
+    let dir = crate::common::tempdir();
+    let train = pairs_file(dir.path());
+    expect_error(
+        dir.path(),
+        &train,
+        &["--base-dtype", "f16", "--loss", "simpo"],
+        2,
+        "this --loss has none",
+    );
+    let out = dir.path().join("classify");
+    let rows = write(
+        dir.path(),
+        "rows.jsonl",
+        &jsonl(&[
+            json!({"text": "fine", "label": 1}),
+            json!({"text": "bad", "label": 0}),
+        ]),
+    );
+    let output = crate::common::fairtune(&[
+        "train",
+        "--task",
+        "classify",
+        "--model",
+        "tiny-bert",
+        "--train",
+        rows.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--base-dtype",
+        "bf16",
+    ]);
+    crate::common::expect_error(&output, 2, "--base-dtype bf16 is for --task dpo");
+    if crate::common::wgpu().is_some() {
+        expect_error(
+            dir.path(),
+            &train,
+            &[
+                "--base-dtype",
+                "bf16",
+                "--lora-rank",
+                "4",
+                "--backend",
+                "wgpu",
+            ],
+            2,
+            "WGSL has no bf16",
+        );
+    }
+}
+
+/// A run whose memory plan exceeds `--memory-limit` is refused before the model loads, with the
+/// plan and what would shrink it; a limit that is not a size is refused by name.
+#[test]
+fn runs_that_do_not_fit_the_memory_limit() {
+    let dir = crate::common::tempdir();
+    let train = pairs_file(dir.path());
+    expect_error(
+        dir.path(),
+        &train,
+        &["--memory-limit", "1MiB"],
+        2,
+        "this run needs more memory than it may use",
+    );
+    let output = TrainCommand::new("dpo", "tiny-llama", &train, dir.path().join("run"))
+        .set("--memory-limit", "1MiB")
+        .output();
+    let text = common::stderr(&output);
+    for advice in [
+        "--lora-rank",
+        "--base-dtype auto",
+        "--gradient-checkpointing",
+    ] {
+        assert!(text.contains(advice), "{advice} suggested: {text}");
+    }
+    expect_error(
+        dir.path(),
+        &train,
+        &["--memory-limit", "8XB"],
+        2,
+        "unknown unit",
+    );
+    // Within the limit, the run goes ahead and says its plan.
+    let fits = TrainCommand::new("dpo", "tiny-llama", &train, dir.path().join("fits"))
+        .set("--steps", 1)
+        .set("--memory-limit", "64GiB")
+        .output();
+    assert!(fits.status.success(), "{}", common::stderr(&fits));
+    assert!(common::stderr(&fits).contains("memory: weights"));
+}

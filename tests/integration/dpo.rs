@@ -267,7 +267,13 @@ fn packed_completion_logps_match_full_logits() {
     let full_grads = GradientsParams::from_grads(full.clone().sum().backward(), &model);
     let ids = [
         model.embedding_weight().id,
-        model.model.layers[0].self_attn.q_proj.weight.id,
+        model.model.layers[0]
+            .self_attn
+            .q_proj
+            .as_ref()
+            .unwrap()
+            .weight
+            .id,
         model.model.layers[1].mlp.down_proj.weight.id,
     ];
     let gradients = |grads: &GradientsParams| -> Vec<Vec<f32>> {
@@ -432,11 +438,13 @@ fn ld_alpha_weights_the_longer_completions_tail() {
         hidden.clone(),
         model.output_weight(),
         usize::MAX,
+        None,
     ));
     let blocked = to_vec(fairtune::model::fused::log_sum_squared_probs_in_blocks(
         hidden,
         model.output_weight(),
         7,
+        None,
     ));
     for (a, b) in whole.iter().zip(&blocked) {
         assert!(

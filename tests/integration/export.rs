@@ -35,6 +35,7 @@ fn llama_export_round_trips() {
     for _ in 0..2 {
         save_hf(
             &llama,
+            None,
             &config,
             &ExportHead::CausalLm,
             &TextTokenizer::Bytes,
@@ -68,6 +69,7 @@ fn bert_classifier_export_round_trips_with_its_head() {
     let out = dir.path().join("hf");
     save_hf(
         &bert,
+        None,
         &config,
         &ExportHead::sequence(3),
         &TextTokenizer::Bytes,
@@ -109,6 +111,7 @@ fn export_lm(
     let out = dir.join("hf");
     save_hf(
         lm,
+        None,
         config,
         &ExportHead::CausalLm,
         &TextTokenizer::Bytes,
@@ -119,9 +122,29 @@ fn export_lm(
     (out, written)
 }
 
+/// A GGUF's config as fairtune reads it.
+fn gguf_config(gguf: &std::path::Path) -> model::ArchConfig {
+    model::ArchConfig::Llama(
+        <fairtune::gguf::Gguf as fairtune::model::io::gguf::GgufLlama>::llama_config(
+            &fairtune::gguf::Gguf::open(gguf).unwrap(),
+        )
+        .unwrap(),
+    )
+}
+
+/// The largest difference between two models' logits on a fixed input.
+fn logits_difference(a: &model::LlamaForCausalLM, b: &model::LlamaForCausalLM) -> f32 {
+    let input = ids(&[&[1, 17, 45, 99, 3, 60, 4, 88, 2]]);
+    let (a, b) = (to_vec(a.forward(input.clone())), to_vec(b.forward(input)));
+    a.iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max)
+}
+
 /// Each decoder family exports to its own layout: config.json names the family's model_type and
-/// class, keeps its fields (biases, q/k norms, windows, rope scaling), and loads back to the
-/// same logits.
+/// class, keeps its fields (biases, q/k norms, windows, rope scaling, Gemma's scalar and caps,
+/// Phi-3's LongRoPE), and loads back to the same logits.
 #[test]
 fn every_family_exports_to_its_own_layout() {
     let device = common::cpu();
@@ -130,6 +153,9 @@ fn every_family_exports_to_its_own_layout() {
         ("qwen3", "Qwen3ForCausalLM"),
         ("mistral", "MistralForCausalLM"),
         ("llama3-rope", "LlamaForCausalLM"),
+        ("gemma2", "Gemma2ForCausalLM"),
+        ("gemma3", "Gemma3ForCausalLM"),
+        ("phi3-longrope", "Phi3ForCausalLM"),
     ] {
         let source = fixtures().join("families").join(name);
         let (lm, _) = model::load_llama(&source, &device).unwrap();
@@ -148,6 +174,11 @@ fn every_family_exports_to_its_own_layout() {
             "use_sliding_window",
             "layer_types",
             "rope_parameters",
+            "query_pre_attn_scalar",
+            "attn_logit_softcapping",
+            "final_logit_softcapping",
+            "original_max_position_embeddings",
+            "head_dim",
         ] {
             // (false and null are transformers' defaults, left out.)
             let set = |v: &&Value| !v.is_null() && **v != Value::Bool(false);
@@ -167,6 +198,28 @@ fn every_family_exports_to_its_own_layout() {
     }
 }
 
+/// Gemma and Phi-3 GGUFs export as the Hugging Face checkpoints they were converted from: the
+/// same tensors (Gemma's norms back from 1 + w to w, Phi-3's projections still fused) and a
+/// config.json that gives the same logits (Gemma 3's local rope base and window pattern, Phi-3's
+/// LongRoPE factors).
+#[test]
+fn gemma_and_phi3_ggufs_export_to_their_checkpoints() {
+    let device = common::cpu();
+    for name in ["gemma2", "gemma3", "phi3-longrope"] {
+        let gguf = fixtures().join(format!("families/{name}.gguf"));
+        let (lm, _) = model::load_llama_gguf(&gguf, &device).unwrap();
+        let dir = common::tempdir();
+        let (out, _) = export_lm(&lm, &gguf_config(&gguf), dir.path());
+        let (hf, _) = model::load_llama(&fixtures().join("families").join(name), &device).unwrap();
+        let (back, _) = model::load_llama(&out, &device).unwrap();
+        let worst = logits_difference(&back, &hf);
+        assert!(
+            worst < 1e-4,
+            "{name}: exported GGUF logits differ by {worst}"
+        );
+    }
+}
+
 /// A GGUF's rope_freqs (Llama 3.1's scaling as llama.cpp bakes it) exports as the transformers
 /// `llama3` rope parameters they come from: the exported directory gives the GGUF's logits.
 #[test]
@@ -174,14 +227,8 @@ fn gguf_rope_freqs_export_as_llama3_parameters() {
     let device = common::cpu();
     let gguf = fixtures().join("families/llama3-rope.gguf");
     let (lm, _) = model::load_llama_gguf(&gguf, &device).unwrap();
-    let config = model::ArchConfig::Llama(
-        <fairtune::gguf::Gguf as fairtune::model::io::gguf::GgufLlama>::llama_config(
-            &fairtune::gguf::Gguf::open(&gguf).unwrap(),
-        )
-        .unwrap(),
-    );
     let dir = common::tempdir();
-    let (out, written) = export_lm(&lm, &config, dir.path());
+    let (out, written) = export_lm(&lm, &gguf_config(&gguf), dir.path());
     let rope = &written["rope_parameters"];
     assert_eq!(rope["rope_type"], "llama3", "{written}");
     assert!(
@@ -190,15 +237,6 @@ fn gguf_rope_freqs_export_as_llama3_parameters() {
     );
     assert!(written.get("rope_divisors").is_none());
     let (back, _) = model::load_llama(&out, &device).unwrap();
-    let input = ids(&[&[1, 17, 45, 99, 3, 60, 4, 88, 2]]);
-    let (a, b) = (
-        to_vec(back.forward(input.clone())),
-        to_vec(lm.forward(input)),
-    );
-    let worst = a
-        .iter()
-        .zip(&b)
-        .map(|(x, y)| (x - y).abs())
-        .fold(0.0f32, f32::max);
+    let worst = logits_difference(&back, &lm);
     assert!(worst < 1e-4, "exported logits differ by {worst}");
 }

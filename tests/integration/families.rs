@@ -1,10 +1,13 @@
 //! Every decoder family against transformers 5.24.0 (tests/fixtures/make_families.py): tiny
-//! random checkpoints of Qwen2 (also with sliding layers), Qwen3, Mistral (sliding window) and
-//! Llama with llama3 and linear rope scaling, saved by transformers itself. Our model loaded from
+//! random checkpoints of Qwen2 (also with sliding layers), Qwen3, Mistral (sliding window),
+//! Llama with llama3 and linear rope scaling, Gemma 2 (soft caps, alternating windows), Gemma 3
+//! (two rope bases, 5:1 windows, a query scalar other than head_dim) and Phi-3 (fused
+//! projections; partial rotary with LongRoPE), saved by transformers itself. Our model loaded from
 //! each reproduces transformers' logits within 1e-4 (max abs), through the plain forward and the
 //! packed forward that training uses, and its greedy continuation token for token; on the CPU
 //! backend and on wgpu. The same weights written as llama.cpp lays them out in GGUF (Q/K rows
-//! permuted for `llama` only) load to the same logits.
+//! permuted for `llama` only, Gemma's norms as 1 + w, Phi-3's projections fused) load to the
+//! same logits.
 
 use std::path::{Path, PathBuf};
 
@@ -86,6 +89,9 @@ fn every_family_matches_transformers() {
             "qwen2" => Family::Qwen2,
             "qwen3" => Family::Qwen3,
             "mistral" => Family::Mistral,
+            "gemma2" => Family::Gemma2,
+            "gemma3" => Family::Gemma3,
+            "phi3" => Family::Phi3,
             _ => Family::Llama,
         };
         assert_eq!(config.family, want_family, "{name}");
@@ -160,7 +166,27 @@ fn every_family_matches_transformers() {
             }
         }
     }
-    assert!(ggufs >= 3, "{ggufs} GGUF checks");
+    assert!(ggufs >= 8, "{ggufs} GGUF checks");
+}
+
+/// LongRoPE serves sequences up to its pretraining length only (transformers switches to the
+/// long factors beyond it): the model's positions are capped there, so `--max-length` past it is
+/// refused before training.
+#[test]
+fn longrope_caps_the_positions_at_the_original_length() {
+    let ArchConfig::Llama(config) =
+        model::read_config(&fixtures().join("families/phi3-longrope")).unwrap()
+    else {
+        panic!("a decoder");
+    };
+    assert_eq!(config.max_position_embeddings, 64);
+    assert_eq!(config.max_positions(), 32);
+    assert_eq!(
+        config.max_positions_key(),
+        "original_max_position_embeddings (LongRoPE)"
+    );
+    let lm = config.init(&common::cpu());
+    assert_eq!(lm.max_positions(), 32);
 }
 
 /// A config of a family we do not know names it and the ones we do.

@@ -330,3 +330,43 @@ fn peft_adapters_on_the_base_generate_as_the_merged_run() {
         "a PEFT adapter directory?",
     );
 }
+
+/// `fairtune generate` on the fetched SmolLM2-135M-Instruct GGUF gives transformers' greedy
+/// `generate` token for token (tests/fixtures/make_smollm2_generate.py): three chat prompts
+/// rendered with the file's template and one plain text, batched in one call.
+#[test]
+fn smollm2_greedy_generation_matches_transformers() {
+    let Some(dir) = common::fetched("smollm2-135m-instruct") else {
+        return;
+    };
+    let fixture = common::read_json(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/parity/smollm2_generate.json"),
+    );
+    let cases = fixture["cases"].as_array().unwrap();
+    let rows: Vec<Value> = cases
+        .iter()
+        .map(|c| json!({"prompt": c["prompt"]}))
+        .collect();
+    let tmp = common::tempdir();
+    let prompts = write(tmp.path(), "prompts.jsonl", &jsonl(&rows));
+    let model = dir.join("model.gguf");
+    let out = lines(&generate_cli(&[
+        "--model",
+        model.to_str().unwrap(),
+        "--prompts",
+        prompts.to_str().unwrap(),
+        "--jsonl",
+        "--max-new-tokens",
+        "24",
+    ]));
+    assert_eq!(out.len(), cases.len());
+    for (got, want) in out.iter().zip(cases) {
+        assert_eq!(got["prompt_ids"], want["prompt_ids"], "{}", want["prompt"]);
+        assert_eq!(
+            got["completion_ids"], want["completion_ids"],
+            "{}: {:?} vs transformers' {:?}",
+            want["prompt"], got["completion"], want["completion"]
+        );
+        assert_eq!(got["completion"], want["completion"]);
+    }
+}

@@ -157,7 +157,7 @@ fn unpermute_inverts_llama_cpp_permute() {
     assert!(unpermute_rows(&permuted, &[rows, width], 5).is_err());
 }
 
-fn smollm2() -> Option<(PathBuf, Json)> {
+pub fn smollm2() -> Option<(PathBuf, Json)> {
     let dir = common::fetched("smollm2-135m-instruct")?;
     let expected = common::read_json(&fixtures().join("parity/smollm2-135m-instruct.json"));
     Some((dir.join("model.gguf"), expected))
@@ -169,9 +169,6 @@ fn smollm2_gguf_matches_transformers() {
     let Some((file, expected)) = smollm2() else {
         return;
     };
-    let ids: Vec<i64> = serde_json::from_value(expected["input_ids"].clone()).unwrap();
-    let probe: Vec<usize> = serde_json::from_value(expected["probe_ids"].clone()).unwrap();
-    let want: Vec<f32> = serde_json::from_value(expected["probe_logits"].clone()).unwrap();
     let argmax: Vec<i64> = serde_json::from_value(expected["argmax"].clone()).unwrap();
     let mut devices = vec![("cpu", common::cpu())];
     if let Some(wgpu) = common::wgpu() {
@@ -180,31 +177,41 @@ fn smollm2_gguf_matches_transformers() {
     for (name, device) in devices {
         let (model, report) = fairtune::model::load_llama_gguf(&file, &device).unwrap();
         assert!(report.unused.is_empty(), "{:?}", report.unused);
-        let input =
-            Tensor::<2, Int>::from_data(TensorData::new(ids.clone(), [1, ids.len()]), &device);
-        let logits = model.forward(input);
-        let vocab = logits.dims()[2];
-        let all = to_vec(logits);
-        let got: Vec<f32> = (0..ids.len())
-            .flat_map(|t| probe.iter().map(move |&v| (t, v)))
-            .map(|(t, v)| all[t * vocab + v])
-            .collect();
-        let worst = got
-            .iter()
-            .zip(&want)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0.0f32, f32::max);
+        let (worst, ours) = probe_smollm2(&model, &expected, &device);
         eprintln!("smollm2 GGUF logits on {name}: max abs difference {worst:.2e}");
         assert!(worst <= 1e-3, "{name}: max abs difference {worst}");
-        let ours: Vec<i64> = all
-            .chunks(vocab)
-            .map(|row| {
-                let best = row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1));
-                best.unwrap().0 as i64
-            })
-            .collect();
         assert_eq!(ours, argmax, "{name}: greedy next tokens");
     }
+}
+
+/// `model`'s logits on the SmolLM2 fixture's input: the largest distance from transformers' at
+/// the probed vocabulary entries, and the greedy next token at every position.
+pub fn probe_smollm2(
+    model: &fairtune::model::LlamaForCausalLM,
+    expected: &Json,
+    device: &burn::tensor::Device,
+) -> (f32, Vec<i64>) {
+    let ids: Vec<i64> = serde_json::from_value(expected["input_ids"].clone()).unwrap();
+    let probe: Vec<usize> = serde_json::from_value(expected["probe_ids"].clone()).unwrap();
+    let want: Vec<f32> = serde_json::from_value(expected["probe_logits"].clone()).unwrap();
+    let input = Tensor::<2, Int>::from_data(TensorData::new(ids.clone(), [1, ids.len()]), device);
+    let logits = model.forward(input);
+    let vocab = logits.dims()[2];
+    let all = to_vec(logits);
+    let worst = (0..ids.len())
+        .flat_map(|t| probe.iter().map(move |&v| (t, v)))
+        .map(|(t, v)| all[t * vocab + v])
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    let argmax = all
+        .chunks(vocab)
+        .map(|row| {
+            let best = row.iter().enumerate().max_by(|a, b| a.1.total_cmp(b.1));
+            best.unwrap().0 as i64
+        })
+        .collect();
+    (worst, argmax)
 }
 
 #[test]
@@ -274,4 +281,45 @@ fn chat_template_errors_are_reported() {
     }];
     let message = strict.render(&system, false).unwrap_err().to_string();
     assert!(message.contains("user first"), "{message}");
+}
+
+/// SentencePiece tokenizers from GGUF metadata (`tokenizer.ggml.model = llama`), built for each
+/// architecture as transformers 5.24 builds them (tests/fixtures/make_spm_gguf.py): Llama's
+/// Metaspace, Gemma's space replacement with merges in file order, Phi-3's prepend-and-replace;
+/// the merges recovered from the scores, byte fallback for characters the vocabulary lacks,
+/// control and user-defined tokens kept whole, BOS added. The ids of every text, and its decoded
+/// text (special tokens kept), equal transformers'.
+#[test]
+fn sentencepiece_gguf_tokenizers_match_transformers() {
+    let fixture = common::read_json(&fixtures().join("parity/spm_gguf.json"));
+    let files = fixture["files"].as_object().unwrap();
+    assert_eq!(files.len(), 3);
+    for (file, expected) in files {
+        let gguf = Gguf::open(&fixtures().join("gguf").join(file)).unwrap();
+        let tokenizer = TextTokenizer::from_gguf(&gguf).unwrap();
+        let raw =
+            tokenizers::Tokenizer::from_bytes(gguf.tokenizer_json().unwrap().to_string()).unwrap();
+        let cases = expected["cases"].as_array().unwrap();
+        let mut byte_fallbacks = 0;
+        for case in cases {
+            let text = case["text"].as_str().unwrap();
+            let want: Vec<u32> = serde_json::from_value(case["ids"].clone()).unwrap();
+            let ids = tokenizer.encode_ids(text, true).unwrap();
+            assert_eq!(ids, want, "{file}: ids of {text:?}");
+            let decoded = raw.decode(&ids, false).unwrap();
+            assert_eq!(
+                decoded,
+                case["decoded"].as_str().unwrap(),
+                "{file}: decode of {text:?}"
+            );
+            // <0x..> tokens: the byte-fallback ids (the 256 after the three specials and the
+            // control and user-defined tokens).
+            byte_fallbacks += ids.iter().filter(|&&id| (6..262).contains(&id)).count();
+        }
+        assert!(byte_fallbacks > 0, "{file}: some text falls back to bytes");
+        // A loaded SentencePiece model runs with it: the tiny random model of that file.
+        let device = common::cpu();
+        let (lm, _) = fairtune::model::load_llama_gguf(&gguf.path, &device).unwrap();
+        assert_eq!(lm.vocab_size(), raw.get_vocab_size(false));
+    }
 }

@@ -17,12 +17,14 @@ fn fixtures() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures")
 }
 
-fn tensor(checkpoint: &Checkpoint, name: &str) -> (Vec<usize>, Vec<f32>) {
-    checkpoint
+/// A checkpoint tensor's shape and values (read from the file now).
+fn tensor(checkpoint: &mut Checkpoint, name: &str) -> (Vec<usize>, Vec<f32>) {
+    let stored = checkpoint
         .tensors
-        .get(name)
-        .unwrap_or_else(|| panic!("{name} missing"))
-        .clone()
+        .remove(name)
+        .unwrap_or_else(|| panic!("{name} missing"));
+    let shape = stored.shape.clone();
+    (shape, stored.read().unwrap())
 }
 
 #[test]
@@ -96,8 +98,23 @@ fn lora_trains_adapters_only_and_merges_like_peft() {
     )
     .unwrap();
     assert_eq!(count, 2 * 2, "q and down in each of the 2 layers");
+    // The export merges the adapters as it writes each weight (what a run's `OUT/hf` is); the
+    // factors without their scale are an error, not the base written as if merged.
+    let unscaled = save_hf(
+        &adapted.valid(),
+        None,
+        &arch,
+        &ExportHead::CausalLm,
+        &fairtune::tokenizer::TextTokenizer::Bytes,
+        &dir.path().join("hf"),
+    );
+    assert!(
+        unscaled.is_err_and(|e| e.to_string().contains("without their scale")),
+        "an unmerged export needs the scale"
+    );
     save_hf(
-        &adapted.valid().materialize(),
+        &adapted.valid(),
+        Some(settings.scale()),
         &arch,
         &ExportHead::CausalLm,
         &fairtune::tokenizer::TextTokenizer::Bytes,
@@ -105,8 +122,8 @@ fn lora_trains_adapters_only_and_merges_like_peft() {
     )
     .unwrap();
 
-    let original = Checkpoint::from_dir(&source).unwrap();
-    let merged = Checkpoint::from_dir(&dir.path().join("hf")).unwrap();
+    let mut original = Checkpoint::from_dir(&source).unwrap();
+    let mut merged = Checkpoint::from_dir(&dir.path().join("hf")).unwrap();
     let adapter_bytes =
         std::fs::read(dir.path().join("adapter/adapter_model.safetensors")).unwrap();
     let adapters = safetensors::SafeTensors::deserialize(&adapter_bytes).unwrap();
@@ -124,8 +141,8 @@ fn lora_trains_adapters_only_and_merges_like_peft() {
         "model.layers.0.self_attn.q_proj",
         "model.layers.1.mlp.down_proj",
     ] {
-        let (shape, w0) = tensor(&original, &format!("{module}.weight"));
-        let (_, w1) = tensor(&merged, &format!("{module}.weight"));
+        let (shape, w0) = tensor(&mut original, &format!("{module}.weight"));
+        let (_, w1) = tensor(&mut merged, &format!("{module}.weight"));
         let (a_shape, a) = factor(&format!("base_model.model.{module}.lora_A.weight"));
         let (b_shape, b) = factor(&format!("base_model.model.{module}.lora_B.weight"));
         let (out, inp, r) = (shape[0], shape[1], settings.rank);
@@ -148,8 +165,8 @@ fn lora_trains_adapters_only_and_merges_like_peft() {
         "lm_head.weight",
     ] {
         assert_eq!(
-            tensor(&merged, name),
-            tensor(&original, name),
+            tensor(&mut merged, name),
+            tensor(&mut original, name),
             "{name} changed"
         );
     }
@@ -185,7 +202,53 @@ fn lora_settings_are_checked() {
         targets: vec![LoraTarget::Gate],
     };
     let message = gate.weight_paths(&bert).unwrap_err().to_string();
-    assert!(message.contains("no gate projection"), "{message}");
+    assert!(message.contains("no gate"), "{message}");
+    // Phi-3 adapts its fused projections, under PEFT's names; the separate ones are refused
+    // naming the fused one, and the fused ones on a family without them.
+    let phi3 = model::read_config(&fixtures().join("families/phi3")).unwrap();
+    let defaults = LoraSettings::new(2);
+    let paths = defaults.weight_paths(&phi3).unwrap();
+    assert_eq!(paths.len(), 2 * 4, "{paths:?}");
+    assert!(paths.contains(&"model.layers.1.self_attn.qkv_proj.weight".to_string()));
+    assert!(paths.contains(&"model.layers.0.mlp.gate_up_proj.weight".to_string()));
+    let q = LoraSettings {
+        targets: vec![LoraTarget::Q],
+        ..LoraSettings::new(2)
+    };
+    let message = q.weight_paths(&phi3).unwrap_err().to_string();
+    assert!(
+        message.contains("qkv_proj") && message.contains("use qkv"),
+        "{message}"
+    );
+    let qwen = model::read_config(&fixtures().join("families/qwen3")).unwrap();
+    let fused = LoraSettings {
+        targets: vec![LoraTarget::GateUp],
+        ..LoraSettings::new(2)
+    };
+    let message = fused.weight_paths(&qwen).unwrap_err().to_string();
+    assert!(message.contains("only Phi-3"), "{message}");
+    // Saved in PEFT's layout and loaded back: the same adapters on the fused projections.
+    let device = common::cpu();
+    let (lm, _) = model::load_llama(&fixtures().join("families/phi3"), &device).unwrap();
+    let adapted = defaults.apply(lm.clone(), &phi3, &[]).unwrap();
+    let dir = common::tempdir();
+    let count = save_adapters(&adapted, &phi3, &defaults, "phi3", dir.path()).unwrap();
+    assert_eq!(count, 2 * 4);
+    let config = common::read_json(&dir.path().join("adapter_config.json"));
+    let mut targets: Vec<&str> = config["target_modules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| t.as_str().unwrap())
+        .collect();
+    targets.sort();
+    assert_eq!(targets, ["down_proj", "gate_up_proj", "o_proj", "qkv_proj"]);
+    let loaded = fairtune::model::lora::load_adapters(lm, &phi3, dir.path()).unwrap();
+    let a = |m: &fairtune::model::LlamaForCausalLM| {
+        let qkv = m.model.layers[0].self_attn.qkv_proj.as_ref().unwrap();
+        to_vec(qkv.weight.adapter().expect("an adapter").a.val())
+    };
+    assert_eq!(a(&loaded), a(&adapted));
     let zero = LoraSettings {
         rank: 0,
         alpha: 4.0,
@@ -234,7 +297,7 @@ fn lora_kept_apart_equals_the_merged_weight_in_values_and_gradients() {
         let grads = GradientsParams::from_grads(loss.backward(), &adapted);
         adapted = optimizer.step(1e-2, adapted, grads);
     }
-    let q = &adapted.model.layers[0].self_attn.q_proj;
+    let q = adapted.model.layers[0].self_attn.q_proj.as_ref().unwrap();
     let adapter = q.weight.adapter().expect("an adapter on q_proj");
     let x = Tensor::<3>::random([2, 5, 32], Distribution::Normal(0.0, 1.0), &device).require_grad();
     let weights = Tensor::<3>::random([2, 5, 32], Distribution::Normal(0.0, 1.0), &device);

@@ -21,6 +21,7 @@ mod model;
 mod ner;
 mod parity;
 mod playground;
+mod precision;
 mod train;
 mod trl_kto;
 mod trl_losses;

@@ -34,12 +34,13 @@ fn llama_is_causal() {
 
 /// The fused attention op (the backend's own attention forward, a recomputing backward) gives
 /// what the composed softmax(scale·q·kᵀ, masked)·v gives: values and the gradients of q, k and v,
-/// on the CPU backend and on wgpu, with a mask that broadcasts over heads.
+/// on the CPU backend and on wgpu, with a mask that broadcasts over heads; with and without
+/// Gemma 2's soft cap on the scores (a cap of 2 on scores of spread ~1 bends many of them).
 #[test]
 fn fused_attention_matches_composed_attention() {
     use burn::tensor::{Bool, Distribution};
     use fairtune::model::attention::attention as fused;
-    use fairtune::model::layers::attention as composed;
+    use fairtune::model::layers::{attention as composed, attention_scaled};
 
     let mut devices = vec![("cpu", common::cpu())];
     if let Some(wgpu) = common::wgpu() {
@@ -69,29 +70,32 @@ fn fused_attention_matches_composed_attention() {
         let mask = Tensor::<2, Bool>::from_data(TensorData::new(hidden, [rows, keys]), &device)
             .unsqueeze::<4>();
         let scale = 1.0 / (dim as f64).sqrt();
-        let mut results = Vec::new();
-        for use_fused in [true, false] {
-            let out = if use_fused {
-                fused(q.clone(), k.clone(), v.clone(), mask.clone(), scale)
-            } else {
-                composed(q.clone(), k.clone(), v.clone(), mask.clone(), None)
-            };
-            let grads = (out.clone() * weights.clone()).sum().backward();
-            let grad = |t: &Tensor<4>| to_vec(t.grad(&grads).expect("a gradient"));
-            results.push([to_vec(out), grad(&q), grad(&k), grad(&v)]);
-        }
-        for (what, (ours, want)) in ["out", "dq", "dk", "dv"]
-            .iter()
-            .zip(results[0].iter().zip(&results[1]))
-        {
-            let worst = ours
+        for softcap in [None, Some(2.0)] {
+            let mut results = Vec::new();
+            for use_fused in [true, false] {
+                let (qq, kk, vv, mm) = (q.clone(), k.clone(), v.clone(), mask.clone());
+                let out = match (use_fused, softcap) {
+                    (true, _) => fused(qq, kk, vv, mm, scale, softcap),
+                    (false, None) => composed(qq, kk, vv, mm, None),
+                    (false, Some(_)) => attention_scaled(qq, kk, vv, mm, scale, softcap),
+                };
+                let grads = (out.clone() * weights.clone()).sum().backward();
+                let grad = |t: &Tensor<4>| to_vec(t.grad(&grads).expect("a gradient"));
+                results.push([to_vec(out), grad(&q), grad(&k), grad(&v)]);
+            }
+            for (what, (ours, want)) in ["out", "dq", "dk", "dv"]
                 .iter()
-                .zip(want)
-                .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
-            assert!(
-                worst < 1e-4,
-                "{name} {what}: max |fused − composed| {worst}"
-            );
+                .zip(results[0].iter().zip(&results[1]))
+            {
+                let worst = ours
+                    .iter()
+                    .zip(want)
+                    .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+                assert!(
+                    worst < 1e-4,
+                    "{name} {what}, softcap {softcap:?}: max |fused − composed| {worst}"
+                );
+            }
         }
     }
 }
@@ -104,14 +108,14 @@ fn max_difference(a: &[f32], b: &[f32]) -> f32 {
         .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()))
 }
 
-/// The fused SwiGLU, RMSNorm and token log-prob ops (one autodiff node each, recomputing in
-/// backward) give what their composed forms give: values and every input's gradient, on the CPU
-/// backend and on wgpu.
+/// The fused SwiGLU, GeGLU, RMSNorm and token log-prob ops (one autodiff node each, recomputing
+/// in backward) give what their composed forms give: values and every input's gradient, on the
+/// CPU backend and on wgpu; token log-probs also under Gemma 2's final soft cap.
 #[test]
 fn fused_ops_match_their_composed_forms() {
     use burn::tensor::Distribution;
     use burn::tensor::activation::{log_softmax, silu};
-    use fairtune::model::fused::{rms_norm, swiglu, token_logps, token_logps_in_blocks};
+    use fairtune::model::fused::{geglu, rms_norm, swiglu, token_logps, token_logps_in_blocks};
 
     let mut devices = vec![("cpu", common::cpu())];
     if let Some(wgpu) = common::wgpu() {
@@ -158,6 +162,13 @@ fn fused_ops_match_their_composed_forms() {
             swiglu(x.clone(), y.clone()),
             silu(x.clone()) * y.clone(),
         );
+        // PyTorch's gelu(approximate="tanh"): ½x(1 + tanh(√(2/π)(x + 0.044715x³))).
+        let k = (2.0 / std::f64::consts::PI).sqrt();
+        check3("geglu", geglu(x.clone() * 2.0, y.clone()), {
+            let x2 = x.clone() * 2.0;
+            let inner = (x2.clone() + x2.clone().powi_scalar(3) * 0.044715) * k;
+            x2 * 0.5 * (inner.tanh() + 1.0) * y.clone()
+        });
         let eps = 1e-5;
         let variance = x.clone().powi_scalar(2).mean_dim(2);
         let composed = x.clone() * (variance + eps).sqrt().recip() * w.clone().unsqueeze();
@@ -170,21 +181,34 @@ fn fused_ops_match_their_composed_forms() {
             Tensor::<1, Int>::from_data(TensorData::new(vec![0i64, 19, 3, 3, 11, 7], [6]), &device);
         // In one block, and in blocks of the vocabulary that do and do not divide it.
         let scale = Tensor::<1>::random([6], normal, &device);
-        let composed = |weight: &Tensor<2>| {
-            let logits = hidden.clone().matmul(weight.clone().transpose());
+        let capped_logps = |weight: &Tensor<2>, softcap: Option<f64>| {
+            let logits = hidden.clone().matmul(weight.clone().transpose()) * 3.0;
+            let logits = match softcap {
+                Some(cap) => (logits / cap).tanh() * cap,
+                None => logits,
+            };
             log_softmax(logits, 1)
                 .gather(1, targets.clone().reshape([6, 1]))
                 .reshape([6])
         };
-        for block in [None, Some(1), Some(4), Some(7), Some(19)] {
-            let what = format!("{name} token_logps, block {block:?}");
+        let composed = |weight: &Tensor<2>| capped_logps(weight, None);
+        // Gemma 2's final cap (a cap of 4 on logits of spread ~10 bends most of them).
+        for (block, softcap) in [
+            (None, None),
+            (Some(1), None),
+            (Some(4), None),
+            (Some(7), None),
+            (Some(19), None),
+            (None, Some(4.0)),
+            (Some(7), Some(4.0)),
+        ] {
+            let what = format!("{name} token_logps, block {block:?}, softcap {softcap:?}");
+            let (h, w, t) = (hidden.clone(), weight.clone() * 3.0, targets.clone());
             let fused = match block {
-                None => token_logps(hidden.clone(), weight.clone(), targets.clone()),
-                Some(b) => {
-                    token_logps_in_blocks(hidden.clone(), weight.clone(), targets.clone(), b)
-                }
+                None => token_logps(h, w, t, softcap),
+                Some(b) => token_logps_in_blocks(h, w, t, b, softcap),
             };
-            let composed = composed(&weight);
+            let composed = capped_logps(&weight, softcap);
             assert!(
                 max_difference(&to_vec(fused.clone()), &to_vec(composed.clone())) < 1e-5,
                 "{what}: values"
@@ -201,7 +225,13 @@ fn fused_ops_match_their_composed_forms() {
         }
         // A frozen projection (LoRA's): the gradient reaches the hidden states only.
         let frozen = weight.clone().detach().set_require_grad(false);
-        let fused = token_logps_in_blocks(hidden.clone(), frozen.clone(), targets.clone(), 7);
+        let fused = token_logps_in_blocks(
+            hidden.clone(),
+            frozen.clone() * 3.0,
+            targets.clone(),
+            7,
+            None,
+        );
         let gf = (fused * scale.clone()).sum().backward();
         let gc = (composed(&frozen) * scale.clone()).sum().backward();
         assert!(

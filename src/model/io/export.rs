@@ -1,8 +1,8 @@
 //! Saving a model as a Hugging Face directory that transformers loads with `from_pretrained`:
 //! `model.safetensors` (f32, HF names, linear weights back to `[out, in]`), `config.json`, and the
 //! tokenizer (`tokenizer.json`, plus `tokenizer_config.json` with the special tokens and chat
-//! template). LoRA adapters are merged first (see [`Module::materialize`]); the adapters alone
-//! are saved by [`save_lora_adapters`] in PEFT's layout.
+//! template). LoRA adapters are merged into their weights as each is written (see [`save_hf`]);
+//! the adapters alone are saved by `lora::save_adapters` in PEFT's layout.
 //!
 //! The weights are written one tensor at a time ([`write_safetensors`]): the file's header from
 //! the parameters' shapes alone, then each tensor read from the device, converted and written, so
@@ -31,14 +31,17 @@ pub struct HostTensor {
     pub data: Vec<f32>,
 }
 
-/// Collects every parameter (its effective value) with its module path.
-struct Collect {
+/// Collects the parameters whose module path `wanted` accepts (an adapted weight's path names
+/// its stored base; its LoRA factors come apart, at `….lora.a` and `….lora.b`). The others are
+/// never read.
+struct Collect<F> {
+    wanted: F,
     path: Vec<String>,
     tensors: Vec<HostTensor>,
     error: Option<String>,
 }
 
-impl ModuleVisitor for Collect {
+impl<F: Fn(&str) -> bool> ModuleVisitor for Collect<F> {
     fn enter_module(&mut self, name: &str, _container: &str) {
         self.path.push(name.to_string());
     }
@@ -48,14 +51,14 @@ impl ModuleVisitor for Collect {
     }
 
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let name = self.path.join(".");
+        if !(self.wanted)(&name) {
+            return;
+        }
         let tensor = param.val();
         let shape = tensor.dims().to_vec();
         match host_values(tensor) {
-            Ok(data) => self.tensors.push(HostTensor {
-                name: self.path.join("."),
-                shape,
-                data,
-            }),
+            Ok(data) => self.tensors.push(HostTensor { name, shape, data }),
             Err(e) => {
                 self.error
                     .get_or_insert(format!("reading {} failed: {e}", self.path.join(".")));
@@ -76,9 +79,11 @@ fn host_values<const D: usize>(tensor: Tensor<D>) -> std::result::Result<Vec<f32
         })
 }
 
-/// Every parameter of `module` on the host, by module path.
-pub fn parameters<M: Module>(module: &M) -> Result<Vec<HostTensor>> {
+/// The parameters of `module` whose path `wanted` accepts, on the host, by module path (one
+/// at a time would do for a whole model: this is for parts, such as LoRA's factors).
+pub fn parameters<M: Module>(module: &M, wanted: impl Fn(&str) -> bool) -> Result<Vec<HostTensor>> {
     let mut collect = Collect {
+        wanted,
         path: Vec::new(),
         tensors: Vec::new(),
         error: None,
@@ -112,11 +117,15 @@ impl ModuleVisitor for Shapes {
     }
 }
 
-/// The values of the one parameter at `wanted` (its effective value).
+/// The parameter at `wanted`, and its LoRA factors if it has any: burn's visitors see an adapted
+/// weight's stored base (without its reparameterization) and then its factors at
+/// `wanted.lora.a` / `wanted.lora.b`.
 struct Fetch<'a> {
     path: Vec<String>,
     wanted: &'a str,
-    data: Option<std::result::Result<Vec<f32>, String>>,
+    base: Option<Tensor<2>>,
+    a: Option<Tensor<2>>,
+    b: Option<Tensor<2>>,
 }
 
 impl ModuleVisitor for Fetch<'_> {
@@ -129,34 +138,93 @@ impl ModuleVisitor for Fetch<'_> {
     }
 
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        if self.data.is_none() && self.path.join(".") == self.wanted {
-            self.data = Some(host_values(param.val()));
+        let path = self.path.join(".");
+        let Some(rest) = path.strip_prefix(self.wanted) else {
+            return;
+        };
+        let as_matrix = |tensor: Tensor<D>| {
+            let dims = tensor.dims();
+            let cols = dims.last().copied().unwrap_or(1);
+            let rows = dims.iter().product::<usize>() / cols.max(1);
+            tensor.reshape([rows, cols])
+        };
+        match rest {
+            "" if self.base.is_none() => {
+                self.base = Some(as_matrix(param.val()));
+            }
+            ".lora.a" => self.a = Some(as_matrix(param.val())),
+            ".lora.b" => self.b = Some(as_matrix(param.val())),
+            _ => {}
         }
     }
 }
 
-/// Read the parameter at `path` of `module` to the host.
-fn fetch<M: Module>(module: &M, path: &str) -> Result<Vec<f32>> {
-    let mut fetch = Fetch {
-        path: Vec::new(),
-        wanted: path,
-        data: None,
-    };
-    module.visit(&mut fetch);
-    match fetch.data {
-        Some(Ok(data)) => Ok(data),
-        Some(Err(e)) => Err(Error::runtime(format!("reading {path} failed: {e}"))),
-        None => Err(Error::runtime(format!("{path}: no such parameter"))),
+/// The parameter at `path` of `module`, to be read in parts: its stored value as a matrix
+/// (`[rows, cols]`, the last dimension kept) and, when LoRA adapts it, its factors.
+struct Fetched {
+    base: Tensor<2>,
+    lora: Option<(Tensor<2>, Tensor<2>, f64)>,
+}
+
+impl Fetched {
+    fn of<M: Module>(module: &M, path: &str, lora_scale: Option<f64>) -> Result<Self> {
+        let mut fetch = Fetch {
+            path: Vec::new(),
+            wanted: path,
+            base: None,
+            a: None,
+            b: None,
+        };
+        module.visit(&mut fetch);
+        let Some(base) = fetch.base else {
+            return Err(Error::runtime(format!("{path}: no such parameter")));
+        };
+        let lora = match (fetch.a, fetch.b, lora_scale) {
+            (None, None, _) => None,
+            (Some(a), Some(b), Some(scale)) => Some((a, b, scale)),
+            (Some(_), Some(_), None) => {
+                return Err(Error::runtime(format!(
+                    "{path}: LoRA adapters without their scale to merge them with"
+                )));
+            }
+            _ => return Err(Error::runtime(format!("{path}: a LoRA factor is missing"))),
+        };
+        Ok(Self { base, lora })
+    }
+
+    /// Rows `start..start + len` of the effective value (`base + s·A·B`, in f32), or with
+    /// `columns` its columns (a burn `[in, out]` linear weight's, which are the rows of the
+    /// `[out, in]` it is written as), transposed into rows.
+    fn rows(&self, columns: bool, start: usize, len: usize) -> Tensor<2> {
+        let axis = usize::from(columns);
+        let base = crate::model::precision::full(self.base.clone().narrow(axis, start, len));
+        let value = match &self.lora {
+            None => base,
+            Some((a, b, scale)) => {
+                let delta = if columns {
+                    a.clone().matmul(b.clone().narrow(1, start, len))
+                } else {
+                    a.clone().narrow(0, start, len).matmul(b.clone())
+                };
+                base + delta.mul_scalar(*scale)
+            }
+        };
+        if columns { value.transpose() } else { value }
     }
 }
 
+/// Values written per part of a tensor: the export holds one part on the host (and its f32
+/// copy on the device), not the largest tensor whole — a 150k-token embedding is 0.5–1 GiB.
+const EXPORT_PART: usize = 1 << 22;
+
 /// Write a safetensors file (f32) at `path`: the header from `tensors`' names and shapes (built by
-/// the safetensors crate's own `Metadata`), then the data of tensor `i` from `data(i)`, fetched
-/// only when it is written. Names must be sorted, as the format's writers order them.
+/// the safetensors crate's own `Metadata`), then the data of tensor `i`, which `data(i, write)`
+/// hands to `write` in parts, in order, read only when it is written. Names must be sorted, as
+/// the format's writers order them.
 pub fn write_safetensors(
     path: &Path,
     tensors: &[(String, Vec<usize>)],
-    mut data: impl FnMut(usize) -> Result<Vec<f32>>,
+    mut data: impl FnMut(usize, &mut dyn FnMut(&[f32]) -> Result<()>) -> Result<()>,
 ) -> Result<()> {
     use safetensors::tensor::{Metadata, TensorInfo};
     use std::io::Write;
@@ -190,16 +258,19 @@ pub fn write_safetensors(
         .and_then(|()| out.write_all(&header))
         .map_err(|e| fail(&e))?;
     for (index, (name, shape)) in tensors.iter().enumerate() {
-        let values = data(index)?;
-        if values.len() != shape.iter().product::<usize>() {
+        let mut written = 0;
+        data(index, &mut |values| {
+            written += values.len();
+            for chunk in values.chunks(1 << 16) {
+                let bytes: Vec<u8> = chunk.iter().flat_map(|v| v.to_le_bytes()).collect();
+                out.write_all(&bytes).map_err(|e| fail(&e))?;
+            }
+            Ok(())
+        })?;
+        if written != shape.iter().product::<usize>() {
             return Err(Error::runtime(format!(
-                "{name}: {} values for shape {shape:?}",
-                values.len()
+                "{name}: {written} values for shape {shape:?}"
             )));
-        }
-        for chunk in values.chunks(1 << 16) {
-            let bytes: Vec<u8> = chunk.iter().flat_map(|v| v.to_le_bytes()).collect();
-            out.write_all(&bytes).map_err(|e| fail(&e))?;
         }
     }
     let file = out.into_inner().map_err(|e| fail(&e))?;
@@ -317,16 +388,50 @@ pub fn config_json(arch: &ArchConfig, head: &ExportHead) -> Value {
     }
     // Drop unset optional ids rather than writing nulls transformers would keep.
     object.retain(|_, v| !v.is_null());
+    // Except where the family's config class has other defaults: Gemma 2's soft caps (50 and
+    // 30), Gemma's and Phi-3's token ids (Phi-3's pad 32000, past a small vocabulary).
+    if let ArchConfig::Llama(config) = arch {
+        use crate::model::Family;
+        let mut keep_null: Vec<&str> = Vec::new();
+        if config.family == Family::Gemma2 {
+            keep_null.extend(["attn_logit_softcapping", "final_logit_softcapping"]);
+        }
+        if matches!(
+            config.family,
+            Family::Gemma2 | Family::Gemma3 | Family::Phi3
+        ) {
+            keep_null.extend(["bos_token_id", "eos_token_id", "pad_token_id"]);
+        }
+        for key in keep_null {
+            object.entry(key).or_insert(Value::Null);
+        }
+    }
     value
 }
 
-/// Write `module` (of architecture `arch`) as a Hugging Face directory at `dir`.
+/// Write `module` (of architecture `arch`) as a Hugging Face directory at `dir`. LoRA adapters
+/// still on `module` are merged into their weights as each is written (`lora_scale` is their
+/// α/r), so the export never holds a merged copy of the model beside it.
 pub fn save_hf<M: Module>(
     module: &M,
+    lora_scale: Option<f64>,
     arch: &ArchConfig,
     head: &ExportHead,
     tokenizer: &TextTokenizer,
     dir: &Path,
+) -> Result<()> {
+    save_hf_in_parts(module, lora_scale, arch, head, tokenizer, dir, EXPORT_PART)
+}
+
+/// [`save_hf`], reading the tensors in parts of about `part` values.
+fn save_hf_in_parts<M: Module>(
+    module: &M,
+    lora_scale: Option<f64>,
+    arch: &ArchConfig,
+    head: &ExportHead,
+    tokenizer: &TextTokenizer,
+    dir: &Path,
+    part: usize,
 ) -> Result<()> {
     if let ArchConfig::Llama(config) = arch
         && let Some(divisors) = &config.rope_divisors
@@ -344,10 +449,9 @@ pub fn save_hf<M: Module>(
     // (HF name, stored shape, our path, whether a burn [in, out] linear weight to transpose)
     let mut tensors: Vec<(String, Vec<usize>, String, bool)> = Vec::new();
     for (path, shape) in shapes.found {
+        // A LoRA factor: its weight is written merged (see `fetch`).
         if path.contains(".lora.") {
-            return Err(Error::runtime(format!(
-                "{path}: LoRA adapters must be merged before a full export"
-            )));
+            continue;
         }
         let (name, linear) = hf_name(arch, &path);
         let transpose = linear && shape.len() == 2;
@@ -394,14 +498,25 @@ pub fn save_hf<M: Module>(
         ));
     }
     build_dir_atomic(dir, &files, |tmp| {
-        write_safetensors(&tmp.join("model.safetensors"), &header, |index| {
+        write_safetensors(&tmp.join("model.safetensors"), &header, |index, write| {
             let (_, stored, path, transpose) = &tensors[index];
-            let data = fetch(module, path)?;
-            Ok(if *transpose {
-                transposed(&[stored[1], stored[0]], &data).1
+            let fetched = Fetched::of(module, path, lora_scale)?;
+            // The rows as written (a linear weight's `[out, in]`: burn's columns), in parts.
+            let [rows, cols] = fetched.base.dims();
+            let (rows, cols) = if *transpose {
+                (cols, rows)
             } else {
-                data
-            })
+                (rows, cols)
+            };
+            debug_assert_eq!(rows * cols, stored.iter().product::<usize>());
+            let step = (part / cols.max(1)).max(1);
+            for start in (0..rows).step_by(step) {
+                let part = fetched.rows(*transpose, start, step.min(rows - start));
+                let values = host_values(part)
+                    .map_err(|e| Error::runtime(format!("reading {path} failed: {e}")))?;
+                write(&values)?;
+            }
+            Ok(())
         })
     })
 }
@@ -444,4 +559,109 @@ fn build_dir_atomic(
     std::fs::rename(&tmp, dir).map_err(|e| io(dir, "rename into place", e))?;
     let _ = std::fs::remove_dir_all(&old);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use burn::module::{Module, ModuleMapper, Param};
+    use burn::tensor::{Device, Distribution, FloatDType, Tensor};
+
+    use super::{ExportHead, save_hf_in_parts};
+    use crate::model::lora::LoraSettings;
+    use crate::model::{self, ArchConfig};
+    use crate::tokenizer::TextTokenizer;
+
+    /// Every LoRA `B` drawn at random (they start at zero, which would merge to the base).
+    struct DrawB(Vec<String>);
+
+    impl ModuleMapper for DrawB {
+        fn enter_module(&mut self, name: &str, _container: &str) {
+            self.0.push(name.to_string());
+        }
+
+        fn exit_module(&mut self, _name: &str, _container: &str) {
+            self.0.pop();
+        }
+
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            if !self.0.join(".").ends_with(".lora.b") {
+                return param;
+            }
+            param.map(|b| b.random_like(Distribution::Normal(0.0, 0.5)))
+        }
+    }
+
+    fn weights(dir: &std::path::Path) -> Vec<(String, Vec<usize>, Vec<u8>)> {
+        let bytes = std::fs::read(dir.join("model.safetensors")).unwrap();
+        let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let mut out: Vec<_> = file
+            .tensors()
+            .into_iter()
+            .map(|(name, view)| (name, view.shape().to_vec(), view.data().to_vec()))
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    }
+
+    /// Written in parts of 7 values (rows of every tensor split mid-way, linear weights read
+    /// by columns), a half-stored base with LoRA adapters is the file written whole, and the
+    /// file burn's own merge (`materialize`) gives.
+    #[test]
+    fn parts_write_the_merged_model_whole() {
+        let device = Device::flex();
+        let (arch, _) = model::resolve("tiny-llama", 264).expect("tiny-llama");
+        let ArchConfig::Llama(config) = &arch else {
+            unreachable!()
+        };
+        device.seed(5);
+        let base = crate::model::precision::store_matrices(config.init(&device), FloatDType::F16);
+        let settings = LoraSettings::new(4);
+        let adapted = settings
+            .apply(base.clone(), &arch, &[])
+            .unwrap()
+            .map(&mut DrawB(Vec::new()));
+        let dir =
+            std::env::temp_dir().join(format!("fairtune-export-parts-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let write = |name: &str, module: &crate::model::LlamaForCausalLM, part: usize| {
+            let out = dir.join(name);
+            let scale = Some(settings.scale());
+            let (head, bytes) = (ExportHead::CausalLm, TextTokenizer::Bytes);
+            save_hf_in_parts(module, scale, &arch, &head, &bytes, &out, part).unwrap();
+            weights(&out)
+        };
+        let parts = write("parts", &adapted, 7);
+        let whole = write("whole", &adapted, usize::MAX);
+        let plain = write("plain", &base, 7);
+        let merged = write(
+            "merged",
+            &crate::model::precision::widen(adapted.clone()).materialize(),
+            7,
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(parts.len(), whole.len());
+        let floats = |b: &[u8]| -> Vec<f32> {
+            b.chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect()
+        };
+        let mut changed = Vec::new();
+        for (((p, w), m), b) in parts.iter().zip(&whole).zip(&merged).zip(&plain) {
+            assert_eq!((&p.0, &p.1), (&w.0, &w.1));
+            assert_eq!((&p.0, &p.1), (&m.0, &m.1));
+            let (p, w, m) = (floats(&p.2), floats(&w.2), floats(&m.2));
+            for ((a, b), c) in p.iter().zip(&w).zip(&m) {
+                assert!(
+                    (a - b).abs() <= 1e-6 && (a - c).abs() <= 1e-5,
+                    "{a} {b} {c}"
+                );
+            }
+            if p != floats(&b.2) {
+                changed.push(b.0.clone());
+            }
+        }
+        // The adapted projections (q, k, v, o, gate, up, down of 2 layers) and nothing else.
+        assert_eq!(changed.len(), 14, "{changed:?}");
+        assert!(changed.iter().all(|name| name.ends_with("_proj.weight")));
+    }
 }

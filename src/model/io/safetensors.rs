@@ -19,9 +19,31 @@ use safetensors::tensor::TensorInfo;
 
 use crate::error::{Error, Result};
 
-/// A checkpoint's tensors, as f32, by name.
+/// One checkpoint tensor: its shape, and its values as f32 when they are asked for (read from
+/// the file, or dequantized, only then: a checkpoint is never in memory whole).
+pub struct Stored {
+    pub shape: Vec<usize>,
+    read: Box<dyn FnOnce() -> Result<Vec<f32>>>,
+}
+
+impl Stored {
+    /// A tensor whose values are read by `read` when asked for.
+    pub fn lazy(shape: Vec<usize>, read: impl FnOnce() -> Result<Vec<f32>> + 'static) -> Self {
+        Self {
+            shape,
+            read: Box::new(read),
+        }
+    }
+
+    /// Its values (reading them now).
+    pub fn read(self) -> Result<Vec<f32>> {
+        (self.read)()
+    }
+}
+
+/// A checkpoint's tensors by name, read one at a time as they are placed.
 pub struct Checkpoint {
-    pub tensors: HashMap<String, (Vec<usize>, Vec<f32>)>,
+    pub tensors: HashMap<String, Stored>,
     /// Non-float tensors (buffers such as position ids), not loadable as parameters.
     pub skipped: Vec<String>,
     pub source: PathBuf,
@@ -105,13 +127,13 @@ impl Checkpoint {
     }
 }
 
-/// Read the tensors of one safetensors file into `tensors` as f32, one tensor at a time (the
-/// file is never in memory whole: a checkpoint costs its f32 weights and one tensor's bytes).
+/// Index the tensors of one safetensors file into `tensors`, each read (and converted to f32)
+/// only when it is placed: loading costs the model and one tensor, never the file's f32 copy.
 /// Integer and bool tensors are buffers (e.g. BERT's position_ids), never parameters: their names
 /// go to `skipped`, reported as unused.
 fn read_safetensors(
     file: &Path,
-    tensors: &mut HashMap<String, (Vec<usize>, Vec<f32>)>,
+    tensors: &mut HashMap<String, Stored>,
     skipped: &mut Vec<String>,
 ) -> Result<()> {
     let unreadable =
@@ -160,17 +182,21 @@ fn read_safetensors(
                 info.shape
             )));
         }
-        reader
-            .seek(SeekFrom::Start(data_start + begin as u64))
-            .map_err(unreadable)?;
-        let mut raw = vec![0u8; end - begin];
-        reader.read_exact(&mut raw).map_err(unreadable)?;
-        match to_f32(info.dtype, &raw) {
-            Some(data) => {
-                tensors.insert(name, (info.shape, data));
-            }
-            None => skipped.push(name),
+        if to_f32(info.dtype, &[]).is_none() {
+            skipped.push(name);
+            continue;
         }
+        let (path, dtype, at) = (file.to_path_buf(), info.dtype, data_start + begin as u64);
+        let read = move || -> Result<Vec<f32>> {
+            let unreadable =
+                |e: std::io::Error| Error::input(format!("{}: cannot read: {e}", path.display()));
+            let mut reader = std::fs::File::open(&path).map_err(unreadable)?;
+            reader.seek(SeekFrom::Start(at)).map_err(unreadable)?;
+            let mut raw = vec![0u8; end - begin];
+            reader.read_exact(&mut raw).map_err(unreadable)?;
+            Ok(to_f32(dtype, &raw).expect("a float dtype, checked above"))
+        };
+        tensors.insert(name, Stored::lazy(info.shape, read));
     }
     Ok(())
 }
@@ -187,13 +213,17 @@ pub trait KeyMap {
 
 /// Walks a module, replacing each parameter by its checkpoint tensor.
 struct Loader<'a, K: KeyMap> {
-    /// What is left of the checkpoint: each tensor moves into the model as it is placed.
-    tensors: HashMap<String, (Vec<usize>, Vec<f32>)>,
+    /// What is left of the checkpoint: each tensor is read as it is placed.
+    tensors: HashMap<String, Stored>,
     keys: &'a K,
     path: Vec<String>,
     missing: Vec<String>,
     new: Vec<String>,
     mismatched: Vec<String>,
+    /// The first tensor that could not be read.
+    failed: Option<Error>,
+    /// Matrices are stored in this precision as they are placed ([`crate::model::precision`]).
+    store: Option<burn::tensor::FloatDType>,
 }
 
 impl<K: KeyMap> ModuleMapper for Loader<'_, K> {
@@ -207,7 +237,7 @@ impl<K: KeyMap> ModuleMapper for Loader<'_, K> {
 
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
         let path = self.path.join(".");
-        let Some((name, (shape, data))) = self
+        let Some((name, entry)) = self
             .keys
             .candidates(&path)
             .into_iter()
@@ -220,6 +250,7 @@ impl<K: KeyMap> ModuleMapper for Loader<'_, K> {
             }
             return param;
         };
+        let shape = entry.shape.clone();
         let expected: Vec<usize> = param.lazy_shape().iter().copied().collect();
         let transpose = D == 2 && self.keys.is_linear(&path);
         let stored: Vec<usize> = if transpose {
@@ -233,6 +264,16 @@ impl<K: KeyMap> ModuleMapper for Loader<'_, K> {
             ));
             return param;
         }
+        if self.failed.is_some() {
+            return param;
+        }
+        let data = match entry.read() {
+            Ok(data) => data,
+            Err(e) => {
+                self.failed = Some(e);
+                return param;
+            }
+        };
         let device = param.lazy_device();
         // Transposed on the host into a contiguous tensor: `Tensor::transpose` would leave a
         // strided view in the parameter, which the CPU backend copies whole at every use.
@@ -242,6 +283,10 @@ impl<K: KeyMap> ModuleMapper for Loader<'_, K> {
             (data, shape)
         };
         let tensor = Tensor::<D>::from_data(TensorData::new(data, shape), &device);
+        let tensor = match self.store {
+            Some(dtype) if D == 2 => tensor.cast(dtype),
+            _ => tensor,
+        };
         let require_grad = param.is_require_grad();
         Param::initialized(param.id, tensor.set_require_grad(require_grad))
     }
@@ -279,6 +324,16 @@ pub fn load<M: Module, K: KeyMap>(
     checkpoint: Checkpoint,
     keys: &K,
 ) -> Result<(M, LoadReport)> {
+    load_stored(module, checkpoint, keys, None)
+}
+
+/// [`load`], every matrix stored as `store` as it is placed (`None`: f32).
+pub fn load_stored<M: Module, K: KeyMap>(
+    module: M,
+    checkpoint: Checkpoint,
+    keys: &K,
+    store: Option<burn::tensor::FloatDType>,
+) -> Result<(M, LoadReport)> {
     let Checkpoint {
         tensors,
         skipped,
@@ -291,8 +346,13 @@ pub fn load<M: Module, K: KeyMap>(
         missing: Vec::new(),
         new: Vec::new(),
         mismatched: Vec::new(),
+        failed: None,
+        store,
     };
     let module = module.map(&mut loader);
+    if let Some(e) = loader.failed.take() {
+        return Err(e);
+    }
     let source = source.display();
     if !loader.mismatched.is_empty() {
         return Err(Error::input(format!(

@@ -1,0 +1,321 @@
+//! What a DPO run will hold in memory, said before it starts and checked against what the
+//! machine has (`--memory-limit`), so a run that cannot fit is refused with a way out instead of
+//! dying halfway. The plan counts the parameters of the model as this run stores them, the
+//! trainable state (f32 gradients and AdamW's two moments), a frozen reference copy, and the
+//! activations autodiff keeps for backward at the run's largest step, per token and layer as
+//! fairtune's decoder keeps them (fused norms, attention and log-prob nodes; frozen projections
+//! keep no input, trained ones keep theirs; checkpointing keeps one hidden state per layer).
+//! The per-token counts are this implementation's, checked against measured peaks
+//! (`bash bench/trl/memory.sh`, the README's memory table).
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::tensor::{Device, FloatDType, Tensor};
+
+use crate::error::{Error, Result};
+use crate::model::LlamaConfig;
+use crate::model::fused::LOGIT_BUDGET;
+use crate::model::precision::bytes_per_element;
+
+use super::TrainConfig;
+
+const MIB: f64 = (1u64 << 20) as f64;
+const GIB: f64 = (1u64 << 30) as f64;
+
+/// The process itself: the binary, the tokenizer, the encoded data, thread pools, the
+/// allocator's slack (seen: ~300 MiB on SmolLM2 runs, from the peak less everything counted).
+const BASELINE: u64 = 300 << 20;
+
+/// Parameter counts of a decoder, as this run holds them.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Elements of matrix parameters (embeddings, projections, the output head).
+    pub matrices: u64,
+    /// Elements of vector parameters (norms, biases).
+    pub vectors: u64,
+    /// LoRA factors' elements (`r·(in + out)` per adapted matrix).
+    pub adapters: u64,
+}
+
+/// Counts the parameters of `config`'s model from their shapes (nothing is allocated), with
+/// adapters of `rank` on the matrices at `adapted` paths.
+pub fn count(config: &LlamaConfig, adapted: &[String], rank: usize) -> Counts {
+    struct Visit<'a> {
+        path: Vec<String>,
+        adapted: &'a [String],
+        rank: u64,
+        counts: Counts,
+    }
+    impl ModuleVisitor for Visit<'_> {
+        fn enter_module(&mut self, name: &str, _container: &str) {
+            self.path.push(name.to_string());
+        }
+        fn exit_module(&mut self, _name: &str, _container: &str) {
+            self.path.pop();
+        }
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            let shape = param.lazy_shape();
+            let elements = shape.num_elements() as u64;
+            if D == 2 {
+                self.counts.matrices += elements;
+                if self.adapted.contains(&self.path.join(".")) {
+                    self.counts.adapters += self.rank * (shape[0] + shape[1]) as u64;
+                }
+            } else {
+                self.counts.vectors += elements;
+            }
+        }
+    }
+    // Lazy parameters: the shapes exist, the values are never drawn.
+    let model = config.init(&Device::flex());
+    let mut visit = Visit {
+        path: Vec::new(),
+        adapted,
+        rank: rank as u64,
+        counts: Counts::default(),
+    };
+    model.visit(&mut visit);
+    visit.counts
+}
+
+/// The parts of a run's memory, in bytes: what stays for the whole run, then what a step adds
+/// and what writing a checkpoint adds (never at once: the step's activations are gone by then).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    pub parts: Vec<(&'static str, u64)>,
+    pub step: Vec<(&'static str, u64)>,
+    /// The checkpoint's copy of every parameter and the optimizer state, on the host.
+    pub checkpoint: u64,
+    /// Tokens through the policy in the largest step.
+    pub tokens: usize,
+}
+
+impl Plan {
+    pub fn total(&self) -> u64 {
+        let fixed: u64 = self.parts.iter().map(|(_, b)| b).sum();
+        let step: u64 = self.step.iter().map(|(_, b)| b).sum();
+        fixed + step.max(self.checkpoint)
+    }
+
+    /// `weights 258 MiB, …; a step adds activations 640 MiB (780 tokens), …; writing a
+    /// checkpoint 270 MiB: about 1.1 GiB`.
+    pub fn describe(&self) -> String {
+        let list = |parts: &[(&str, u64)]| -> String {
+            parts
+                .iter()
+                .filter(|(_, bytes)| *bytes > 0)
+                .map(|(name, bytes)| format!("{name} {}", size(*bytes)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        format!(
+            "{}; a step adds {} ({} tokens); writing a checkpoint {}: about {}",
+            list(&self.parts),
+            list(&self.step),
+            self.tokens,
+            size(self.checkpoint),
+            size(self.total())
+        )
+    }
+}
+
+/// `812 MiB` or `6.2 GiB`.
+pub fn size(bytes: u64) -> String {
+    let bytes = bytes as f64;
+    if bytes >= GIB {
+        format!("{:.1} GiB", bytes / GIB)
+    } else {
+        format!("{:.0} MiB", bytes / MIB)
+    }
+}
+
+/// What the step keeps for backward per token, in f32 elements, summed over the layers.
+fn activations_per_token(config: &LlamaConfig, run: &TrainConfig, adapted: &[String]) -> u64 {
+    let h = config.hidden_size as u64;
+    let i = config.intermediate_size as u64;
+    let d = config.head_dim() as u64;
+    let q = config.num_attention_heads as u64 * d;
+    let kv = config
+        .num_key_value_heads
+        .unwrap_or(config.num_attention_heads) as u64
+        * d;
+    let layers = config.num_hidden_layers as u64;
+    // Both norms' inputs (Gemma's sandwich norms two more), the attention's q, k, v and
+    // output, SwiGLU's gate and up. A trained projection keeps its input too: q/k/v share the
+    // normed input, gate/up theirs, o and down their own.
+    let sandwich = if config.family.sandwich_norms() {
+        2 * h
+    } else {
+        0
+    };
+    let mut layer = 2 * h + 2 * q + 2 * kv + 2 * i + sandwich;
+    let trained = |names: &[&str]| {
+        run.lora.is_none()
+            || adapted
+                .iter()
+                .any(|path| names.iter().any(|name| path.contains(name)))
+    };
+    if trained(&["q_proj", "k_proj", "v_proj", "qkv_proj"]) {
+        layer += h;
+    }
+    if trained(&["o_proj"]) {
+        layer += q;
+    }
+    if trained(&["gate_proj", "up_proj", "gate_up_proj"]) {
+        layer += h;
+    }
+    if trained(&["down_proj"]) {
+        layer += i;
+    }
+    // The final norm's input and the hidden states the log-prob node keeps.
+    let top = 2 * h;
+    if run.gradient_checkpointing {
+        // One hidden state per layer; the recomputed layer's own, one at a time.
+        layers * h + layer + top
+    } else {
+        layers * layer + top
+    }
+}
+
+/// The memory plan of a DPO run of `config`'s model: `counts` as [`count`] gave them for the
+/// `adapted` matrices (LoRA), the matrices stored as `storage` (f32 when `None`), `tokens`
+/// through the policy in the largest step, `reference`: whether a separate frozen copy is held
+/// (full fine-tuning with a reference that is not cached).
+#[allow(clippy::too_many_arguments)]
+pub fn plan(
+    config: &LlamaConfig,
+    run: &TrainConfig,
+    counts: Counts,
+    adapted: &[String],
+    storage: Option<FloatDType>,
+    tokens: usize,
+    reference: bool,
+) -> Plan {
+    let f32_bytes = 4u64;
+    let half = bytes_per_element(storage) as u64;
+    let lora = run.lora.is_some();
+    let params = counts.matrices + counts.vectors;
+    let (weights, trainable, copy) = if lora {
+        (
+            counts.matrices * half + counts.vectors * f32_bytes + counts.adapters * f32_bytes,
+            // Gradients and AdamW's two moments of the adapters.
+            counts.adapters * 3 * f32_bytes,
+            0,
+        )
+    } else {
+        (
+            params * f32_bytes,
+            params * 3 * f32_bytes,
+            if reference {
+                counts.matrices * half + counts.vectors * f32_bytes
+            } else {
+                0
+            },
+        )
+    };
+    let per_token = activations_per_token(config, run, adapted);
+    let activations = tokens as u64 * per_token * f32_bytes;
+    // The log-prob node's vocabulary block in forward and backward (logits, probabilities and
+    // their gradient), at most LOGIT_BUDGET elements each.
+    let block = (tokens as u64 * config.vocab_size as u64).min(LOGIT_BUDGET as u64);
+    let logits = 3 * block * f32_bytes;
+    Plan {
+        parts: vec![
+            ("weights", weights),
+            ("reference copy", copy),
+            ("trainable state", trainable),
+            ("runtime", BASELINE),
+        ],
+        step: vec![("activations", activations), ("log-prob blocks", logits)],
+        // The record holds every parameter as stored, plus the optimizer's moments.
+        checkpoint: weights + trainable * 2 / 3,
+        tokens,
+    }
+}
+
+/// The memory a run may take (`--memory-limit`): a size, `none`, or `auto` (the memory the OS
+/// says is available, where it says; a GPU's own memory is not reported through wgpu).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum MemoryLimit {
+    #[default]
+    Auto,
+    None,
+    Bytes(u64),
+}
+
+impl std::str::FromStr for MemoryLimit {
+    type Err = String;
+
+    fn from_str(text: &str) -> std::result::Result<Self, String> {
+        let text = text.trim();
+        match text.to_ascii_lowercase().as_str() {
+            "auto" => return Ok(MemoryLimit::Auto),
+            "none" => return Ok(MemoryLimit::None),
+            _ => {}
+        }
+        let split = text
+            .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+            .unwrap_or(text.len());
+        let (number, unit) = text.split_at(split);
+        let scale: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1.0,
+            "k" | "kb" | "kib" => 1024.0,
+            "m" | "mb" | "mib" => MIB,
+            "g" | "gb" | "gib" => GIB,
+            "t" | "tb" | "tib" => GIB * 1024.0,
+            other => {
+                return Err(format!(
+                    "unknown unit {other:?} in {text:?} (use e.g. 8GiB, 512MiB, auto or none)"
+                ));
+            }
+        };
+        let value: f64 = number
+            .parse()
+            .map_err(|_| format!("{text:?} is not a size (use e.g. 8GiB, 512MiB, auto or none)"))?;
+        Ok(MemoryLimit::Bytes((value * scale) as u64))
+    }
+}
+
+/// The memory the OS says is available now (Linux: MemAvailable), if it says.
+pub fn available() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// This process's peak resident memory so far (Linux: VmHWM), if the OS says.
+pub fn peak_resident() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
+/// Refuse `plan` when it exceeds `limit` bytes, naming what would help.
+pub fn check(plan: &Plan, limit: u64, run: &TrainConfig) -> Result<()> {
+    if plan.total() <= limit {
+        return Ok(());
+    }
+    let mut advice = Vec::new();
+    if run.lora.is_none() {
+        advice.push("LoRA (--lora-rank 16)".to_string());
+    }
+    if run.base_dtype == crate::model::precision::BaseDtype::F32 {
+        advice.push("half-precision frozen weights (--base-dtype auto)".to_string());
+    }
+    if !run.gradient_checkpointing {
+        advice.push("--gradient-checkpointing".to_string());
+    }
+    if run.batch_size > 1 {
+        advice.push(format!("a smaller --batch-size (now {})", run.batch_size));
+    }
+    advice.push(format!("a shorter --max-length (now {})", run.max_length));
+    Err(Error::input(format!(
+        "this run needs more memory than it may use ({} of {}): {}; try {}, or set \
+         --memory-limit",
+        size(plan.total()),
+        size(limit),
+        plan.describe(),
+        advice.join(", ")
+    )))
+}
