@@ -5,7 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-cargo test --release --locked
+# Without the `autotune` feature (Cargo.toml says why): one burn build for the suite and the
+# binary it drives.
+cargo test --release --locked --no-default-features
 
 bash web/build.sh
 (cd web && npm ci --no-audit --no-fund --loglevel=error && node test/browser.mjs)

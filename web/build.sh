@@ -12,7 +12,7 @@ if ! wasm-bindgen --version 2>/dev/null | grep -qx "wasm-bindgen $version"; then
     cargo install wasm-bindgen-cli --version "$version"
 fi
 
-cargo rustc --lib --locked --profile wasm-release --target wasm32-unknown-unknown --crate-type cdylib
+cargo rustc --lib --locked --no-default-features --profile wasm-release --target wasm32-unknown-unknown --crate-type cdylib
 wasm="target/wasm32-unknown-unknown/wasm-release/fairtune.wasm"
 wasm-bindgen --target web --remove-name-section --out-dir web/pkg "$wasm"
 size=$(stat -c %s web/pkg/fairtune_bg.wasm)

@@ -44,6 +44,21 @@ pub fn wgpu() -> Option<Selected> {
         return None;
     }
     match device::select(BackendChoice::Wgpu) {
+        // wgpu's GL backend panics in its device-poll thread when a kernel outruns the GL
+        // context lock (seconds: a software rasterizer's larger matmuls), and the run then
+        // waits forever: seen with SmolLM2's forward on llvmpipe through GL.
+        Ok(selected)
+            if selected
+                .adapter
+                .as_ref()
+                .is_some_and(|a| a.api == "GL" && a.device_type == "Cpu") =>
+        {
+            panic!(
+                "the only wgpu adapter is a software GL one, on which long kernels hang; \
+                 install Mesa's software Vulkan (mesa-vulkan-drivers libvulkan1) or set \
+                 FAIRTUNE_SKIP_WGPU=1"
+            )
+        }
         Ok(selected) => Some(selected),
         Err(e) => panic!(
             "no wgpu adapter ({e}); install Mesa's software Vulkan (mesa-vulkan-drivers libvulkan1) \
