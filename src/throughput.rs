@@ -18,7 +18,7 @@ use crate::error::{Error, Result};
 use crate::fsutil::ScratchDir;
 use crate::group_stats::{self, GroupStatsImpl};
 use crate::model::lora::{LoraSettings, LoraTarget};
-use crate::model::precision::BaseDtype;
+use crate::model::precision::{BaseDtype, Quantize};
 use crate::train::dpo::DpoTask;
 use crate::train::{InitOn, RunDir, Session, Task, TrainConfig};
 
@@ -80,6 +80,8 @@ struct DpoWork {
     recompute: bool,
     /// `--base-dtype`: how the frozen weights are stored.
     base: BaseDtype,
+    /// `--quantize-base`: the frozen projections in integer blocks.
+    quantize: Option<Quantize>,
     pairs_per_step: usize,
     prompt: usize,
     completion: usize,
@@ -104,6 +106,7 @@ fn dpo_workloads() -> Vec<DpoWork> {
         lora,
         recompute,
         base: BaseDtype::F32,
+        quantize: None,
         pairs_per_step: 2,
         prompt: 128,
         completion: 128,
@@ -116,6 +119,7 @@ fn dpo_workloads() -> Vec<DpoWork> {
             lora: false,
             recompute: false,
             base: BaseDtype::F32,
+            quantize: None,
             pairs_per_step: 8,
             prompt: 32,
             completion: 32,
@@ -138,6 +142,22 @@ fn dpo_workloads() -> Vec<DpoWork> {
             base: BaseDtype::Bf16,
             ..smol(
                 "SmolLM2-135M-sized, LoRA r 8, --base-dtype bf16",
+                true,
+                false,
+            )
+        },
+        DpoWork {
+            quantize: Some(Quantize::Q8),
+            ..smol(
+                "SmolLM2-135M-sized, LoRA r 8, --quantize-base q8",
+                true,
+                false,
+            )
+        },
+        DpoWork {
+            quantize: Some(Quantize::Q4),
+            ..smol(
+                "SmolLM2-135M-sized, LoRA r 8, --quantize-base q4",
                 true,
                 false,
             )
@@ -184,6 +204,7 @@ fn dpo_throughput(
     config.max_prompt_length = work.prompt;
     config.gradient_checkpointing = work.recompute;
     config.base_dtype = work.base;
+    config.quantize_base = work.quantize;
     if work.lora {
         config.lora = Some(LoraSettings {
             rank: 8,

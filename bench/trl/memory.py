@@ -7,16 +7,23 @@ The work is the race's (race.py): the LLaMA-Factory demo pairs under --max-lengt
 step, β 0.1, sigmoid loss, LoRA r 8, α 16 on q/k/v/o, the reference being the adapters off; --steps
 steps (peaks come in the first). TRL runs with gradient checkpointing, in fp32 and with the model
 in bf16 (bf16 mixed precision on); fairtune with its frozen base in f32 and f16 (`--base-dtype`;
-bf16 takes the same two bytes), and f16 with `--gradient-checkpointing`. Peak RSS is each process's own (the
+bf16 takes the same two bytes), f16 with `--gradient-checkpointing`, and that with the decoder's
+projections in 8- and 4-bit blocks (`--quantize-base`). Peak RSS is each process's own (the
 kernel's accounting of the finished child): weights, activations, and for fairtune also the
 checkpoint and export it writes at the end. fairtune's own plan (the `memory:` line it prints
 before it loads the model) is kept beside it.
+
+The random-init models: TRL builds them from their config (`--random-init`); fairtune reads the
+same architecture's random weights from a safetensors directory that `fairtune export` writes once
+from the config, as a user's run reads a downloaded model (a LoRA run on a model from a file
+checkpoints its adapters alone; on a model drawn at random it records the whole base).
 """
 
 import argparse
 import json
 import re
 import shutil
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -34,7 +41,8 @@ SIZES = {
 TRL_MODES = [("TRL fp32 + gc", "fp32"), ("TRL bf16 + gc", "bf16")]
 # bf16 stores what f16 does in the same two bytes: one half-precision column stands for both.
 FAIRTUNE_MODES = [("fairtune f32", "f32", False), ("fairtune f16", "f16", False),
-                  ("fairtune f16 + gc", "f16", True)]
+                  ("fairtune f16 + gc", "f16", True), ("fairtune q8 + gc", "q8", True),
+                  ("fairtune q4 + gc", "q4", True)]
 
 
 def random_model(work, name, smollm2):
@@ -49,6 +57,16 @@ def random_model(work, name, smollm2):
         (path / "config.json").write_text(json.dumps(config, indent=1))
         for file in ("tokenizer.json", "tokenizer_config.json"):
             shutil.copy(smollm2 / file, path / file)
+    return path
+
+
+def exported(args, model):
+    """`model`'s random weights as a safetensors directory, written once by `fairtune export`."""
+    path = model.parent / f"{model.name}-file"
+    if not path.exists():
+        subprocess.run([args.fairtune, "export", "--model", str(model / "config.json"),
+                        "--tokenizer", str(model / "tokenizer.json"), "--out", str(path)],
+                       check=True)
     return path
 
 
@@ -80,15 +98,14 @@ def trl(args, model, data, dtype, random_init, tag):
 
 def fairtune(args, model, data, dtype, checkpointing, random_init, tag):
     out = args.work / f"mem-fairtune-{tag}-{int(time.time())}"
-    target = model / "config.json" if random_init else model
+    target = exported(args, model) if random_init else model
+    storage = ["--base-dtype", dtype] if dtype in ("f32", "f16") else [
+        "--base-dtype", "f16", "--quantize-base", dtype]
     command = [args.fairtune, "train", "--task", "dpo", "--model", str(target), "--train", str(data),
                "--out", str(out), "--backend", "cpu", "--steps", str(args.steps), "--batch-size", "2",
                "--beta", "0.1", "--loss", "sigmoid", "--max-length", str(args.max_length),
                "--truncation-mode", "keep-start", "--data-order", "sequential", "--lr", "5e-5",
-               "--lora-rank", "8", "--lora-alpha", "16", "--lora-targets", "q,k,v,o",
-               "--base-dtype", dtype]
-    if random_init:
-        command += ["--tokenizer", str(model / "tokenizer.json")]
+               "--lora-rank", "8", "--lora-alpha", "16", "--lora-targets", "q,k,v,o", *storage]
     if checkpointing:
         command.append("--gradient-checkpointing")
     import os
@@ -119,7 +136,7 @@ def main():
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--only", choices=["trl", "fairtune"], help="run one side only")
-    parser.add_argument("--fairtune-modes", default="f32,f16,f16-gc")
+    parser.add_argument("--fairtune-modes", default="f32,f16,f16-gc,q8-gc,q4-gc")
     parser.add_argument("--trl-modes", default="fp32,bf16",
                         help="TRL's weights: fp32 and/or bf16 (bf16 is ~4× slower than fp32 on a "
                              "CPU without native bf16 matmuls)")

@@ -12,7 +12,7 @@ use burn::backend::autodiff::checkpoint::base::Checkpointer;
 use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
-use burn::backend::tensor::{FloatTensor, IntTensor};
+use burn::backend::tensor::{FloatTensor, IntTensor, QuantizedTensor};
 use burn::backend::wgpu::CubeBackend;
 use burn::backend::{AutodiffBackend, Backend, Dispatch, Flex, TensorMetadata, backend_extension};
 use burn::tensor::{IndexingUpdateOp, Int, Shape, Slice, Tensor};
@@ -55,6 +55,16 @@ pub fn rms_norm<const D: usize>(x: Tensor<D>, weight: Tensor<1>, eps: f64) -> Te
 /// and widens it again in backward ([`super::precision`]).
 pub fn frozen_matmul(x: Tensor<2>, weight: Tensor<2>) -> Tensor<2> {
     Tensor::from_dispatch(<Dispatch as FusedBackend>::frozen_matmul(
+        x.into_dispatch(),
+        weight.into_dispatch(),
+    ))
+}
+
+/// `x · dequantize(W)` for `x [rows, in]` and a frozen `weight [in, out]` stored quantized
+/// (`--quantize-base`), differentiable in `x` only: the node keeps the packed weight, not its
+/// f32 copy, and dequantizes it again in backward ([`super::precision`]).
+pub fn quantized_matmul(x: Tensor<2>, weight: Tensor<2>) -> Tensor<2> {
+    Tensor::from_dispatch(<Dispatch as FusedBackend>::quantized_matmul(
         x.into_dispatch(),
         weight.into_dispatch(),
     ))
@@ -274,6 +284,23 @@ pub trait FusedBackend: Backend {
         weight: FloatTensor<Self>,
     ) -> FloatTensor<Self> {
         let wide = widened::<Self>(weight, grad.dtype().into());
+        Self::float_matmul(grad, Self::float_swap_dims(wide, 0, 1))
+    }
+
+    // Quantized matmul forward: out = x · dq(W), dq(W)[i, j] = q[i, j] · s[i, ⌊j / block⌋].
+    #[fusion(default)]
+    fn quantized_matmul(x: FloatTensor<Self>, weight: QuantizedTensor<Self>) -> FloatTensor<Self> {
+        let wide = Self::dequantize(weight, x.dtype().into());
+        Self::float_matmul(x, wide)
+    }
+
+    // Quantized matmul backward: dx = ḡ · dq(W)ᵀ (W frozen: no gradient of its own).
+    #[fusion(default)]
+    fn quantized_matmul_backward(
+        grad: FloatTensor<Self>,
+        weight: QuantizedTensor<Self>,
+    ) -> FloatTensor<Self> {
+        let wide = Self::dequantize(weight, grad.dtype().into());
         Self::float_matmul(grad, Self::float_swap_dims(wide, 0, 1))
     }
 
@@ -543,6 +570,21 @@ impl<B: FusedBackend> Backward<B, 1> for FrozenMatmulBackward {
 }
 
 #[derive(Debug)]
+struct QuantizedMatmulBackward;
+
+impl<B: FusedBackend> Backward<B, 1> for QuantizedMatmulBackward {
+    /// The packed weight.
+    type State = QuantizedTensor<B>;
+
+    fn backward(self, ops: Ops<Self::State, 1>, grads: &mut Gradients, _: &mut Checkpointer) {
+        let [node_x] = ops.parents;
+        let grad = grads.consume::<B>(&ops.node);
+        let grad_x = B::quantized_matmul_backward(grad, ops.state);
+        register!(grads, B, (node_x, grad_x));
+    }
+}
+
+#[derive(Debug)]
 struct TokenLogpsBackward;
 
 impl<B: FusedBackend> Backward<B, 2> for TokenLogpsBackward {
@@ -698,6 +740,29 @@ impl<B: FusedBackend, C: CheckpointStrategy> FusedBackend for Autodiff<B, C> {
             grad.into_primitive(),
             weight.into_primitive(),
         ))
+    }
+
+    fn quantized_matmul(x: FloatTensor<Self>, weight: QuantizedTensor<Self>) -> FloatTensor<Self> {
+        let (x, guard_x) = x.into_parts();
+        // Frozen: the packed weight is a constant of the graph.
+        match QuantizedMatmulBackward
+            .prepare::<C>([guard_x])
+            .compute_bound()
+            .stateful()
+        {
+            OpsKind::Tracked(prep) => {
+                let out = B::quantized_matmul(x, weight.clone());
+                prep.finish(weight, out)
+            }
+            OpsKind::UnTracked(prep) => prep.finish(B::quantized_matmul(x, weight)),
+        }
+    }
+
+    fn quantized_matmul_backward(
+        grad: FloatTensor<Self>,
+        weight: QuantizedTensor<Self>,
+    ) -> FloatTensor<Self> {
+        Self::from_inner(B::quantized_matmul_backward(grad.into_primitive(), weight))
     }
 
     fn token_logps(

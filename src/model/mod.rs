@@ -129,15 +129,15 @@ pub fn load_llama_from(
     source: &ModelSource,
     device: &burn::tensor::Device,
 ) -> Result<Option<(LlamaForCausalLM, load::LoadReport)>> {
-    load_llama_stored(source, device, None)
+    load_llama_stored(source, device, precision::Storage::default())
 }
 
-/// [`load_llama_from`] with every matrix stored as `store` (f16, bf16) as it is placed, so the
-/// f32 model never exists whole ([`precision`]); `None`: f32.
+/// [`load_llama_from`] with every matrix stored as `store` says (f16, bf16, the projections
+/// quantized) as it is placed, so the f32 model never exists whole ([`precision`]).
 pub fn load_llama_stored(
     source: &ModelSource,
     device: &burn::tensor::Device,
-    store: Option<burn::tensor::FloatDType>,
+    store: precision::Storage,
 ) -> Result<Option<(LlamaForCausalLM, load::LoadReport)>> {
     let (config, checkpoint) = match source {
         ModelSource::Pretrained(dir) => {

@@ -11,8 +11,18 @@
 //!
 //! Which devices hold what: burn's CPU backend stores f16 and bf16 (and computes in f32 after our
 //! cast); wgpu stores f16 only on adapters with `shader-f16` (WGSL has no bf16).
+//!
+//! QLoRA's other half, `--quantize-base q8|q4`: the decoder layers' projections are stored as 8-
+//! or 4-bit integers in blocks of 32 (32 outputs of one input row of the `[in, out]` matrix) with
+//! one f32 scale per block — symmetric absmax quantization, as bitsandbytes' blockwise int8 and
+//! llama.cpp's Q8_0/Q4_0 — through burn's quantized tensors, and dequantized where they are used
+//! by [`frozen_matmul`]'s quantized node, which likewise keeps only the packed weight for backward. Embeddings and the
+//! output head keep `--base-dtype` (QLoRA leaves them unquantized too). On wgpu the values are
+//! packed into u32 words (4 or 8 a word); burn's CPU backend keeps one byte a value, so there 4-bit
+//! rounds to 4 bits but takes what 8-bit takes.
 
 use burn::module::{Module, ModuleMapper, Param};
+use burn::tensor::quantization::{QuantScheme, QuantStore, QuantValue, ScaleDtype};
 use burn::tensor::{DType, Device, FloatDType, Tensor};
 use serde::{Deserialize, Serialize};
 
@@ -63,6 +73,104 @@ impl BaseDtype {
     }
 }
 
+/// Integer storage of the frozen projections (`--quantize-base`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Quantize {
+    /// 8-bit integers (±127) per block of 32, one f32 scale each.
+    Q8,
+    /// 4-bit integers (−8..7, the block's absmax at ±7.5) per block of 32, one f32 scale each.
+    Q4,
+}
+
+impl Quantize {
+    pub fn name(self) -> &'static str {
+        match self {
+            Quantize::Q8 => "q8",
+            Quantize::Q4 => "q4",
+        }
+    }
+
+    fn value(self) -> QuantValue {
+        match self {
+            Quantize::Q8 => QuantValue::Q8S,
+            Quantize::Q4 => QuantValue::Q4F,
+        }
+    }
+
+    /// Bytes a quantized element takes on `device`, its block's scale included: the values
+    /// (packed in u32 words on wgpu, a byte each on the CPU backend) and an f32 per block.
+    pub fn bytes_per_element(self, device: &Device) -> f64 {
+        let scale = 4.0 / BLOCK as f64;
+        let cpu = device.clone().without_autodiff() == Device::flex();
+        match (self, cpu) {
+            (Quantize::Q4, false) => 0.5 + scale,
+            _ => 1.0 + scale,
+        }
+    }
+}
+
+/// Values per quantization block (along a matrix's output dimension).
+pub const BLOCK: usize = 32;
+
+/// How a run stores the frozen base: matrices in a half type (`None`: f32), and the decoder
+/// layers' projections quantized.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Storage {
+    pub half: Option<FloatDType>,
+    pub quantize: Option<Quantize>,
+}
+
+impl Storage {
+    pub fn half(dtype: FloatDType) -> Self {
+        Self {
+            half: Some(dtype),
+            quantize: None,
+        }
+    }
+
+    /// Whether anything is stored other than as loaded (f32).
+    pub fn changes(&self) -> bool {
+        self.half.is_some() || self.quantize.is_some()
+    }
+
+    /// A matrix at `path` (burn's module path) as this storage keeps it: quantized when it is a
+    /// projection inside a decoder layer (and its rows split into whole blocks), else in the half
+    /// type. Vectors (norms, biases) stay as they are.
+    pub fn store<const D: usize>(&self, path: &str, tensor: Tensor<D>) -> Tensor<D> {
+        if D != 2 {
+            return tensor;
+        }
+        if let Some(quantize) = self.quantize
+            && is_projection(path)
+            && let Some(quantized) = quantized(tensor.clone(), quantize)
+        {
+            return quantized;
+        }
+        match self.half {
+            Some(dtype) if !is_half(tensor.dtype()) => tensor.cast(dtype),
+            _ => tensor,
+        }
+    }
+}
+
+/// A decoder layer's projection (`model.layers.3.self_attn.q_proj.weight`), by burn's module path.
+fn is_projection(path: &str) -> bool {
+    path.contains("layers.") && path.ends_with("weight") && !path.contains("norm")
+}
+
+/// `matrix [in, out]` quantized symmetrically in blocks of [`BLOCK`] along `out` (a smaller
+/// power of two down to 8 where `out` is not a multiple of 32); `None` when none divides `out`.
+fn quantized<const D: usize>(matrix: Tensor<D>, quantize: Quantize) -> Option<Tensor<D>> {
+    let columns = matrix.dims()[D - 1];
+    let block = [BLOCK, 16, 8].into_iter().find(|b| columns % b == 0)?;
+    let scheme = QuantScheme::default()
+        .with_value(quantize.value())
+        .with_store(QuantStore::PackedU32(0))
+        .per_block([block as u8], ScaleDtype::F32);
+    Some(matrix.detach().quantize_dynamic(&scheme))
+}
+
 /// Bytes per element of `dtype` (f32 when `None`).
 pub fn bytes_per_element(dtype: Option<FloatDType>) -> usize {
     match dtype {
@@ -72,17 +180,40 @@ pub fn bytes_per_element(dtype: Option<FloatDType>) -> usize {
     }
 }
 
-/// `module` with every matrix parameter (embeddings, projections, the output head) stored as
-/// `dtype` and frozen; vectors (norms, biases) stay as they are. The values are rounded once,
-/// here; every use widens them back to f32.
-pub fn store_matrices<M: Module>(module: M, dtype: FloatDType) -> M {
-    module.map(&mut Store { dtype: Some(dtype) })
+/// `module` with its matrix parameters (embeddings, projections, the output head) stored as
+/// `storage` says ([`Storage::store`]) and frozen; vectors (norms, biases) stay as they are. The
+/// values are rounded once, here; every use widens them back to f32.
+pub fn store_matrices<M: Module>(module: M, storage: Storage) -> M {
+    module.map(&mut Store {
+        storage: Some(storage),
+        path: Vec::new(),
+    })
 }
 
-/// `module` with every parameter in f32 again (exact: half values widen without rounding), for
-/// merging adapters into it and for export.
+/// `module` with every parameter in f32 again (half values widen exactly; quantized ones are
+/// their dequantized values), for merging adapters into it and for export.
 pub fn widen<M: Module>(module: M) -> M {
-    module.map(&mut Store { dtype: None })
+    module.map(&mut Store {
+        storage: None,
+        path: Vec::new(),
+    })
+}
+
+/// Whether any parameter of `module` is stored quantized.
+pub fn has_quantized<M: Module>(module: &M) -> bool {
+    struct Find(bool);
+    impl burn::module::ModuleVisitor for Find {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            self.0 |= is_quantized(param.dtype());
+        }
+    }
+    let mut find = Find(false);
+    module.visit(&mut find);
+    find.0
+}
+
+fn is_quantized(dtype: DType) -> bool {
+    matches!(dtype, DType::QFloat(_))
 }
 
 /// Whether any parameter of `module` is stored in half precision.
@@ -102,31 +233,43 @@ fn is_half(dtype: DType) -> bool {
     matches!(dtype, DType::F16 | DType::BF16)
 }
 
-/// Casts matrices to `dtype` (`Some`), or every half parameter back to f32 (`None`).
+/// Stores matrices as `storage` says (`Some`), or every half or quantized parameter back in f32
+/// (`None`).
 struct Store {
-    dtype: Option<FloatDType>,
+    storage: Option<Storage>,
+    path: Vec<String>,
 }
 
 impl ModuleMapper for Store {
+    fn enter_module(&mut self, name: &str, _container: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container: &str) {
+        self.path.pop();
+    }
+
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        match self.dtype {
+        let stored = is_half(param.dtype()) || is_quantized(param.dtype());
+        match self.storage {
             // A fresh, untracked tensor: the rounded copy replaces the f32 one (which is freed),
             // and no gradient flows to it.
-            Some(dtype) if D == 2 && !is_half(param.dtype()) => {
-                param.map(|t| t.detach().cast(dtype))
+            Some(storage) if D == 2 && !stored => {
+                let path = self.path.join(".");
+                param.map(|t| storage.store(&path, t.detach()))
             }
-            None if is_half(param.dtype()) => param.map(|t| t.detach().cast(FloatDType::F32)),
+            None if stored => param.map(|t| full(t.detach())),
             _ => param,
         }
     }
 }
 
-/// `t` as f32 (itself when it is).
+/// `t` as f32 (itself when it is; dequantized when quantized).
 pub fn full<const D: usize>(t: Tensor<D>) -> Tensor<D> {
-    if t.dtype() == DType::F32 {
-        t
-    } else {
-        t.cast(FloatDType::F32)
+    match t.dtype() {
+        DType::F32 => t,
+        DType::QFloat(_) => t.dequantize(),
+        _ => t.cast(FloatDType::F32),
     }
 }
 
@@ -137,14 +280,19 @@ pub fn frozen_matmul<const D: usize>(x: Tensor<D>, weight: Tensor<2>) -> Tensor<
     if weight.dtype() == x.dtype() {
         return x.matmul(weight.unsqueeze());
     }
-    debug_assert!(
-        !weight.is_require_grad(),
-        "half-precision weights are frozen"
-    );
     let dims = x.dims();
     let [d_in, d_out] = weight.dims();
     let rows = dims[..D - 1].iter().product::<usize>();
-    let out = super::fused::frozen_matmul(x.reshape([rows, d_in]), weight);
+    let x = x.reshape([rows, d_in]);
+    let out = if is_quantized(weight.dtype()) {
+        super::fused::quantized_matmul(x, weight)
+    } else {
+        debug_assert!(
+            !weight.is_require_grad(),
+            "half-precision weights are frozen"
+        );
+        super::fused::frozen_matmul(x, weight)
+    };
     let mut shape = dims;
     shape[D - 1] = d_out;
     out.reshape(shape)

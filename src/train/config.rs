@@ -13,7 +13,7 @@ use crate::device::BackendChoice;
 use crate::error::{Error, Result};
 use crate::fsutil::write_atomic;
 use crate::model::lora::LoraSettings;
-use crate::model::precision::BaseDtype;
+use crate::model::precision::{BaseDtype, Quantize};
 use crate::objective::{DpoConfig, FairnessKind, FairnessScore, FairnessSpec, PenaltyForm};
 
 fn is_f32(dtype: &BaseDtype) -> bool {
@@ -85,6 +85,10 @@ pub struct TrainConfig {
     /// fine-tuning. Not written when f32, so older runs keep their fingerprint.
     #[serde(default, skip_serializing_if = "is_f32")]
     pub base_dtype: BaseDtype,
+    /// The frozen base's projections in 8- or 4-bit blocks (dpo under LoRA). Not written when
+    /// off, so older runs keep their fingerprint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quantize_base: Option<Quantize>,
     /// The memory a run may take before it is refused (checked before the model loads); not
     /// part of what a run is.
     #[serde(skip)]
@@ -140,6 +144,7 @@ impl TrainConfig {
             reference_cache: None,
             gradient_checkpointing: false,
             base_dtype: BaseDtype::F32,
+            quantize_base: None,
             memory_limit: Default::default(),
             fairness: FairnessKind::Dp,
             fairness_penalty: PenaltyForm::Squared,
@@ -224,7 +229,28 @@ impl TrainConfig {
             }
             if self.lora.is_none() && !self.dpo.needs_reference() {
                 return bad(format!(
-                    "--base-dtype {name} stores the frozen weights: in full fine-tuning that is                      the reference model, and this --loss has none (add --lora-rank)"
+                    "--base-dtype {name} stores the frozen weights: in full fine-tuning that is \
+                     the reference model, and this --loss has none (add --lora-rank)"
+                ));
+            }
+        }
+        if let Some(quantize) = self.quantize_base {
+            let name = quantize.name();
+            if self.task != Task::Dpo {
+                return bad(format!(
+                    "--quantize-base {name} is for --task dpo (the decoder models)"
+                ));
+            }
+            if self.lora.is_none() {
+                return bad(format!(
+                    "--quantize-base {name} keeps the frozen base in integers, so only LoRA \
+                     adapters can train: add --lora-rank (e.g. 16)"
+                ));
+            }
+            if self.dpo.sync_ref.is_some() {
+                return bad(format!(
+                    "--quantize-base {name}: --sync-ref-model moves the reference toward the \
+                     policy, which a quantized base cannot follow; drop one of them"
                 ));
             }
         }

@@ -67,8 +67,8 @@ pub struct DpoTask {
     arch: LlamaConfig,
     source: ModelSource,
     device: Device,
-    /// The precision the frozen weights are stored in (`--base-dtype`; `None`: f32).
-    base_storage: Option<burn::tensor::FloatDType>,
+    /// How the frozen weights are stored (`--base-dtype`, `--quantize-base`).
+    base_storage: precision::Storage,
     /// Tokens through the policy in the largest step (for the memory plan).
     step_tokens: usize,
     train: Vec<Pair>,
@@ -386,9 +386,12 @@ impl DpoTask {
         };
         config.check_max_length(arch.max_positions(), arch.max_positions_key())?;
         // auto: half only under LoRA, where the whole base is frozen.
-        let base_storage = match (config.base_dtype, &config.lora) {
-            (precision::BaseDtype::Auto, None) => None,
-            (dtype, _) => dtype.resolve(&selected.device)?,
+        let base_storage = precision::Storage {
+            half: match (config.base_dtype, &config.lora) {
+                (precision::BaseDtype::Auto, None) => None,
+                (dtype, _) => dtype.resolve(&selected.device)?,
+            },
+            quantize: config.quantize_base,
         };
         let mut encoder = Encoder::new(&tokenizer, config.max_length, config.max_prompt_length)?;
         encoder.truncation = config.truncation;
@@ -585,9 +588,10 @@ impl DpoTask {
 
     /// `model` (frozen) with its matrices in the run's storage precision.
     fn stored(&self, model: LlamaForCausalLM) -> LlamaForCausalLM {
-        match self.base_storage {
-            Some(dtype) => precision::store_matrices(model, dtype),
-            None => model,
+        if self.base_storage.changes() {
+            precision::store_matrices(model, self.base_storage)
+        } else {
+            model
         }
     }
 
@@ -1165,16 +1169,17 @@ impl TaskRunner for DpoTask {
     fn init_model(&self, device: &Device) -> Result<LlamaForCausalLM> {
         // Under LoRA the whole model is the frozen base: its matrices go half as they are
         // placed (or drawn), so the f32 model never exists whole.
-        let store = self.base_storage.filter(|_| self.config.lora.is_some());
+        let store = match self.config.lora {
+            Some(_) => self.base_storage,
+            None => precision::Storage::default(),
+        };
         match model::load_llama_stored(&self.source, device, store)? {
             Some((model, report)) => {
                 report_load(&report);
                 Ok(model)
             }
-            None => Ok(match store {
-                Some(dtype) => precision::store_matrices(self.arch.init(device), dtype),
-                None => self.arch.init(device),
-            }),
+            None if store.changes() => Ok(precision::store_matrices(self.arch.init(device), store)),
+            None => Ok(self.arch.init(device)),
         }
     }
 
@@ -1405,9 +1410,13 @@ impl TaskRunner for DpoTask {
             &self.config,
             counts,
             &adapted,
-            self.base_storage,
+            super::memory::Frozen {
+                storage: self.base_storage,
+                reference_copy: copy,
+                recorded: self.record_contents() == checkpoint::Contents::All,
+            },
+            &self.device,
             self.step_tokens,
-            copy,
         ))
     }
 

@@ -9,12 +9,12 @@
 //! (`bash bench/trl/memory.sh`, the README's memory table).
 
 use burn::module::{Module, ModuleVisitor, Param};
-use burn::tensor::{Device, FloatDType, Tensor};
+use burn::tensor::{Device, Tensor};
 
 use crate::error::{Error, Result};
 use crate::model::LlamaConfig;
 use crate::model::fused::LOGIT_BUDGET;
-use crate::model::precision::bytes_per_element;
+use crate::model::precision::{Storage, bytes_per_element};
 
 use super::TrainConfig;
 
@@ -30,6 +30,8 @@ const BASELINE: u64 = 300 << 20;
 pub struct Counts {
     /// Elements of matrix parameters (embeddings, projections, the output head).
     pub matrices: u64,
+    /// Of those, the decoder layers' projections (what `--quantize-base` stores in integers).
+    pub projections: u64,
     /// Elements of vector parameters (norms, biases).
     pub vectors: u64,
     /// LoRA factors' elements (`r·(in + out)` per adapted matrix).
@@ -57,6 +59,9 @@ pub fn count(config: &LlamaConfig, adapted: &[String], rank: usize) -> Counts {
             let elements = shape.num_elements() as u64;
             if D == 2 {
                 self.counts.matrices += elements;
+                if self.path.iter().any(|part| part == "layers") {
+                    self.counts.projections += elements;
+                }
                 if self.adapted.contains(&self.path.join(".")) {
                     self.counts.adapters += self.rank * (shape[0] + shape[1]) as u64;
                 }
@@ -176,27 +181,51 @@ fn activations_per_token(config: &LlamaConfig, run: &TrainConfig, adapted: &[Str
     }
 }
 
+/// What a run keeps of the weights it does not train.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Frozen {
+    /// How the frozen matrices are stored.
+    pub storage: Storage,
+    /// Whether a separate frozen copy is held (full fine-tuning with a reference that is not
+    /// cached).
+    pub reference_copy: bool,
+    /// Whether checkpoints record the frozen weights too (a randomly drawn base; a base read
+    /// from `--model`'s file is read again instead, see `checkpoint::Contents`).
+    pub recorded: bool,
+}
+
 /// The memory plan of a DPO run of `config`'s model: `counts` as [`count`] gave them for the
-/// `adapted` matrices (LoRA), the matrices stored as `storage` (f32 when `None`), `tokens`
-/// through the policy in the largest step, `reference`: whether a separate frozen copy is held
-/// (full fine-tuning with a reference that is not cached).
-#[allow(clippy::too_many_arguments)]
+/// `adapted` matrices (LoRA), the frozen weights as `frozen` says on `device`, `tokens` through
+/// the policy in the largest step.
 pub fn plan(
     config: &LlamaConfig,
     run: &TrainConfig,
     counts: Counts,
     adapted: &[String],
-    storage: Option<FloatDType>,
+    frozen: Frozen,
+    device: &Device,
     tokens: usize,
-    reference: bool,
 ) -> Plan {
+    let Frozen {
+        storage,
+        reference_copy: reference,
+        recorded,
+    } = frozen;
     let f32_bytes = 4u64;
-    let half = bytes_per_element(storage) as u64;
+    let half = bytes_per_element(storage.half) as u64;
+    // The frozen matrices: the projections quantized (when asked), the rest in `half`.
+    let frozen_matrices = match storage.quantize {
+        Some(quantize) => {
+            (counts.matrices - counts.projections) * half
+                + (counts.projections as f64 * quantize.bytes_per_element(device)).ceil() as u64
+        }
+        None => counts.matrices * half,
+    };
     let lora = run.lora.is_some();
     let params = counts.matrices + counts.vectors;
     let (weights, trainable, copy) = if lora {
         (
-            counts.matrices * half + counts.vectors * f32_bytes + counts.adapters * f32_bytes,
+            frozen_matrices + counts.vectors * f32_bytes + counts.adapters * f32_bytes,
             // Gradients and AdamW's two moments of the adapters.
             counts.adapters * 3 * f32_bytes,
             0,
@@ -226,8 +255,12 @@ pub fn plan(
             ("runtime", BASELINE),
         ],
         step: vec![("activations", activations), ("log-prob blocks", logits)],
-        // The record holds every parameter as stored, plus the optimizer's moments.
-        checkpoint: weights + trainable * 2 / 3,
+        // The record holds the parameters it records as stored, plus the optimizer's moments.
+        checkpoint: if lora && !recorded {
+            counts.adapters * f32_bytes + trainable * 2 / 3
+        } else {
+            weights + trainable * 2 / 3
+        },
         tokens,
     }
 }
@@ -303,6 +336,9 @@ pub fn check(plan: &Plan, limit: u64, run: &TrainConfig) -> Result<()> {
     if run.base_dtype == crate::model::precision::BaseDtype::F32 {
         advice.push("half-precision frozen weights (--base-dtype auto)".to_string());
     }
+    if run.lora.is_some() && run.quantize_base.is_none() {
+        advice.push("8- or 4-bit frozen projections (--quantize-base q8)".to_string());
+    }
     if !run.gradient_checkpointing {
         advice.push("--gradient-checkpointing".to_string());
     }
@@ -318,4 +354,84 @@ pub fn check(plan: &Plan, limit: u64, run: &TrainConfig) -> Result<()> {
         plan.describe(),
         advice.join(", ")
     )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::ArchConfig;
+    use crate::model::lora::LoraSettings;
+    use crate::model::precision::Quantize;
+    use crate::train::Task;
+
+    /// Qwen2.5-0.5B's dimensions with Llama's layers (the memory table's 0.5B model).
+    fn config() -> LlamaConfig {
+        let text = r#"{"model_type": "llama", "vocab_size": 151936, "hidden_size": 896,
+            "intermediate_size": 4864, "num_hidden_layers": 24, "num_attention_heads": 14,
+            "num_key_value_heads": 2, "tie_word_embeddings": true}"#;
+        let ArchConfig::Llama(config) = crate::model::parse_config(text).unwrap() else {
+            unreachable!()
+        };
+        config
+    }
+
+    /// The frozen matrices cost their elements at the stored width: f32 4 bytes, f16 2, the
+    /// projections quantized 1 + 4/32 (q8, and q4 on the CPU backend, which keeps a byte a value)
+    /// with the embeddings at f16; a LoRA run on a file records the adapters alone.
+    #[test]
+    fn the_plan_counts_each_storage_at_its_width() {
+        let config = config();
+        let mut run = TrainConfig::new(Task::Dpo, "t.jsonl".into(), "m".into(), "out".into());
+        run.lora = Some(LoraSettings::new(8));
+        let adapted: Vec<String> = Vec::new();
+        let counts = count(&config, &adapted, 8);
+        let (h, i, layers) = (896u64, 4864u64, 24u64);
+        let per_layer = h * h * 2 + h * 128 * 2 + 3 * h * i;
+        assert_eq!(counts.projections, layers * per_layer);
+        assert_eq!(counts.matrices - counts.projections, 151_936 * h);
+        let weights = |storage: Storage| {
+            let frozen = Frozen {
+                storage,
+                reference_copy: false,
+                recorded: false,
+            };
+            let plan = plan(
+                &config,
+                &run,
+                counts,
+                &adapted,
+                frozen,
+                &Device::flex(),
+                512,
+            );
+            plan.parts[0].1 - counts.vectors * 4
+        };
+        let f16 = Some(burn::tensor::FloatDType::F16);
+        assert_eq!(weights(Storage::default()), counts.matrices * 4);
+        assert_eq!(weights(Storage::half(f16.unwrap())), counts.matrices * 2);
+        for quantize in [Quantize::Q8, Quantize::Q4] {
+            let storage = Storage {
+                half: f16,
+                quantize: Some(quantize),
+            };
+            let expected = (counts.matrices - counts.projections) * 2
+                + (counts.projections as f64 * 1.125).ceil() as u64;
+            assert_eq!(weights(storage), expected, "{quantize:?}");
+        }
+        let frozen = Frozen {
+            storage: Storage::default(),
+            reference_copy: false,
+            recorded: false,
+        };
+        let plan = plan(
+            &config,
+            &run,
+            counts,
+            &adapted,
+            frozen,
+            &Device::flex(),
+            512,
+        );
+        assert!(plan.checkpoint < 64 << 20, "{}", plan.checkpoint);
+    }
 }

@@ -407,6 +407,61 @@ fn keep_start_truncation_that_leaves_no_pairs_is_one_clear_error() {
     );
 }
 
+/// `--quantize-base` where it cannot apply: without LoRA (the base would train), with a
+/// reference that TR-DPO moves, on another task.
+#[test]
+fn quantized_bases_that_cannot_apply() {
+    let dir = crate::common::tempdir();
+    let train = pairs_file(dir.path());
+    expect_error(
+        dir.path(),
+        &train,
+        &["--quantize-base", "q4"],
+        2,
+        "--quantize-base q4 keeps the frozen base in integers, so only LoRA adapters can train",
+    );
+    expect_error(
+        dir.path(),
+        &train,
+        &[
+            "--quantize-base",
+            "q8",
+            "--lora-rank",
+            "4",
+            "--sync-ref-model",
+            "--ref-model-sync-steps",
+            "2",
+        ],
+        2,
+        "a quantized base cannot follow",
+    );
+    let rows = write(
+        dir.path(),
+        "rows.jsonl",
+        &jsonl(&[
+            json!({"text": "fine", "label": 1}),
+            json!({"text": "bad", "label": 0}),
+        ]),
+    );
+    let out = dir.path().join("classify");
+    let output = crate::common::fairtune(&[
+        "train",
+        "--task",
+        "classify",
+        "--model",
+        "tiny-bert",
+        "--train",
+        rows.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--quantize-base",
+        "q8",
+        "--lora-rank",
+        "4",
+    ]);
+    crate::common::expect_error(&output, 2, "--quantize-base q8 is for --task dpo");
+}
+
 /// `--base-dtype` where it cannot apply: another task, full fine-tuning without a reference,
 /// bf16 on wgpu (WGSL has none).
 #[test]
@@ -485,6 +540,16 @@ fn runs_that_do_not_fit_the_memory_limit() {
     ] {
         assert!(text.contains(advice), "{advice} suggested: {text}");
     }
+    // Under LoRA, the frozen base in integers is suggested too.
+    let lora = TrainCommand::new("dpo", "tiny-llama", &train, dir.path().join("lora"))
+        .set("--memory-limit", "1MiB")
+        .set("--lora-rank", 4)
+        .output();
+    assert!(
+        common::stderr(&lora).contains("--quantize-base q8"),
+        "{}",
+        common::stderr(&lora)
+    );
     expect_error(
         dir.path(),
         &train,

@@ -1256,12 +1256,13 @@ fn lora_dpo_trains_every_family() {
     }
 }
 
-/// LoRA DPO with the frozen base stored in f16 or bf16 (`--base-dtype`; adapters, optimizer and
-/// loss in f32) learns what the f32 run learns on the same data: the same held-out reward
-/// accuracy, every step's loss within 2% of f32's; a killed f16 run resumes to the same losses;
-/// the export (merged in f32) loads back.
+/// LoRA DPO with the frozen base stored in f16 or bf16 (`--base-dtype`) or its projections in
+/// 8- or 4-bit blocks (`--quantize-base`; adapters, optimizer and loss in f32) learns what the
+/// f32 run learns on the same data: the same held-out reward accuracy, every step's loss within
+/// 2% of f32's (half, q8) or 5% (q4); a killed run resumes to the same losses; `eval --run`
+/// rebuilds the stored base; the export (merged in f32) loads back.
 #[test]
-fn half_base_lora_dpo_reaches_the_f32_reward_accuracy() {
+fn stored_base_lora_dpo_reaches_the_f32_reward_accuracy() {
     let dir = crate::common::tempdir();
     // Every pair learnable (a fixed reply per group against random words), so the held-out
     // accuracy measures what was learned rather than which borderline pair flipped.
@@ -1279,49 +1280,62 @@ fn half_base_lora_dpo_reaches_the_f32_reward_accuracy() {
         })
         .collect();
     let (train, eval) = write_split(dir.path(), "learnable", &rows[..40], &rows[40..]);
-    // A model read from a file (f32 safetensors, stored half as each tensor is read): what
+    // A model read from a file (f32 safetensors, stored as each tensor is read): what
     // `eval --run` and `--resume` load the frozen base from again.
     let model = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/fixtures/tiny-llama-chat"
     );
-    let command = |dtype: &str, out: &Path| {
-        dpo_run(&train, &eval, out, 10)
+    let command = |flags: &[&str], out: &Path| {
+        let mut command = dpo_run(&train, &eval, out, 10)
             .set("--model", model)
             .set("--max-length", 64)
             .set("--max-prompt-length", 32)
             .set("--lora-rank", 8)
-            .set("--lr", "1e-2")
-            .set("--base-dtype", dtype)
+            .set("--lr", "1e-2");
+        for pair in flags.chunks(2) {
+            command = command.set(pair[0], pair[1]);
+        }
+        command
     };
     let (baseline, baseline_losses) = {
         let out = dir.path().join("f32");
-        (command("f32", &out).run(), losses(&out))
+        (command(&[], &out).run(), losses(&out))
     };
     assert!(
         baseline["rewards/accuracies"].as_f64().unwrap() > 0.5,
         "the f32 run learns: {baseline}"
     );
-    for dtype in ["f16", "bf16"] {
-        let out = dir.path().join(dtype);
-        let report = command(dtype, &out).run();
+    let variants: [(&str, &[&str], f64); 4] = [
+        ("f16", &["--base-dtype", "f16"], 0.02),
+        ("bf16", &["--base-dtype", "bf16"], 0.02),
+        ("q8", &["--quantize-base", "q8"], 0.02),
+        (
+            "q4",
+            &["--quantize-base", "q4", "--base-dtype", "f16"],
+            0.05,
+        ),
+    ];
+    for (name, flags, tolerance) in variants {
+        let out = dir.path().join(name);
+        let report = command(flags, &out).run();
         assert_eq!(
             report["rewards/accuracies"], baseline["rewards/accuracies"],
-            "{dtype}: {report}"
+            "{name}: {report}"
         );
         for (step, (a, b)) in losses(&out).iter().zip(&baseline_losses).enumerate() {
             assert!(
-                (a - b).abs() <= 0.02 * b.abs().max(0.1),
-                "{dtype} step {}: loss {a} vs f32 {b}",
+                (a - b).abs() <= tolerance * b.abs().max(0.1),
+                "{name} step {}: loss {a} vs f32 {b}",
                 step + 1
             );
         }
         fairtune::model::load_llama(&out.join("hf"), &crate::common::cpu()).unwrap();
-        // `eval --run` rebuilds the half base from --model and reads the adapters back.
-        let evaluated = eval_run(&out, &eval, &dir.path().join(format!("{dtype}.json")));
+        // `eval --run` rebuilds the stored base from --model and reads the adapters back.
+        let evaluated = eval_run(&out, &eval, &dir.path().join(format!("{name}.json")));
         assert_eq!(
             evaluated["rewards/accuracies"], report["rewards/accuracies"],
-            "{dtype}"
+            "{name}"
         );
         // A LoRA run on a model from a file records what it trained, not the frozen base
         // (`--model` has that; a randomly drawn base is recorded whole, see tr_dpo_syncs_the_reference).
@@ -1330,12 +1344,17 @@ fn half_base_lora_dpo_reaches_the_f32_reward_accuracy() {
         let total = report["total_params"].as_u64().unwrap();
         assert!(
             bytes < trainable * 8 + (64 << 10) && bytes < total * 2,
-            "{dtype}: model.bpk is {bytes} bytes for {trainable} trained parameters"
+            "{name}: model.bpk is {bytes} bytes for {trainable} trained parameters"
         );
     }
-    let split = dir.path().join("f16-split");
-    let halted = command("f16", &split).set("--halt-after", 6).output();
-    assert_eq!(halted.status.code(), Some(1), "{}", stderr(&halted));
-    command("f16", &split).switch("--resume").run();
-    assert_eq!(losses(&split), losses(&dir.path().join("f16")));
+    for (name, flags, _) in variants
+        .iter()
+        .filter(|(name, ..)| ["f16", "q4"].contains(name))
+    {
+        let split = dir.path().join(format!("{name}-split"));
+        let halted = command(flags, &split).set("--halt-after", 6).output();
+        assert_eq!(halted.status.code(), Some(1), "{}", stderr(&halted));
+        command(flags, &split).switch("--resume").run();
+        assert_eq!(losses(&split), losses(&dir.path().join(name)), "{name}");
+    }
 }

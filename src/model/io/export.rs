@@ -197,7 +197,13 @@ impl Fetched {
     /// `[out, in]` it is written as), transposed into rows.
     fn rows(&self, columns: bool, start: usize, len: usize) -> Tensor<2> {
         let axis = usize::from(columns);
-        let base = crate::model::precision::full(self.base.clone().narrow(axis, start, len));
+        // A quantized matrix is dequantized whole first: a slice of its packed blocks would be
+        // requantized along other block boundaries.
+        let base = if matches!(self.base.dtype(), burn::tensor::DType::QFloat(_)) {
+            self.base.clone().dequantize().narrow(axis, start, len)
+        } else {
+            crate::model::precision::full(self.base.clone().narrow(axis, start, len))
+        };
         let value = match &self.lora {
             None => base,
             Some((a, b, scale)) => {
@@ -614,7 +620,10 @@ mod tests {
             unreachable!()
         };
         device.seed(5);
-        let base = crate::model::precision::store_matrices(config.init(&device), FloatDType::F16);
+        let base = crate::model::precision::store_matrices(
+            config.init(&device),
+            crate::model::precision::Storage::half(FloatDType::F16),
+        );
         let settings = LoraSettings::new(4);
         let adapted = settings
             .apply(base.clone(), &arch, &[])

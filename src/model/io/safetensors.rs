@@ -18,6 +18,7 @@ use safetensors::Dtype;
 use safetensors::tensor::TensorInfo;
 
 use crate::error::{Error, Result};
+use crate::model::precision::Storage;
 
 /// One checkpoint tensor: its shape, and its values as f32 when they are asked for (read from
 /// the file, or dequantized, only then: a checkpoint is never in memory whole).
@@ -222,8 +223,8 @@ struct Loader<'a, K: KeyMap> {
     mismatched: Vec<String>,
     /// The first tensor that could not be read.
     failed: Option<Error>,
-    /// Matrices are stored in this precision as they are placed ([`crate::model::precision`]).
-    store: Option<burn::tensor::FloatDType>,
+    /// Matrices are stored as this says as they are placed ([`crate::model::precision`]).
+    store: Storage,
 }
 
 impl<K: KeyMap> ModuleMapper for Loader<'_, K> {
@@ -283,10 +284,7 @@ impl<K: KeyMap> ModuleMapper for Loader<'_, K> {
             (data, shape)
         };
         let tensor = Tensor::<D>::from_data(TensorData::new(data, shape), &device);
-        let tensor = match self.store {
-            Some(dtype) if D == 2 => tensor.cast(dtype),
-            _ => tensor,
-        };
+        let tensor = self.store.store(&path, tensor);
         let require_grad = param.is_require_grad();
         Param::initialized(param.id, tensor.set_require_grad(require_grad))
     }
@@ -324,15 +322,15 @@ pub fn load<M: Module, K: KeyMap>(
     checkpoint: Checkpoint,
     keys: &K,
 ) -> Result<(M, LoadReport)> {
-    load_stored(module, checkpoint, keys, None)
+    load_stored(module, checkpoint, keys, Storage::default())
 }
 
-/// [`load`], every matrix stored as `store` as it is placed (`None`: f32).
+/// [`load`], every matrix stored as `store` says as it is placed (the default: f32).
 pub fn load_stored<M: Module, K: KeyMap>(
     module: M,
     checkpoint: Checkpoint,
     keys: &K,
-    store: Option<burn::tensor::FloatDType>,
+    store: Storage,
 ) -> Result<(M, LoadReport)> {
     let Checkpoint {
         tensors,
