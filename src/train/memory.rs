@@ -406,12 +406,12 @@ mod tests {
             );
             plan.parts[0].1 - counts.vectors * 4
         };
-        let f16 = Some(burn::tensor::FloatDType::F16);
+        let f16 = burn::tensor::FloatDType::F16;
         assert_eq!(weights(Storage::default()), counts.matrices * 4);
-        assert_eq!(weights(Storage::half(f16.unwrap())), counts.matrices * 2);
+        assert_eq!(weights(Storage::half(f16)), counts.matrices * 2);
         for quantize in [Quantize::Q8, Quantize::Q4] {
             let storage = Storage {
-                half: f16,
+                half: Some(f16),
                 quantize: Some(quantize),
             };
             let expected = (counts.matrices - counts.projections) * 2
