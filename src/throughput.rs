@@ -176,13 +176,13 @@ fn dpo_workloads() -> Vec<DpoWork> {
 }
 
 /// DPO training steps per second and tokens per second of the real training session on
-/// `selected` (after warmup).
+/// `selected` (after warmup), and on a GPU the most device memory burn's pools held after a step.
 fn dpo_throughput(
     selected: &Selected,
     work: &DpoWork,
     warmup: usize,
     measured: usize,
-) -> Result<(f64, f64)> {
+) -> Result<(f64, f64, Option<u64>)> {
     let scratch = ScratchDir::new("bench-dpo")?;
     let train = scratch.path().join("pairs.jsonl");
     let pairs = synthetic_pairs(64, work.prompt, work.completion);
@@ -213,8 +213,11 @@ fn dpo_throughput(
             targets: vec![LoraTarget::Q, LoraTarget::K, LoraTarget::V, LoraTarget::O],
         });
     }
+    // Pages the previous work left in the pools would count as this work's.
+    selected.device.memory_cleanup();
     let task = DpoTask::load(&config, selected)?;
     let mut session = Session::start(&config, selected, task, RunDir::None, InitOn::Device)?;
+    let mut device_bytes = None;
     let mut tokens = 0usize;
     let mut started = Instant::now();
     for step in 0..warmup + measured {
@@ -224,10 +227,21 @@ fn dpo_throughput(
             tokens = 0;
         }
         tokens += pollster::block_on(session.step())?.num_tokens;
+        if selected.adapter.is_some() {
+            let reserved = selected
+                .device
+                .memory_pool_usage()
+                .map(|u| u.bytes_reserved);
+            device_bytes = device_bytes.max(reserved);
+        }
     }
     sync(&selected.device)?;
     let seconds = started.elapsed().as_secs_f64();
-    Ok((measured as f64 / seconds, tokens as f64 / seconds))
+    Ok((
+        measured as f64 / seconds,
+        tokens as f64 / seconds,
+        device_bytes,
+    ))
 }
 
 /// Generated tokens per second of greedy decoding (prefill included) of `prompts` prompts of
@@ -348,10 +362,10 @@ pub fn run(options: &BenchOptions) -> Result<String> {
     .ok();
     writeln!(
         out,
-        "| work | backend | device | steps/s | tokens/s | peak RSS MiB |"
+        "| work | backend | device | steps/s | tokens/s | peak RSS MiB | device MiB |"
     )
     .ok();
-    writeln!(out, "|---|---|---|---:|---:|---:|").ok();
+    writeln!(out, "|---|---|---|---:|---:|---:|---:|").ok();
     for work in dpo_workloads() {
         for backend in &selected {
             let software = backend
@@ -380,11 +394,15 @@ pub fn run(options: &BenchOptions) -> Result<String> {
                 (false, false) => (2, 8),
             };
             reset_peak_rss();
-            let (steps_per_s, tokens_per_s) = dpo_throughput(backend, &work, warmup, measured)?;
+            let (steps_per_s, tokens_per_s, device_bytes) =
+                dpo_throughput(backend, &work, warmup, measured)?;
             let peak = peak_rss_mib().map_or("n/a".into(), |m| format!("{m:.0}"));
+            let device_mib = device_bytes.map_or("n/a".into(), |b| {
+                format!("{:.0}", b as f64 / (1u64 << 20) as f64)
+            });
             writeln!(
                 out,
-                "| {} | {} | {} | {steps_per_s:.2} | {tokens_per_s:.0} | {peak} |",
+                "| {} | {} | {} | {steps_per_s:.2} | {tokens_per_s:.0} | {peak} | {device_mib} |",
                 work.name,
                 backend.backend_name(),
                 backend.describe()
@@ -395,7 +413,9 @@ pub fn run(options: &BenchOptions) -> Result<String> {
     writeln!(
         out,
         "(peak RSS: the whole process's resident memory, which on a software GPU includes the \
-         device's; a hardware GPU's own memory is not in it)"
+         device's; a hardware GPU's own memory is not in it. device MiB: on wgpu, the most \
+         memory burn's pools held on the device after a step — the pools keep the pages of the \
+         largest step for reuse, so this is the run's device peak)"
     )
     .ok();
 

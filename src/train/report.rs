@@ -37,6 +37,10 @@ pub struct RunReport {
     /// The process's peak resident memory (Linux), device memory included on a software GPU.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub peak_memory_bytes: Option<u64>,
+    /// On wgpu: the device memory burn's pools hold at the end of training (they keep the
+    /// pages of the largest step for reuse, so this is the step's peak), in bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub device_memory_bytes: Option<u64>,
     #[serde(flatten)]
     pub held_out: HeldOut,
 }

@@ -288,6 +288,10 @@ fn train<T: TaskRunner>(config: &TrainConfig, selected: &Selected, task: T) -> R
             wall_s,
             tokens_per_s: tokens_this_run as f64 / wall_s.max(1e-9),
             peak_memory_bytes: memory::peak_resident(),
+            device_memory_bytes: selected.adapter.as_ref().and_then(|_| {
+                let usage = selected.device.memory_pool_usage()?;
+                Some(usage.bytes_reserved)
+            }),
             held_out: pollster::block_on(held_out(&mut task, &model, &selected.device))?,
         })
     })();

@@ -199,7 +199,21 @@ fn dpo_runs_on_wgpu() {
         report["backend"].as_str().unwrap().starts_with("wgpu/"),
         "{report}"
     );
-    let (_, cpu) = run("cpu");
+    // Full fine-tuning: the device holds the policy and the reference's copy (and Adam's two
+    // moments), so burn's pools report at least twice the weights.
+    let weights = std::fs::metadata(format!("{model}/model.safetensors"))
+        .unwrap()
+        .len();
+    let device = report["device_memory_bytes"].as_u64().unwrap();
+    assert!(
+        device >= 2 * weights,
+        "{device} bytes on the device, weights {weights}"
+    );
+    let (cpu_report, cpu) = run("cpu");
+    assert!(
+        cpu_report.get("device_memory_bytes").is_none(),
+        "{cpu_report}"
+    );
     for (step, (c, g)) in cpu.iter().zip(&gpu).enumerate() {
         for key in ["loss", "fairness_F", "rewards/margins"] {
             let (c, g) = (c[key].as_f64().unwrap(), g[key].as_f64().unwrap());
