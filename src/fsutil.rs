@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 use crate::error::{Error, Result};
 
@@ -68,12 +69,15 @@ impl Drop for ScratchDir {
 }
 
 thread_local! {
-    static REGISTERED: RefCell<HashMap<PathBuf, Vec<u8>>> = RefCell::new(HashMap::new());
+    /// Shared, so a reader of a registered model's tensors does not copy the file.
+    static REGISTERED: RefCell<HashMap<PathBuf, Rc<[u8]>>> = RefCell::new(HashMap::new());
 }
 
-/// Make `bytes` readable as `path` by [`read`] (on this thread), in place of any file there.
+/// Make `bytes` readable as `path` by [`read`] and [`open`] (on this thread), in place of any
+/// file there. A directory's files registered under it make it a directory to [`exists`].
 pub fn register(path: impl Into<PathBuf>, bytes: impl Into<Vec<u8>>) {
-    REGISTERED.with(|files| files.borrow_mut().insert(path.into(), bytes.into()));
+    let bytes: Rc<[u8]> = Rc::from(bytes.into());
+    REGISTERED.with(|files| files.borrow_mut().insert(path.into(), bytes));
 }
 
 /// Whether `path` names a registered text.
@@ -81,16 +85,48 @@ pub fn is_registered(path: &Path) -> bool {
     REGISTERED.with(|files| files.borrow().contains_key(path))
 }
 
+fn registered(path: &Path) -> Option<Rc<[u8]>> {
+    REGISTERED.with(|files| files.borrow().get(path).cloned())
+}
+
 /// A registered text, else the file's bytes.
 pub fn read(path: &Path) -> std::io::Result<Vec<u8>> {
-    match REGISTERED.with(|files| files.borrow().get(path).cloned()) {
-        Some(bytes) => Ok(bytes),
+    match registered(path) {
+        Some(bytes) => Ok(bytes.to_vec()),
         None => fs::read(path),
+    }
+}
+
+/// Whether `path` is registered (or has registered files under it), else exists on disk.
+pub fn exists(path: &Path) -> bool {
+    is_registered(path)
+        || REGISTERED.with(|files| files.borrow().keys().any(|p| p.starts_with(path)))
+        || path.exists()
+}
+
+/// Something to read and seek in.
+pub trait ReadSeek: std::io::Read + std::io::Seek {}
+impl<T: std::io::Read + std::io::Seek> ReadSeek for T {}
+
+/// A reader of a registered file (sharing its bytes), else of the file on disk, and its length.
+pub fn open(path: &Path) -> std::io::Result<(Box<dyn ReadSeek>, u64)> {
+    match registered(path) {
+        Some(bytes) => {
+            let len = bytes.len() as u64;
+            Ok((Box::new(std::io::Cursor::new(bytes)), len))
+        }
+        None => {
+            let file = fs::File::open(path)?;
+            let len = file.metadata()?.len();
+            Ok((Box::new(file), len))
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::io::{Read, Seek};
+
     use super::*;
 
     #[test]
@@ -100,5 +136,14 @@ mod tests {
         register(path, "{\"text\": \"a\"}\n");
         assert_eq!(read(path).unwrap(), b"{\"text\": \"a\"}\n");
         assert!(is_registered(path));
+        assert!(
+            exists(path.parent().unwrap()),
+            "a registered file's directory exists"
+        );
+        let (mut reader, len) = open(path).unwrap();
+        let mut tail = String::new();
+        reader.seek(std::io::SeekFrom::Start(len - 4)).unwrap();
+        reader.read_to_string(&mut tail).unwrap();
+        assert_eq!(tail, "a\"}\n");
     }
 }

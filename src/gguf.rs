@@ -188,7 +188,8 @@ impl<'a> Reader<'a> {
 
 impl Gguf {
     pub fn open(path: &Path) -> Result<Self> {
-        let bytes = std::fs::read(path)
+        // (Through fsutil: in the browser the page registers the visitor's file under a path.)
+        let bytes = crate::fsutil::read(path)
             .map_err(|e| Error::input(format!("{}: cannot read: {e}", path.display())))?;
         Self::parse(bytes, path, true)
             .map_err(|e| Error::input(format!("{}: not a usable GGUF file: {e}", path.display())))
@@ -202,6 +203,12 @@ impl Gguf {
         let fail = |e: &dyn std::fmt::Display| {
             Error::input(format!("{}: cannot read: {e}", path.display()))
         };
+        if crate::fsutil::is_registered(path) {
+            let bytes = crate::fsutil::read(path).map_err(|e| fail(&e))?;
+            return Self::parse(bytes, path, false).map_err(|e| {
+                Error::input(format!("{}: not a usable GGUF file: {e}", path.display()))
+            });
+        }
         let size = std::fs::metadata(path).map_err(|e| fail(&e))?.len();
         let mut head = Vec::new();
         let mut want: u64 = 16 << 20;

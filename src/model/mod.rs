@@ -75,9 +75,10 @@ impl ArchConfig {
 /// Read and parse `dir/config.json`.
 pub fn read_config(dir: &Path) -> Result<ArchConfig> {
     let path = dir.join("config.json");
-    let text = std::fs::read_to_string(&path)
+    let bytes = crate::fsutil::read(&path)
         .map_err(|e| Error::input(format!("{}: cannot read model config: {e}", path.display())))?;
-    parse_config(&text).map_err(|e| Error::input(format!("{}: {e}", path.display())))
+    parse_config(&String::from_utf8_lossy(&bytes))
+        .map_err(|e| Error::input(format!("{}: {e}", path.display())))
 }
 
 /// A pretrained BERT from a Hugging Face directory, with a fresh `num_labels` head.

@@ -28,7 +28,8 @@ pub enum ModelSource {
 pub const PRESETS: &[&str] = &["tiny-llama", "tiny-bert"];
 
 fn has_weights(dir: &Path) -> bool {
-    dir.join("model.safetensors").exists() || dir.join("model.safetensors.index.json").exists()
+    use crate::fsutil::exists;
+    exists(&dir.join("model.safetensors")) || exists(&dir.join("model.safetensors.index.json"))
 }
 
 /// Find what `--model` names (no tokenizer needed yet; see [`ModelSource::arch`]).
@@ -52,7 +53,18 @@ pub fn locate(model: &str) -> Result<ModelSource> {
         }
         return Ok(ModelSource::Pretrained(dir));
     }
+    // What the browser page registered: a model directory the visitor picked,
+    if crate::fsutil::is_registered(&path.join("config.json")) {
+        return Ok(match has_weights(path) {
+            true => ModelSource::Pretrained(path.to_path_buf()),
+            false => ModelSource::ConfigFile(path.join("config.json")),
+        });
+    }
     if crate::fsutil::is_registered(path) {
+        // a GGUF file, or a preset's config.
+        if path.extension().is_some_and(|e| e == "gguf") {
+            return Ok(ModelSource::Gguf(path.to_path_buf()));
+        }
         return Ok(ModelSource::ConfigFile(path.to_path_buf()));
     }
     if path.is_file() && path.extension().is_some_and(|e| e == "gguf") {
@@ -87,11 +99,13 @@ impl ModelSource {
     /// The model's own tokenizer.json, when it has one.
     pub fn tokenizer_file(&self) -> Option<PathBuf> {
         match self {
-            ModelSource::Pretrained(dir) => Some(dir.join("tokenizer.json")).filter(|p| p.exists()),
+            ModelSource::Pretrained(dir) => {
+                Some(dir.join("tokenizer.json")).filter(|p| crate::fsutil::exists(p))
+            }
             ModelSource::ConfigFile(file) => file
                 .parent()
                 .map(|dir| dir.join("tokenizer.json"))
-                .filter(|p| p.exists()),
+                .filter(|p| crate::fsutil::exists(p)),
             ModelSource::Preset(_) | ModelSource::Gguf(_) => None,
         }
     }

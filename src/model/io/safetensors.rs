@@ -80,12 +80,13 @@ impl Checkpoint {
     pub fn from_dir(dir: &Path) -> Result<Self> {
         let single = dir.join("model.safetensors");
         let index = dir.join("model.safetensors.index.json");
-        let files: Vec<PathBuf> = if single.exists() {
+        // (Through fsutil: in the browser the page registers the visitor's directory.)
+        let files: Vec<PathBuf> = if crate::fsutil::exists(&single) {
             vec![single]
-        } else if index.exists() {
-            let text = std::fs::read_to_string(&index)
+        } else if crate::fsutil::exists(&index) {
+            let text = crate::fsutil::read(&index)
                 .map_err(|e| Error::input(format!("{}: {e}", index.display())))?;
-            let value: serde_json::Value = serde_json::from_str(&text)
+            let value: serde_json::Value = serde_json::from_slice(&text)
                 .map_err(|e| Error::input(format!("{}: not valid JSON: {e}", index.display())))?;
             let map = value["weight_map"]
                 .as_object()
@@ -141,8 +142,7 @@ fn read_safetensors(
         |e: std::io::Error| Error::input(format!("{}: cannot read: {e}", file.display()));
     let invalid =
         |why: String| Error::input(format!("{}: not a safetensors file: {why}", file.display()));
-    let mut reader = std::fs::File::open(file).map_err(unreadable)?;
-    let size = reader.metadata().map_err(unreadable)?.len();
+    let (mut reader, size) = crate::fsutil::open(file).map_err(unreadable)?;
     // Layout: u64 header length n, n bytes of JSON, then the data the header's offsets index.
     let mut prefix = [0u8; 8];
     reader
@@ -191,7 +191,7 @@ fn read_safetensors(
         let read = move || -> Result<Vec<f32>> {
             let unreadable =
                 |e: std::io::Error| Error::input(format!("{}: cannot read: {e}", path.display()));
-            let mut reader = std::fs::File::open(&path).map_err(unreadable)?;
+            let (mut reader, _) = crate::fsutil::open(&path).map_err(unreadable)?;
             reader.seek(SeekFrom::Start(at)).map_err(unreadable)?;
             let mut raw = vec![0u8; end - begin];
             reader.read_exact(&mut raw).map_err(unreadable)?;
