@@ -18,7 +18,10 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 
 use super::ArchConfig;
-use super::io::export::{hf_name, parameters, safetensors_bytes, transposed, write_dir_atomic};
+use super::io::export::{
+    HostTensor, hf_name, parameters, parameters_async, safetensors_bytes, transposed,
+    write_dir_atomic,
+};
 use crate::error::{Error, Result};
 
 /// A projection LoRA can adapt, in PEFT's short names.
@@ -371,9 +374,47 @@ pub fn save_adapters<M: Module>(
     base_model: &str,
     dir: &Path,
 ) -> Result<usize> {
-    let mut tensors = BTreeMap::new();
+    let (files, count) = adapter_files(module, arch, settings, base_model)?;
+    write_dir_atomic(dir, &files)?;
+    Ok(count)
+}
+
+/// Files by name, as bytes.
+pub type Files = Vec<(&'static str, Vec<u8>)>;
+
+/// The files [`save_adapters`] writes — `adapter_model.safetensors` and `adapter_config.json` —
+/// as bytes (the browser offers them as downloads), and the number of adapted matrices.
+pub fn adapter_files<M: Module>(
+    module: &M,
+    arch: &ArchConfig,
+    settings: &LoraSettings,
+    base_model: &str,
+) -> Result<(Files, usize)> {
     // The factors alone: reading the rest would copy the frozen base to the host whole.
-    for t in parameters(module, |path| path.contains(".lora."))? {
+    let factors = parameters(module, |path| path.contains(".lora."))?;
+    peft_files(factors, arch, settings, base_model)
+}
+
+/// [`adapter_files`] with awaited device reads (the browser cannot block on a GPU).
+pub async fn adapter_files_async<M: Module>(
+    module: &M,
+    arch: &ArchConfig,
+    settings: &LoraSettings,
+    base_model: &str,
+) -> Result<(Files, usize)> {
+    let factors = parameters_async(module, |path| path.contains(".lora.")).await?;
+    peft_files(factors, arch, settings, base_model)
+}
+
+/// PEFT's two files from the LoRA factors on the host.
+fn peft_files(
+    factors: Vec<HostTensor>,
+    arch: &ArchConfig,
+    settings: &LoraSettings,
+    base_model: &str,
+) -> Result<(Files, usize)> {
+    let mut tensors = BTreeMap::new();
+    for t in factors {
         let Some((weight, factor)) = t.name.rsplit_once(".lora.") else {
             continue;
         };
@@ -407,15 +448,12 @@ pub fn save_adapters<M: Module>(
         "inference_mode": true,
     });
     let count = tensors.len() / 2;
-    write_dir_atomic(
-        dir,
-        &[
-            ("adapter_model.safetensors", safetensors_bytes(&tensors)?),
-            (
-                "adapter_config.json",
-                serde_json::to_vec_pretty(&config).expect("json"),
-            ),
-        ],
-    )?;
-    Ok(count)
+    let files = vec![
+        ("adapter_model.safetensors", safetensors_bytes(&tensors)?),
+        (
+            "adapter_config.json",
+            serde_json::to_vec_pretty(&config).expect("json"),
+        ),
+    ];
+    Ok((files, count))
 }

@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use burn::module::{Module, ModuleVisitor, Param};
-use burn::tensor::Tensor;
+use burn::tensor::{Tensor, TensorData};
 use safetensors::Dtype;
 use safetensors::tensor::TensorView;
 use serde_json::{Value, json};
@@ -32,13 +32,12 @@ pub struct HostTensor {
 }
 
 /// Collects the parameters whose module path `wanted` accepts (an adapted weight's path names
-/// its stored base; its LoRA factors come apart, at `….lora.a` and `….lora.b`). The others are
-/// never read.
+/// its stored base; its LoRA factors come apart, at `….lora.a` and `….lora.b`), flattened, still
+/// on the device. The others are never read.
 struct Collect<F> {
     wanted: F,
     path: Vec<String>,
-    tensors: Vec<HostTensor>,
-    error: Option<String>,
+    tensors: Vec<(String, Vec<usize>, Tensor<1>)>,
 }
 
 impl<F: Fn(&str) -> bool> ModuleVisitor for Collect<F> {
@@ -57,42 +56,69 @@ impl<F: Fn(&str) -> bool> ModuleVisitor for Collect<F> {
         }
         let tensor = param.val();
         let shape = tensor.dims().to_vec();
-        match host_values(tensor) {
-            Ok(data) => self.tensors.push(HostTensor { name, shape, data }),
-            Err(e) => {
-                self.error
-                    .get_or_insert(format!("reading {} failed: {e}", self.path.join(".")));
-            }
-        }
+        let n = shape.iter().product::<usize>();
+        self.tensors.push((name, shape, tensor.reshape([n])));
     }
+}
+
+/// The parameters of `module` that `wanted` accepts, by module path, on the device.
+fn collect<M: Module>(
+    module: &M,
+    wanted: impl Fn(&str) -> bool,
+) -> Vec<(String, Vec<usize>, Tensor<1>)> {
+    let mut collect = Collect {
+        wanted,
+        path: Vec::new(),
+        tensors: Vec::new(),
+    };
+    module.visit(&mut collect);
+    collect.tensors
 }
 
 /// A tensor's values on the host, as f32.
 fn host_values<const D: usize>(tensor: Tensor<D>) -> std::result::Result<Vec<f32>, String> {
-    tensor
-        .try_into_data()
-        .map_err(|e| format!("{e:?}"))
-        .and_then(|d| {
-            d.convert::<f32>()
-                .try_into_vec::<f32>()
-                .map_err(|e| format!("{e:?}"))
-        })
+    f32_values(tensor.try_into_data().map_err(|e| format!("{e:?}")))
+}
+
+/// Read data as f32 values.
+fn f32_values(
+    data: std::result::Result<TensorData, String>,
+) -> std::result::Result<Vec<f32>, String> {
+    data.and_then(|d| {
+        d.convert::<f32>()
+            .try_into_vec::<f32>()
+            .map_err(|e| format!("{e:?}"))
+    })
+}
+
+fn read_failed(name: &str, e: String) -> Error {
+    Error::runtime(format!("reading {name} failed: {e}"))
 }
 
 /// The parameters of `module` whose path `wanted` accepts, on the host, by module path (one
 /// at a time would do for a whole model: this is for parts, such as LoRA's factors).
 pub fn parameters<M: Module>(module: &M, wanted: impl Fn(&str) -> bool) -> Result<Vec<HostTensor>> {
-    let mut collect = Collect {
-        wanted,
-        path: Vec::new(),
-        tensors: Vec::new(),
-        error: None,
-    };
-    module.visit(&mut collect);
-    match collect.error {
-        Some(e) => Err(Error::runtime(e)),
-        None => Ok(collect.tensors),
+    collect(module, wanted)
+        .into_iter()
+        .map(|(name, shape, tensor)| {
+            let data = host_values(tensor).map_err(|e| read_failed(&name, e))?;
+            Ok(HostTensor { name, shape, data })
+        })
+        .collect()
+}
+
+/// [`parameters`], each read with an awaited device read (the browser cannot block on a GPU).
+pub async fn parameters_async<M: Module>(
+    module: &M,
+    wanted: impl Fn(&str) -> bool,
+) -> Result<Vec<HostTensor>> {
+    let mut read = Vec::new();
+    for (name, shape, tensor) in collect(module, wanted) {
+        let data = f32_values(tensor.into_data_async().await.map_err(|e| format!("{e:?}")))
+            .map_err(|e| read_failed(&name, e))?;
+        read.push(HostTensor { name, shape, data });
     }
+    Ok(read)
 }
 
 /// Every parameter's path and shape, without reading any data.
