@@ -153,26 +153,29 @@ fn list_adapters_on(backends: wgpu::Backends) -> Vec<Adapter> {
         .collect()
 }
 
-/// In the browser adapters cannot be listed synchronously; [`init_browser`] asks for one.
+/// In the browser adapters cannot be listed synchronously; [`init_webgpu`] asks for one.
 #[cfg(target_arch = "wasm32")]
 fn list_adapters_on(_backends: wgpu::Backends) -> Vec<Adapter> {
     Vec::new()
 }
 
-/// The page's device: the browser's WebGPU adapter, or burn's CPU backend (with the reason) when
-/// the browser has none or it cannot start. Must be awaited before any tensor is made: in the
-/// browser wgpu can only be started asynchronously.
+/// The browser's WebGPU device, or why there is none — in one sentence a visitor can read (the
+/// wgpu error, with its debug dump of the device request, goes to the console instead). Must be
+/// awaited before any tensor is made there: in the browser wgpu starts only asynchronously.
 #[cfg(target_arch = "wasm32")]
-pub async fn init_browser() -> (Selected, Option<String>) {
+pub async fn init_webgpu() -> std::result::Result<Selected, String> {
     match Device::wgpu_options().init_with_setup_async().await {
-        Ok((device, setup)) => (
-            Selected {
-                device,
-                adapter: Some(adapter_of(setup.adapter.get_info())),
-            },
-            None,
-        ),
-        Err(e) => (Selected::cpu(), Some(format!("no WebGPU adapter ({e})"))),
+        Ok((device, setup)) => Ok(Selected {
+            device,
+            adapter: Some(adapter_of(setup.adapter.get_info())),
+        }),
+        Err(e) => {
+            web_sys::console::warn_1(&format!("WebGPU did not start: {e}").into());
+            Err(
+                "this browser offers no WebGPU adapter (it has no WebGPU, or it is turned off)"
+                    .into(),
+            )
+        }
     }
 }
 
@@ -239,11 +242,11 @@ fn burn_selector(adapter: &Adapter, adapters: &[Adapter]) -> (WgpuBackend, Devic
 #[cfg(not(target_arch = "wasm32"))]
 static INITIALIZED: Mutex<Option<HashMap<String, Device>>> = Mutex::new(None);
 
-/// In the browser wgpu starts only asynchronously: [`init_browser`].
+/// In the browser wgpu starts only asynchronously: [`init_webgpu`].
 #[cfg(target_arch = "wasm32")]
 fn init_wgpu(adapter: &Adapter, _adapters: &[Adapter]) -> Result<Device> {
     Err(Error::runtime(format!(
-        "cannot start wgpu on {adapter} synchronously in the browser; use init_browser"
+        "cannot start wgpu on {adapter} synchronously in the browser; use init_webgpu"
     )))
 }
 

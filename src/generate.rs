@@ -493,30 +493,40 @@ fn encode_prompts(
     let mut ids = Vec::with_capacity(contents.len());
     let mut raw = Vec::with_capacity(contents.len());
     for (content, original) in contents {
-        let messages = match content {
-            Content::Messages(messages) => Some(messages),
-            Content::Text(text) if request.chat => Some(vec![crate::tokenizer::chat::Message {
-                role: "user".into(),
-                content: text,
-            }]),
-            Content::Text(text) => {
-                ids.push(tokenizer.encode_ids(&text, true)?);
-                raw.push(original);
-                continue;
-            }
-        };
-        let template = template.as_ref().ok_or_else(|| {
-            Error::input(
-                "the prompt is a chat, but the model has no chat template (GGUF \
-                 tokenizer.chat_template, or chat_template in tokenizer_config.json)",
-            )
-        })?;
-        let rendered = template.render(&messages.expect("messages"), true)?;
-        ids.push(tokenizer.encode_ids(&rendered, false)?);
+        let (prompt, chat) = prompt_ids(tokenizer, template.as_ref(), content, request.chat)?;
+        ids.push(prompt);
         raw.push(original);
-        chatted = true;
+        chatted |= chat;
     }
     Ok((ids, raw, chatted))
+}
+
+/// A prompt's token ids: chat messages (or, with `chat`, text as one user turn) rendered with the
+/// model's chat template and the assistant's turn opened; plain text as the tokenizer encodes it
+/// (BOS by its own rule). Also whether it was rendered as a chat.
+pub fn prompt_ids(
+    tokenizer: &TextTokenizer,
+    template: Option<&crate::tokenizer::chat::ChatTemplate>,
+    content: crate::data::Content,
+    chat: bool,
+) -> Result<(Vec<u32>, bool)> {
+    use crate::data::Content;
+    let messages = match content {
+        Content::Messages(messages) => messages,
+        Content::Text(text) if chat => vec![crate::tokenizer::chat::Message {
+            role: "user".into(),
+            content: text,
+        }],
+        Content::Text(text) => return Ok((tokenizer.encode_ids(&text, true)?, false)),
+    };
+    let template = template.ok_or_else(|| {
+        Error::input(
+            "the prompt is a chat, but the model has no chat template (GGUF \
+             tokenizer.chat_template, or chat_template in tokenizer_config.json)",
+        )
+    })?;
+    let rendered = template.render(&messages, true)?;
+    Ok((tokenizer.encode_ids(&rendered, false)?, true))
 }
 
 /// The first `limit` distinct prompts of a run's held-out pairs (its --eval file, else --train),

@@ -455,6 +455,26 @@ struct PlaygroundArgs {
     /// Evaluate on the held-out set every N steps (0: only at the end).
     #[arg(long, default_value_t = 0)]
     eval_every: usize,
+    /// lora-dpo: the model (a GGUF file, a Hugging Face directory, a fetched name).
+    #[arg(long)]
+    model: Option<String>,
+    /// lora-dpo: preference pairs with a group each (JSONL); default the page's built-in
+    /// decision questions.
+    #[arg(long)]
+    data: Option<String>,
+    /// lora-dpo: the adapters' rank (α = 2·rank, on q/k/v/o).
+    #[arg(long, default_value_t = 8)]
+    lora_rank: usize,
+    /// lora-dpo: tokens of a prompt and its answer together.
+    #[arg(long, default_value_t = 96)]
+    max_length: usize,
+    /// lora-dpo: after training, print the base and the tuned model's greedy answers to this
+    /// many held-out prompts (0: none).
+    #[arg(long, default_value_t = 0)]
+    answers: usize,
+    /// Tokens of each answer at most.
+    #[arg(long, default_value_t = 16)]
+    max_new_tokens: usize,
     #[arg(long, value_enum, default_value = "auto")]
     backend: BackendChoice,
 }
@@ -680,10 +700,15 @@ fn playground(args: PlaygroundArgs) -> Result<()> {
         lr: args.lr,
         batch_size: args.batch_size,
         fairness_batch_size: args.fairness_batch_size,
+        model: args.model,
+        data: args.data,
+        lora_rank: args.lora_rank,
+        max_length: args.max_length,
     };
     let selected = device::select(args.backend)?;
     eprintln!("device: {}", selected.describe());
-    fairtune::apps::playground::run(&options, &selected, args.eval_every)
+    let answers = (args.answers > 0).then_some((args.answers, args.max_new_tokens));
+    fairtune::apps::playground::run(&options, &selected, args.eval_every, answers)
 }
 
 fn train(args: TrainArgs) -> Result<()> {

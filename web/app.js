@@ -1,6 +1,9 @@
-// The page: start fairtune's wasm module on WebGPU, train a preset step by step (every device
-// read is awaited, so the page stays live), draw the charts, and keep a table of finished runs.
-// Everything a run produced is also on `window.fairtuneRuns` (the browser test reads it).
+// The page: start fairtune's wasm module on the fastest backend this browser has (a GPU through
+// WebGPU, else burn's CPU backend in WebAssembly — a software WebGPU adapter such as SwiftShader
+// is slower than the CPU backend), train a preset step by step (every device read is awaited, so
+// the page stays live), draw the charts, and keep a table of finished runs. Everything a run
+// produced is also on `window.fairtuneRuns`, the device on `window.fairtuneDevice` (the browser
+// test reads them).
 import init, * as fairtune from "./pkg/fairtune.js";
 
 const $ = (id) => document.getElementById(id);
@@ -8,6 +11,33 @@ const LAMBDAS = [0, 0.3, 1, 3, 10, 30, 100, 300, 1000];
 const BETAS = [0.05, 0.1, 0.2, 0.5, 1, 2];
 const EVAL_EVERY = 10;
 const COLORS = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"];
+
+const INTROS = {
+  classify: "A sentiment classifier (a tiny BERT, trained from scratch) reads short reviews " +
+    "written by two groups, women and men. The annotators were biased: half of the negative " +
+    "reviews by women were labelled positive, half of the positive reviews by men negative, so " +
+    "a model trained on these labels learns the subject's gender as evidence. The fairness " +
+    "penalty λ·F pulls the mean P(positive) of the two groups together on counterfactual copies " +
+    "of the same sentences. The held-out reviews use other sentences and honest labels. Train " +
+    "at λ = 0, then at λ = 100, and compare the held-out group gap.",
+  dpo: "Preference tuning with DPO: a tiny Llama (trained from scratch) learns to answer " +
+    "\"Good?\" about a review with \"yes\" or \"no\" from pairs of a chosen and a rejected answer, " +
+    "labelled by the same biased annotators. The fairness penalty λ·F equalizes the mean " +
+    "log P(\" yes\") of the two groups; the held-out numbers are TRL's reward accuracy " +
+    "(rewards/accuracies: the share of pairs whose chosen answer gains more than the rejected) " +
+    "and the group gap of P(\" yes\"). β sets how far the model may move from its reference.",
+  "lora-dpo": "Your model, tuned here: LoRA adapters (rank r on the attention's q, k, v and o " +
+    "projections) are trained with DPO on preference pairs while the model's own weights stay " +
+    "frozen; the reference model is the same model with the adapters off. The fairness penalty " +
+    "λ·F pulls together the groups' mean log-probability of the chosen answer in each batch. " +
+    "After training the page shows the model's answers to held-out questions before and after, " +
+    "and offers the adapters for download in the PEFT layout the desktop writes " +
+    "(fairtune generate --model M.gguf --adapter DIR uses them).",
+};
+// How many held-out answers the page shows after a LoRA DPO run, and their length.
+const ANSWERS = 4, ANSWER_TOKENS = 16;
+// The visitor's files, registered with the wasm module under these paths.
+let loadedModel = null, loadedData = null;
 
 window.fairtuneRuns = [];
 let stopRequested = false;
@@ -22,26 +52,189 @@ window.fairtunePanic = (message) => {
 };
 
 function options() {
-  return {
+  const opts = {
     preset: $("preset").value,
     lambda: LAMBDAS[Number($("lambda").value)],
     beta: BETAS[Number($("beta").value)],
     steps: Number($("steps").value),
     seed: Number($("seed").value),
   };
+  if (opts.preset === "lora-dpo") {
+    Object.assign(opts, {
+      model: loadedModel?.path, lora_rank: Number($("lora-rank").value),
+      lr: Number($("lr").value), batch_size: Number($("batch-size").value),
+      max_length: Number($("max-length").value),
+    });
+    if (loadedData) opts.data = loadedData.path;
+  }
+  return opts;
+}
+
+const MB = 1024 * 1024;
+
+// A tab's WebAssembly memory ends at 4 GiB; the model's files and its f32 weights (several times
+// a 4-bit file) must fit in it. The run's own memory plan is checked when it starts.
+const MAX_MODEL_BYTES = 1536 * MB;
+
+// Read `file` in chunks (the status shows how far, `before` bytes of `total` already read) and
+// hand it to the module at `path`.
+async function registerWithProgress(file, path, before, total, label) {
+  const bytes = new Uint8Array(file.size);
+  const reader = file.stream().getReader();
+  let read = 0;
+  for (;;) {
+    const { done, value } = await reader.read();
+    if (done) break;
+    bytes.set(value, read);
+    read += value.length;
+    setStatus("loading", `Reading ${label}: ${((before + read) / MB).toFixed(0)} of ` +
+      `${(total / MB).toFixed(0)} MB…`);
+  }
+  fairtune.register_bytes(path, bytes);
+}
+
+function modelReady(model) {
+  loadedModel = model;
+  $("train").disabled = false;
+  setStatus("idle", `${model.name} (${(model.size / MB).toFixed(0)} MB) is ready. ` +
+    "Set λ, β and the steps, then press Train.");
+}
+
+// The visitor's GGUF file, noted for the next run.
+async function loadModel(file) {
+  if (!file) return;
+  if (!/\.gguf$/i.test(file.name)) {
+    setStatus("error", `${file.name} is not a GGUF file: pick a .gguf model (SmolLM2-135M-Instruct is the tested one).`);
+    return;
+  }
+  if (file.size > MAX_MODEL_BYTES) {
+    setStatus("error", `${file.name} is ${(file.size / MB).toFixed(0)} MB: a model that large ` +
+      "does not fit in a browser tab's 4 GiB of WebAssembly memory once its weights are unpacked.");
+    return;
+  }
+  $("train").disabled = true;
+  const path = `models/${file.name}`;
+  await registerWithProgress(file, path, 0, file.size, file.name);
+  modelReady({ path, name: file.name, size: file.size });
+}
+
+// The files of a Hugging Face model directory fairtune reads.
+const MODEL_FILES = /^(config\.json|generation_config\.json|tokenizer\.json|tokenizer_config\.json|special_tokens_map\.json|chat_template\.jinja|model\.safetensors|model\.safetensors\.index\.json|model-\d+-of-\d+\.safetensors)$/;
+
+// A Hugging Face model directory the visitor picked, its files noted under `models/<dir>/`.
+async function loadModelDir(list) {
+  const files = [...list].filter((f) => f.webkitRelativePath.split("/").length === 2 &&
+    MODEL_FILES.test(f.name));
+  if (list.length === 0) return;
+  const dir = list[0].webkitRelativePath.split("/")[0];
+  const names = files.map((f) => f.name);
+  if (!names.includes("config.json") || !names.some((n) => n.endsWith(".safetensors"))) {
+    setStatus("error", `${dir} is not a Hugging Face model directory: it needs config.json and ` +
+      "safetensors weights (and tokenizer.json) at its top level.");
+    return;
+  }
+  const total = files.reduce((sum, f) => sum + f.size, 0);
+  if (total > MAX_MODEL_BYTES) {
+    setStatus("error", `${dir} holds ${(total / MB).toFixed(0)} MB of model files: too large ` +
+      "for a browser tab's 4 GiB of WebAssembly memory.");
+    return;
+  }
+  $("train").disabled = true;
+  let before = 0;
+  for (const file of files) {
+    await registerWithProgress(file, `models/${dir}/${file.name}`, before, total, dir);
+    before += file.size;
+  }
+  modelReady({ path: `models/${dir}`, name: dir, size: total });
+}
+
+async function loadData(file) {
+  if (!file) {
+    loadedData = null;
+    return;
+  }
+  const path = `data/${file.name}`;
+  fairtune.register_file(path, await file.text());
+  loadedData = { path, name: file.name };
+  setStatus("idle", `Preference pairs: ${file.name}.`);
+}
+
+// What WebGPU offers here: none, a GPU, or a software adapter (a CPU emulation: SwiftShader,
+// llvmpipe, a fallback adapter), which trains slower than burn's CPU backend in WebAssembly.
+async function probeWebGpu() {
+  if (!navigator.gpu) return { available: false, why: "this browser has no WebGPU" };
+  let adapter = null;
+  try {
+    adapter = await navigator.gpu.requestAdapter();
+  } catch {
+    adapter = null;
+  }
+  if (!adapter) return { available: false, why: "this browser offers no WebGPU adapter" };
+  const info = adapter.info ?? {};
+  const name = [info.vendor, info.architecture, info.device, info.description]
+    .filter(Boolean).join(" / ") || "an unnamed adapter";
+  const software = Boolean(adapter.isFallbackAdapter || info.isFallbackAdapter) ||
+    /swiftshader|llvmpipe|lavapipe|software|basic render/i.test(name);
+  return {
+    available: true, software, name,
+    info: { vendor: info.vendor, architecture: info.architecture, device: info.device,
+      description: info.description },
+  };
+}
+
+let probe = null;
+
+// Start the backend the visitor chose (`auto`: WebGPU on a GPU, else the CPU backend) and say
+// which one trains, and why, in the banner.
+async function startBackend() {
+  const choice = $("backend").value;
+  probe ??= await probeWebGpu();
+  const wanted = choice === "auto"
+    ? (probe.available && !probe.software ? "webgpu" : "cpu")
+    : choice;
+  const report = JSON.parse(await fairtune.init(wanted));
+  let reason;
+  if (report.fallback_reason) {
+    reason = `WebGPU did not start: ${report.fallback_reason}.`;
+  } else if (report.backend === "cpu" && choice === "cpu") {
+    reason = "As chosen.";
+  } else if (report.backend === "cpu" && probe.available) {
+    reason = `This browser's WebGPU adapter is ${probe.name}, a software emulation on the CPU, ` +
+      "which trains far slower than this backend. Choose WebGPU under Backend to use it anyway.";
+  } else if (report.backend === "cpu") {
+    reason = `${probe.why[0].toUpperCase()}${probe.why.slice(1)}.`;
+  } else if (probe.software) {
+    reason = "A software emulation, as chosen: expect it to be slower than the CPU backend.";
+  } else {
+    reason = "";
+  }
+  Object.assign(report, { choice, reason, software_adapter: probe.available && probe.software,
+    adapter_info: probe.info ?? null });
+  window.fairtuneDevice = report;
+  const device = $("device");
+  device.className = report.backend === "cpu" && choice !== "cpu" ? "fallback" : "";
+  device.textContent = report.backend === "cpu"
+    ? `Training on the CPU backend (WebAssembly). ${reason}`
+    : `Training on WebGPU: ${probe.name}. ${reason}`;
+  device.dataset.state = "ready";
+  return report;
 }
 
 function showControls() {
   $("lambda-value").textContent = LAMBDAS[Number($("lambda").value)];
   $("beta-value").textContent = BETAS[Number($("beta").value)];
-  const dpo = $("preset").value === "dpo";
+  const preset = $("preset").value;
+  const dpo = preset !== "classify";
+  $("intro").textContent = INTROS[preset];
+  $("model-panel").hidden = preset !== "lora-dpo";
   $("beta-label").style.opacity = dpo ? 1 : 0.4;
   $("beta").disabled = !dpo;
-  $("groups-caption").textContent = dpo
-    ? "Mean log P(\" yes\") per group (fairness batch)"
+  $("groups-caption").textContent = preset === "lora-dpo"
+    ? "Mean log P(chosen answer) per group (training batch)"
+    : dpo ? "Mean log P(\" yes\") per group (fairness batch)"
     : "Mean P(positive) per group (fairness batch)";
   $("eval-caption").textContent = dpo
-    ? "Held-out reward accuracy and group gap"
+    ? "Held-out reward accuracy (rewards/accuracies) and group gap"
     : "Held-out accuracy and group gap";
 }
 
@@ -50,6 +243,29 @@ function setStatus(state, text) {
   status.dataset.state = state;
   status.className = state === "error" ? "error" : "";
   status.textContent = text;
+}
+
+// Three to six round values from `lo` to `hi` (1, 2 or 5 times a power of ten apart).
+function niceTicks(lo, hi) {
+  const span = hi - lo;
+  if (!(span > 0)) return [lo];
+  const raw = span / 4;
+  const power = 10 ** Math.floor(Math.log10(raw));
+  const step = [1, 2, 5, 10].map((m) => m * power).find((s) => s >= raw);
+  const ticks = [];
+  for (let v = Math.ceil(lo / step) * step; v <= hi + step * 1e-9; v += step) {
+    ticks.push(Math.abs(v) < step * 1e-9 ? 0 : v);
+  }
+  return ticks;
+}
+
+// A tick's label with as many decimals as the axis's span needs (0.0021 → "2.1e-3" only when
+// the values themselves are that small).
+function tickLabel(v, span) {
+  if (v === 0) return "0";
+  if (Math.abs(v) < 1e-3 || Math.abs(v) >= 1e5) return v.toExponential(1);
+  const decimals = Math.max(0, Math.min(4, 1 - Math.floor(Math.log10(span / 4))));
+  return v.toFixed(decimals);
 }
 
 // A line chart on a canvas: `series` = [{name, color, dashed?, points: [[x, y], …]}].
@@ -76,11 +292,16 @@ function drawChart(canvas, series, xMax) {
   ctx.beginPath();
   ctx.moveTo(left, top); ctx.lineTo(left, height - bottom); ctx.lineTo(width - right, height - bottom);
   ctx.stroke();
-  for (const v of [lo + pad, (lo + hi) / 2, hi - pad]) {
-    ctx.fillText(v.toPrecision(3), 2, y(v) + 4);
+  const span = hi - lo - 2 * pad;
+  for (const v of niceTicks(lo + pad, hi - pad)) {
+    ctx.fillText(tickLabel(v, span), 2, y(v) + 4);
+    ctx.strokeStyle = "#eee";
+    ctx.beginPath(); ctx.moveTo(left + 1, y(v)); ctx.lineTo(width - right, y(v)); ctx.stroke();
   }
-  ctx.fillText("0", left - 3, height - 5);
-  ctx.fillText(`step ${xMax}`, width - right - 48, height - 5);
+  for (const v of niceTicks(0, Math.max(1, xMax)).filter(Number.isInteger)) {
+    ctx.fillText(String(v), x(v) - 3 * String(v).length, height - 5);
+  }
+  ctx.fillText("step", width - right - 24, height - bottom - 4);
   series.forEach((s, i) => {
     ctx.strokeStyle = s.color;
     ctx.lineWidth = 1.5;
@@ -109,10 +330,11 @@ function draw(run) {
     name: g, color: COLORS[i % COLORS.length],
     points: run.records.map((r) => [r.step, r.group_means[g]]),
   })), steps);
-  // The previous finished run of the same preset, dashed, to compare λs at a glance.
+  // The previous finished run of the same preset and model, dashed, to compare λs at a glance.
   const runs = window.fairtuneRuns;
   const previous = runs.slice(0, runs.indexOf(run)).reverse()
-    .find((r) => r.options.preset === run.options.preset && !r.error && r.evals.length > 0);
+    .find((r) => r.options.preset === run.options.preset && r.options.model === run.options.model &&
+      !r.error && r.evals.length > 0);
   const evalSeries = (r, dashed) => {
     const label = dashed ? ` (λ=${r.options.lambda})` : "";
     return [
@@ -133,9 +355,13 @@ function addRunRow(run) {
   const fmt = (v) => (Number.isFinite(v) ? v.toFixed(3) : "–");
   const means = Object.entries(last.group_means ?? {}).map(([g, m]) => `${g} ${fmt(m)}`).join(", ");
   const row = document.createElement("tr");
-  for (const cell of [run.options.preset, run.options.lambda,
-    run.options.preset === "dpo" ? run.options.beta : "–", run.records.length,
-    fmt(last[run.accuracyKey]), fmt(last.group_gap), means, run.tokensPerSecond.toFixed(0)]) {
+  const preset = run.options.model
+    ? `${run.options.preset} (${run.options.model.split("/").pop()})`
+    : run.options.preset;
+  for (const cell of [preset, run.backend, run.options.lambda,
+    run.options.preset === "classify" ? "–" : run.options.beta, run.records.length,
+    `${run.accuracyKey} ${fmt(last[run.accuracyKey])}`, fmt(last.group_gap), means,
+    run.tokensPerSecond.toFixed(0)]) {
     const td = document.createElement("td");
     td.textContent = cell;
     row.append(td);
@@ -146,8 +372,17 @@ function addRunRow(run) {
 async function train(event) {
   event.preventDefault();
   const opts = options();
+  if (opts.preset === "lora-dpo" && !opts.model) {
+    setStatus("error", "Pick a GGUF model first (or drop one on the page).");
+    return;
+  }
   let info;
   try {
+    if (opts.preset === "lora-dpo") {
+      setStatus("loading", `Loading ${loadedModel.name} and the preference pairs…`);
+      // Let the page draw the status before the module is busy.
+      await new Promise((resolve) => setTimeout(resolve, 30));
+    }
     info = JSON.parse(fairtune.start(JSON.stringify(opts)));
   } catch (error) {
     setStatus("error", `Could not start: ${error?.message ?? error}`);
@@ -155,16 +390,20 @@ async function train(event) {
   }
   const run = {
     options: opts, info, groups: info.groups, records: [], evals: [], tokensPerSecond: 0,
-    accuracyKey: opts.preset === "dpo" ? "rewards/accuracies" : "accuracy",
+    accuracyKey: opts.preset === "classify" ? "accuracy" : "rewards/accuracies",
+    backend: window.fairtuneDevice.backend,
   };
   window.fairtuneRuns.push(run);
   stopRequested = false;
-  $("train").disabled = true;
-  $("stop").disabled = false;
+  setBusy(true);
   setStatus("training", `Training ${info.model} on ${info.train_rows} rows, λ = ${opts.lambda}…`);
-  const started = performance.now();
+  let started;
   let tokens = 0;
   try {
+    // Where the run starts from, so the held-out chart shows what training changed.
+    run.evals.push(JSON.parse(await fairtune.evaluate()));
+    draw(run);
+    started = performance.now();
     for (let s = 1; s <= opts.steps && !stopRequested; s++) {
       const stepStarted = performance.now();
       const record = JSON.parse(await fairtune.step());
@@ -188,6 +427,13 @@ async function train(event) {
     }
     run.seconds = (performance.now() - started) / 1000;
     addRunRow(run);
+    if (opts.preset === "lora-dpo") {
+      setStatus("training", "Writing the answers before and after training…");
+      const answersStarted = performance.now();
+      run.answers = JSON.parse(await fairtune.answers(ANSWERS, ANSWER_TOKENS));
+      run.answerSeconds = (performance.now() - answersStarted) / 1000;
+      showAnswers(run.answers);
+    }
     const last = run.evals[run.evals.length - 1];
     setStatus("done", `Done: ${run.records.length} steps in ${run.seconds.toFixed(1)} s ` +
       `(${run.tokensPerSecond.toFixed(0)} tokens/s); held-out ${run.accuracyKey} ` +
@@ -196,35 +442,84 @@ async function train(event) {
     run.error = String(error?.message ?? error);
     setStatus("error", `Training stopped: ${run.error}`);
   } finally {
-    $("train").disabled = false;
-    $("stop").disabled = true;
+    setBusy(false);
   }
+}
+
+function showAnswers(answers) {
+  const body = $("answers").tBodies[0];
+  body.replaceChildren();
+  for (const a of answers) {
+    const prompt = Array.isArray(a.prompt) ? a.prompt.map((m) => m.content).join(" ") : a.prompt;
+    const row = document.createElement("tr");
+    for (const cell of [prompt, a.group ?? "", a.before.trim(), a.after.trim()]) {
+      const td = document.createElement("td");
+      td.textContent = cell;
+      row.append(td);
+    }
+    body.append(row);
+  }
+  $("answers-section").hidden = false;
+}
+
+// The adapters of the last LoRA run, as the two files of PEFT's layout.
+async function downloadAdapters() {
+  for (const [name, bytes] of await fairtune.adapter_files()) {
+    const link = document.createElement("a");
+    link.href = URL.createObjectURL(new Blob([bytes], { type: "application/octet-stream" }));
+    link.download = name;
+    link.click();
+    setTimeout(() => URL.revokeObjectURL(link.href), 10_000);
+  }
+}
+
+// While a run trains, its settings and the backend stay as they are.
+function setBusy(busy) {
+  $("train").disabled = busy;
+  $("stop").disabled = !busy;
+  $("backend").disabled = busy;
 }
 
 async function main() {
   for (const id of ["lambda", "beta", "preset"]) $(id).addEventListener("input", showControls);
   showControls();
   await init();
-  const report = JSON.parse(await fairtune.init());
-  window.fairtuneDevice = report;
-  const device = $("device");
-  if (report.fallback_reason) {
-    device.className = "fallback";
-    device.textContent = `This browser has no usable WebGPU (${report.fallback_reason}); ` +
-      `training runs on the CPU backend in WebAssembly: ${report.adapter}`;
-  } else {
-    // wgpu names few WebGPU adapters; the browser's own GPUAdapterInfo says more.
-    const adapter = await navigator.gpu?.requestAdapter();
-    const info = adapter?.info ?? {};
-    const names = [info.vendor, info.architecture, info.device, info.description].filter(Boolean);
-    report.adapter_info = info.vendor === undefined ? null : {
-      vendor: info.vendor, architecture: info.architecture, device: info.device,
-      description: info.description,
-    };
-    device.textContent = `Training on WebGPU: ${names.join(" / ") || report.adapter}`;
-  }
-  device.dataset.state = "ready";
+  await startBackend();
+  $("backend").addEventListener("change", async () => {
+    $("train").disabled = true;
+    $("device").dataset.state = "starting";
+    try {
+      await startBackend();
+    } catch (error) {
+      setStatus("error", `Could not switch the backend: ${error?.message ?? error}`);
+    }
+    $("train").disabled = false;
+  });
   $("controls").addEventListener("submit", train);
+  $("model-file").addEventListener("change", (e) => loadModel(e.target.files[0]));
+  $("model-dir").addEventListener("change", (e) => loadModelDir(e.target.files));
+  $("data-file").addEventListener("change", (e) => loadData(e.target.files[0]));
+  $("download").addEventListener("click", async () => {
+    try {
+      await downloadAdapters();
+    } catch (error) {
+      setStatus("error", `Could not make the adapter files: ${error?.message ?? error}`);
+    }
+  });
+  document.addEventListener("dragover", (e) => {
+    e.preventDefault();
+    document.body.classList.add("dragging");
+  });
+  document.addEventListener("dragleave", () => document.body.classList.remove("dragging"));
+  document.addEventListener("drop", (e) => {
+    e.preventDefault();
+    document.body.classList.remove("dragging");
+    const file = e.dataTransfer?.files?.[0];
+    if (!file) return;
+    $("preset").value = "lora-dpo";
+    showControls();
+    loadModel(file);
+  });
   $("stop").addEventListener("click", () => { stopRequested = true; });
   $("train").disabled = false;
   setStatus("idle", "Ready. Pick a preset and λ, then press Train.");

@@ -2,6 +2,7 @@
 //! presets (`playground`, which `fairtune playground` also runs on the desktop) and the page's
 //! wasm entry points (`web`, wasm32 only). The top of the house: nothing below imports from here.
 
+pub mod decisions;
 #[cfg(not(target_arch = "wasm32"))]
 pub mod demo;
 pub mod playground;

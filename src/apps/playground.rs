@@ -28,6 +28,7 @@ use serde_json::{Value, json};
 use crate::device::Selected;
 use crate::error::{Error, Result};
 use crate::model::ArchConfig;
+use crate::model::lora::{LoraSettings, LoraTarget};
 use crate::train::classify::ClassifyTask;
 use crate::train::dpo::DpoTask;
 use crate::train::{InitOn, RunDir, Session, StepReport, Task, TaskRunner, TrainConfig, held_out};
@@ -39,6 +40,21 @@ pub enum Preset {
     Classify,
     /// A tiny Llama tuned with DPO.
     Dpo,
+    /// A real causal LM (the page: a GGUF the visitor picked) tuned with LoRA DPO on preference
+    /// pairs with a group each (the page's built-in decision questions, or the visitor's JSONL).
+    #[serde(rename = "lora-dpo")]
+    #[value(name = "lora-dpo")]
+    LoraDpo,
+}
+
+impl Preset {
+    pub fn name(self) -> &'static str {
+        match self {
+            Preset::Classify => "classify",
+            Preset::Dpo => "dpo",
+            Preset::LoraDpo => "lora-dpo",
+        }
+    }
 }
 
 /// What the page's controls set. Every field has a default, so `{}` is a valid request.
@@ -55,6 +71,16 @@ pub struct Options {
     pub batch_size: usize,
     /// Counterfactual rows per step for the penalty, split evenly over the two groups.
     pub fairness_batch_size: usize,
+    /// `lora-dpo`: the model — a path the page registered (a GGUF file) or, on the desktop,
+    /// anything `fairtune train --model` takes.
+    pub model: Option<String>,
+    /// `lora-dpo`: preference pairs, a JSONL file in `fairtune train`'s DPO format with a
+    /// `group` per row (the page: a registered path); none: the built-in decision questions.
+    pub data: Option<String>,
+    /// `lora-dpo`: the adapters' rank (α = 2·rank, on q/k/v/o).
+    pub lora_rank: usize,
+    /// `lora-dpo`: tokens of a prompt and its answer together.
+    pub max_length: usize,
 }
 
 impl Default for Options {
@@ -68,6 +94,10 @@ impl Default for Options {
             lr: 3e-3,
             batch_size: 64,
             fairness_batch_size: 16,
+            model: None,
+            data: None,
+            lora_rank: 8,
+            max_length: 96,
         }
     }
 }
@@ -101,6 +131,31 @@ impl Options {
             if !(2..=512).contains(&size) {
                 return bad(format!("{name} must be in 2..=512, got {size}"));
             }
+        }
+        if !(1..=256).contains(&self.lora_rank) {
+            return bad(format!(
+                "lora_rank must be in 1..=256, got {}",
+                self.lora_rank
+            ));
+        }
+        if !(16..=4096).contains(&self.max_length) {
+            return bad(format!(
+                "max_length must be in 16..=4096, got {}",
+                self.max_length
+            ));
+        }
+        match (self.preset, &self.model, &self.data) {
+            (Preset::LoraDpo, None, _) => {
+                return bad("the lora-dpo preset needs a model (a GGUF file)".into());
+            }
+            (Preset::LoraDpo, Some(_), _) => {}
+            (_, Some(_), _) | (_, _, Some(_)) => {
+                return bad(format!(
+                    "model and data are for the lora-dpo preset; the {} preset makes its own",
+                    self.preset.name()
+                ));
+            }
+            _ => {}
         }
         Ok(())
     }
@@ -272,10 +327,10 @@ fn prompt(text: &str) -> String {
 /// `playground/<preset>/…`, and the training configuration that reads it.
 pub fn config(options: &Options) -> Result<TrainConfig> {
     options.check()?;
-    let dir = PathBuf::from("playground").join(match options.preset {
-        Preset::Classify => "classify",
-        Preset::Dpo => "dpo",
-    });
+    if options.preset == Preset::LoraDpo {
+        return lora_dpo_config(options);
+    }
+    let dir = PathBuf::from("playground").join(options.preset.name());
     let file = |name: &str, text: String| {
         let path = dir.join(name);
         crate::fsutil::register(&path, text);
@@ -339,6 +394,7 @@ pub fn config(options: &Options) -> Result<TrainConfig> {
             ));
             config
         }
+        Preset::LoraDpo => unreachable!("configured above"),
         Preset::Dpo => {
             let answer = |label: i64| if label == 1 { " yes" } else { " no" };
             let pair = |text: &str, g: usize, label: i64| {
@@ -391,6 +447,47 @@ pub fn config(options: &Options) -> Result<TrainConfig> {
     Ok(config)
 }
 
+/// The `lora-dpo` preset: LoRA DPO of `options.model` on `options.data` (else the built-in
+/// decision questions, with their held-out cases as the evaluation set), the penalty on the
+/// groups of each batch. Nothing is written: adapters are taken from the session.
+fn lora_dpo_config(options: &Options) -> Result<TrainConfig> {
+    let model = options
+        .model
+        .clone()
+        .expect("checked: lora-dpo has a model");
+    let (train, eval) = match &options.data {
+        Some(path) => (PathBuf::from(path), None),
+        None => {
+            let dir = PathBuf::from("playground").join("lora-dpo");
+            let train = dir.join("train.jsonl");
+            let eval = dir.join("eval.jsonl");
+            crate::fsutil::register(&train, jsonl(super::decisions::train_pairs()));
+            crate::fsutil::register(&eval, jsonl(super::decisions::held_out_pairs()));
+            (train, Some(eval))
+        }
+    };
+    let mut config = TrainConfig::new(Task::Dpo, train, model, PathBuf::new());
+    config.eval = eval;
+    config.lora = Some(LoraSettings {
+        rank: options.lora_rank,
+        alpha: 2.0 * options.lora_rank as f64,
+        dropout: 0.0,
+        targets: vec![LoraTarget::Q, LoraTarget::K, LoraTarget::V, LoraTarget::O],
+    });
+    config.dpo.beta = options.beta;
+    config.steps = options.steps;
+    config.batch_size = options.batch_size;
+    config.lr = options.lr;
+    config.seed = options.seed;
+    config.fairness_lambda = options.lambda;
+    config.warmup_steps = 0;
+    config.max_length = options.max_length;
+    config.max_prompt_length = options.max_length - options.max_length / 8;
+    config.checkpoint_every = 0;
+    config.validate()?;
+    Ok(config)
+}
+
 /// A preset's training session, either task.
 pub enum Playground {
     Classify(Box<Session<ClassifyTask>>),
@@ -401,13 +498,21 @@ impl Playground {
     /// Make the data, load it, and initialize the model under the seed. Nothing is written.
     pub fn start(options: &Options, selected: &Selected) -> Result<Self> {
         let config = config(options)?;
+        if options.preset == Preset::LoraDpo {
+            let task = DpoTask::load(&config, selected)?;
+            // Before the model is loaded: a tab has at most 4 GiB (wasm32), less what it holds.
+            if let (Some(plan), Some(limit)) = (task.memory_plan(), headroom()) {
+                crate::train::memory::check(&plan, limit, &config)?;
+            }
+            return Ok(Self::Dpo(Box::new(session(&config, selected, task)?)));
+        }
         Ok(match options.preset {
             Preset::Classify => Self::Classify(Box::new(session(
                 &config,
                 selected,
                 ClassifyTask::load(&config, selected)?,
             )?)),
-            Preset::Dpo => Self::Dpo(Box::new(session(
+            Preset::Dpo | Preset::LoraDpo => Self::Dpo(Box::new(session(
                 &config,
                 selected,
                 DpoTask::load(&config, selected)?,
@@ -437,9 +542,98 @@ impl Playground {
             "lambda": config.fairness_lambda,
             "beta": config.dpo.beta,
             "batch_size": config.batch_size,
-            "train_rows": TRAIN_ROWS,
-            "label_bias": BIAS,
+            "train_rows": match self {
+                Self::Classify(_) => TRAIN_ROWS,
+                Self::Dpo(s) => s.task.train_pairs().count(),
+            },
+            "label_bias": config.lora.is_none().then_some(BIAS),
+            "lora_rank": config.lora.as_ref().map(|l| l.rank),
+            "params": match self {
+                Self::Classify(s) => crate::train::count_params(s.model()),
+                Self::Dpo(s) => crate::train::count_params(s.model()),
+            },
         })
+    }
+
+    /// The base model's and the tuned model's greedy answers (at most `max_new_tokens` tokens)
+    /// to the first `limit` distinct prompts of the held-out pairs (else the training pairs):
+    /// `[{"prompt", "group", "before", "after"}]`. LoRA DPO only: the base is the adapters off.
+    pub async fn answers(
+        &mut self,
+        selected: &Selected,
+        limit: usize,
+        max_new_tokens: usize,
+    ) -> Result<Value> {
+        use crate::generate::{GenerateOptions, Sampling, generate, prompt_ids, stop_ids};
+        use burn::module::Module;
+        let Self::Dpo(session) = self else {
+            return Err(Error::input(
+                "answers come from a language model: the DPO presets",
+            ));
+        };
+        let config = session.config().clone();
+        let (task, model) = session.task_and_model();
+        let base = task.base_model().ok_or_else(|| {
+            Error::input("before/after answers need LoRA (the base is the adapters off)")
+        })?;
+        let (tokenizer, source, eos) = task.generation_setup();
+        let template = tokenizer.chat_template()?;
+        let rows = crate::data::jsonl::read(config.eval.as_ref().unwrap_or(&config.train))?;
+        let mut shown: Vec<(Value, Value)> = Vec::new();
+        let mut ids = Vec::new();
+        let mut chatted = false;
+        for row in &rows {
+            let Some(prompt) = row.fields.get("prompt") else {
+                continue;
+            };
+            if shown.len() == limit || shown.iter().any(|(p, _)| p == prompt) {
+                continue;
+            }
+            let (prompt_ids, chat) =
+                prompt_ids(tokenizer, template.as_ref(), row.content("prompt")?, false)?;
+            chatted |= chat;
+            ids.push(prompt_ids);
+            let group = row.fields.get("group").cloned().unwrap_or(Value::Null);
+            shown.push((prompt.clone(), group));
+        }
+        let options = GenerateOptions {
+            max_new_tokens,
+            sampling: Sampling::default(),
+            stop_ids: stop_ids(tokenizer, source, eos, chatted),
+            stop_strings: Vec::new(),
+        };
+        let device = &selected.device;
+        let before = generate(base, tokenizer, &ids, &options, device, |_, _| {}).await?;
+        let tuned = model.valid();
+        let after = generate(&tuned, tokenizer, &ids, &options, device, |_, _| {}).await?;
+        let answers = shown
+            .into_iter()
+            .zip(before.into_iter().zip(after))
+            .map(|((prompt, group), (before, after))| {
+                json!({"prompt": prompt, "group": group, "before": before.completion,
+                       "after": after.completion, "before_ids": before.completion_ids,
+                       "after_ids": after.completion_ids})
+            })
+            .collect();
+        Ok(Value::Array(answers))
+    }
+
+    /// The trained LoRA adapters in PEFT's layout, as the desktop writes them to `OUT/adapter`:
+    /// `[(file name, bytes)]`. LoRA DPO only.
+    pub async fn adapter_files(&self) -> Result<crate::model::lora::Files> {
+        let (Self::Dpo(session), Some(settings)) = (self, &self.config().lora) else {
+            return Err(Error::input("only a LoRA run has adapters to download"));
+        };
+        let arch = ArchConfig::Llama(session.task.arch().clone());
+        let base = std::path::Path::new(&session.config().model)
+            .file_name()
+            .map_or(session.config().model.clone(), |n| {
+                n.to_string_lossy().into_owned()
+            });
+        let (files, _) =
+            crate::model::lora::adapter_files_async(session.model(), &arch, settings, &base)
+                .await?;
+        Ok(files)
     }
 
     pub fn steps_done(&self) -> usize {
@@ -466,6 +660,18 @@ impl Playground {
     }
 }
 
+/// What a browser tab may still take: wasm32 addresses 4 GiB, and the module holds what its
+/// linear memory has grown to. `None` natively (the desktop's run checks the OS instead).
+fn headroom() -> Option<u64> {
+    #[cfg(target_arch = "wasm32")]
+    {
+        let held = core::arch::wasm32::memory_size(0) as u64 * 65_536;
+        Some((4u64 << 30).saturating_sub(held))
+    }
+    #[cfg(not(target_arch = "wasm32"))]
+    None
+}
+
 /// A playground session: no run directory, not resuming, initial weights drawn on the host.
 fn session<T: TaskRunner>(
     config: &TrainConfig,
@@ -488,8 +694,14 @@ async fn evaluate<T: TaskRunner>(session: &mut Session<T>, selected: &Selected) 
 
 #[cfg(not(target_arch = "wasm32"))]
 /// `fairtune playground`: run a preset on the desktop, one JSON line per step (and an
-/// evaluation line every `eval_every` steps and at the end) on stdout.
-pub fn run(options: &Options, selected: &Selected, eval_every: usize) -> Result<()> {
+/// evaluation line every `eval_every` steps and at the end) on stdout; with `answers` = (prompts,
+/// tokens), a last line `{"answers": [...]}` of the base and the tuned model's greedy answers.
+pub fn run(
+    options: &Options,
+    selected: &Selected,
+    eval_every: usize,
+    answers: Option<(usize, usize)>,
+) -> Result<()> {
     let mut playground = Playground::start(options, selected)?;
     eprintln!("{}", playground.describe());
     while playground.steps_done() < options.steps {
@@ -500,6 +712,10 @@ pub fn run(options: &Options, selected: &Selected, eval_every: usize) -> Result<
             let eval = pollster::block_on(playground.evaluate(selected))?;
             println!("{}", json!({"eval": eval}));
         }
+    }
+    if let Some((limit, tokens)) = answers {
+        let answers = pollster::block_on(playground.answers(selected, limit, tokens))?;
+        println!("{}", json!({ "answers": answers }));
     }
     Ok(())
 }

@@ -1,5 +1,6 @@
 //! The browser build's entry points (wasm-bindgen; compiled only for wasm32). The page calls
-//! [`init`] once — wgpu starts only asynchronously in a browser — then [`start`] with a preset
+//! [`init`] with the backend it chose — wgpu starts only asynchronously in a browser; the page
+//! may call it again between runs to switch — then [`start`] with a preset
 //! and its settings, then [`step`] and [`evaluate`] as often as it likes. Training is the
 //! desktop's: the same [`crate::train::Session`], tasks, objectives and WGSL kernels; every device
 //! read is awaited, so the page stays responsive while the GPU works.
@@ -12,11 +13,14 @@ use std::cell::RefCell;
 use wasm_bindgen::prelude::*;
 
 use crate::apps::playground::{Options, Playground};
-use crate::device::{Selected, init_browser};
+use crate::device::{Selected, init_webgpu};
 use crate::error::Error;
 
 thread_local! {
     static DEVICE: RefCell<Option<Selected>> = const { RefCell::new(None) };
+    /// The WebGPU device once started (or why it could not be): started once, kept for a switch
+    /// back.
+    static WEBGPU: RefCell<Option<Result<Selected, String>>> = const { RefCell::new(None) };
     /// The session; empty while a step or evaluation holds it (or before `start`).
     static SESSION: RefCell<Option<Playground>> = const { RefCell::new(None) };
     /// Whether `start` has made a session (to tell "busy" from "not started").
@@ -33,19 +37,42 @@ fn device() -> Result<Selected, JsError> {
         .ok_or_else(|| JsError::new("call init() before training"))
 }
 
-/// Start the device: the browser's WebGPU adapter, else burn's CPU backend. Returns a JSON
-/// object: `{"backend", "adapter", "fallback_reason"}`.
+/// Start the device the page chose: `"webgpu"` (the browser's WebGPU adapter, or burn's CPU
+/// backend with the reason when there is none) or `"cpu"` (burn's CPU backend in WebAssembly).
+/// Which is faster is the page's call: it can see the adapter's `GPUAdapterInfo`, which tells a
+/// software adapter (SwiftShader) from a GPU. Later runs use this device. Returns a JSON object:
+/// `{"backend", "adapter", "fallback_reason"}`.
 #[wasm_bindgen]
-pub async fn init() -> String {
+pub async fn init(backend: Option<String>) -> Result<String, JsError> {
     console_error_panic_hook();
-    let (selected, fallback) = init_browser().await;
+    let (selected, fallback) = match backend.as_deref().unwrap_or("webgpu") {
+        "cpu" => (Selected::cpu(), None),
+        "webgpu" => {
+            if WEBGPU.with(|webgpu| webgpu.borrow().is_none()) {
+                let started = init_webgpu().await;
+                WEBGPU.with(|webgpu| *webgpu.borrow_mut() = Some(started));
+            }
+            match WEBGPU
+                .with(|webgpu| webgpu.borrow().clone())
+                .expect("started above")
+            {
+                Ok(selected) => (selected, None),
+                Err(why) => (Selected::cpu(), Some(why)),
+            }
+        }
+        other => {
+            return Err(JsError::new(&format!(
+                "unknown backend {other:?}: use \"webgpu\" or \"cpu\""
+            )));
+        }
+    };
     let report = serde_json::json!({
         "backend": selected.backend_name(),
         "adapter": selected.describe(),
         "fallback_reason": fallback,
     });
     DEVICE.with(|device| *device.borrow_mut() = Some(selected));
-    report.to_string()
+    Ok(report.to_string())
 }
 
 /// A panic (a bug) reaches the page's console with its message and the JS stack, and the page's
@@ -122,4 +149,41 @@ pub async fn evaluate() -> Result<String, JsError> {
 #[wasm_bindgen]
 pub fn register_file(path: &str, text: &str) {
     crate::fsutil::register(path, text);
+}
+
+/// Make a binary file (the visitor's GGUF model) readable at `path`; a path ending in `.gguf`
+/// is then a `model` the `lora-dpo` preset can start from.
+#[wasm_bindgen]
+pub fn register_bytes(path: &str, bytes: Vec<u8>) {
+    crate::fsutil::register(path, bytes);
+}
+
+/// The base model's and the tuned model's greedy answers to the first `limit` held-out prompts,
+/// at most `max_new_tokens` tokens each, as JSON `[{"prompt", "group", "before", "after", …}]`.
+#[wasm_bindgen]
+pub async fn answers(limit: usize, max_new_tokens: usize) -> Result<String, JsError> {
+    let selected = device()?;
+    let mut playground = take()?;
+    let result = playground.answers(&selected, limit, max_new_tokens).await;
+    put_back(playground);
+    Ok(result.map_err(js_error)?.to_string())
+}
+
+/// The trained LoRA adapters in PEFT's layout, as the desktop writes them to `OUT/adapter`:
+/// an array of `[file name, bytes]` (`adapter_model.safetensors`, `adapter_config.json`).
+#[wasm_bindgen]
+pub async fn adapter_files() -> Result<js_sys::Array, JsError> {
+    let playground = take()?;
+    let files = playground.adapter_files().await;
+    put_back(playground);
+    Ok(files
+        .map_err(js_error)?
+        .into_iter()
+        .map(|(name, bytes)| {
+            let pair = js_sys::Array::new();
+            pair.push(&name.into());
+            pair.push(&js_sys::Uint8Array::from(bytes.as_slice()).into());
+            pair
+        })
+        .collect())
 }

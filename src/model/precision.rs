@@ -163,7 +163,9 @@ fn is_projection(path: &str) -> bool {
 /// power of two down to 8 where `out` is not a multiple of 32); `None` when none divides `out`.
 fn quantized<const D: usize>(matrix: Tensor<D>, quantize: Quantize) -> Option<Tensor<D>> {
     let columns = matrix.dims()[D - 1];
-    let block = [BLOCK, 16, 8].into_iter().find(|b| columns.is_multiple_of(*b))?;
+    let block = [BLOCK, 16, 8]
+        .into_iter()
+        .find(|b| columns.is_multiple_of(*b))?;
     let scheme = QuantScheme::default()
         .with_value(quantize.value())
         .with_store(QuantStore::PackedU32(0))

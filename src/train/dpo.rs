@@ -595,6 +595,26 @@ impl DpoTask {
         }
     }
 
+    /// The base model under LoRA — the reference, which is the loaded model with no adapters —
+    /// for answers before training beside the tuned model's; `None` without LoRA (or when
+    /// precomputed reference log-probs let the reference go).
+    pub fn base_model(&self) -> Option<&LlamaForCausalLM> {
+        self.reference
+            .as_ref()
+            .filter(|_| self.config.lora.is_some())
+    }
+
+    /// The model's architecture.
+    pub fn arch(&self) -> &LlamaConfig {
+        &self.arch
+    }
+
+    /// The model's tokenizer, where it came from, and its config's end-of-sequence id: what
+    /// generation needs beside a model.
+    pub fn generation_setup(&self) -> (&TextTokenizer, &ModelSource, Option<u32>) {
+        (&self.tokenizer, &self.source, self.arch.eos_token_id)
+    }
+
     /// The encoded training pairs (chosen, rejected), in file order.
     pub fn train_pairs(&self) -> impl Iterator<Item = (&LmSequence, &LmSequence)> {
         self.train.iter().map(|p| (&p.chosen, &p.rejected))

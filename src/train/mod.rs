@@ -39,6 +39,7 @@ use serde_json::{Map, Value};
 pub use config::{Task, TrainConfig};
 pub use held_out::{FairnessSummary, cell_names, held_out, summarize_fairness};
 pub use report::{HeldOut, RunReport};
+pub(crate) use run::count_params;
 pub use run::{export_model, run};
 pub(crate) use run::{export_run, report_load};
 pub(crate) use session::step_seed;

@@ -156,7 +156,7 @@ pub(crate) fn report_load(report: &crate::model::io::safetensors::LoadReport) {
 }
 
 /// (trainable, all) parameter counts; LoRA factors count as trainable, frozen bases do not.
-fn count_params<M: Module>(model: &M) -> (usize, usize) {
+pub(crate) fn count_params<M: Module>(model: &M) -> (usize, usize) {
     struct Count(usize, usize);
     impl ModuleVisitor for Count {
         fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {

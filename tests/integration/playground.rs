@@ -8,16 +8,22 @@ use serde_json::Value;
 
 use crate::common::{fairtune, stderr, wgpu};
 
-/// The JSON lines of a `fairtune playground` run: (step records, evaluations).
-fn run(args: &[&str]) -> (Vec<Value>, Vec<Value>) {
+/// The JSON lines a successful `fairtune playground` run on the CPU printed, and its stderr.
+fn json_lines(args: &[&str]) -> (Vec<Value>, String) {
     let mut all = vec!["playground", "--backend", "cpu"];
     all.extend_from_slice(args);
     let output = fairtune(&all);
     assert!(output.status.success(), "{}", stderr(&output));
-    let lines: Vec<Value> = String::from_utf8_lossy(&output.stdout)
+    let lines = String::from_utf8_lossy(&output.stdout)
         .lines()
         .map(|line| serde_json::from_str(line).expect("a JSON line"))
         .collect();
+    (lines, stderr(&output))
+}
+
+/// The JSON lines of a `fairtune playground` run: (step records, evaluations).
+fn run(args: &[&str]) -> (Vec<Value>, Vec<Value>) {
+    let (lines, _) = json_lines(args);
     let (evals, steps): (Vec<Value>, Vec<Value>) =
         lines.into_iter().partition(|v| v.get("eval").is_some());
     (
@@ -119,4 +125,114 @@ fn bad_playground_options_are_refused() {
     assert!(stderr(&output).contains("batch_size must be in 2..=512"));
     let output = fairtune(&["playground", "--preset", "gpt"]);
     assert_eq!(output.status.code(), Some(2));
+}
+
+#[test]
+fn bad_lora_dpo_options_are_refused() {
+    for (args, needle) in [
+        (
+            vec!["--preset", "lora-dpo"],
+            "the lora-dpo preset needs a model",
+        ),
+        (
+            vec!["--preset", "classify", "--model", "tiny-llama"],
+            "model and data are for the lora-dpo preset",
+        ),
+        (
+            vec![
+                "--preset",
+                "lora-dpo",
+                "--model",
+                "tiny-llama",
+                "--lora-rank",
+                "0",
+            ],
+            "lora_rank must be in 1..=256",
+        ),
+    ] {
+        let mut all = vec!["playground", "--backend", "cpu"];
+        all.extend(args);
+        let output = fairtune(&all);
+        assert_eq!(output.status.code(), Some(2), "{}", stderr(&output));
+        assert!(stderr(&output).contains(needle), "{}", stderr(&output));
+    }
+}
+
+/// The page's real-model preset on the desktop (the browser test holds the page to this run):
+/// LoRA DPO on the built-in decision questions, then the base and the tuned model's answers.
+#[test]
+fn the_lora_dpo_preset_tunes_adapters_and_answers_before_and_after() {
+    let model = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/tiny-llama-chat"
+    );
+    let mut args = vec![
+        "--preset",
+        "lora-dpo",
+        "--model",
+        model,
+        "--steps",
+        "3",
+        "--batch-size",
+        "4",
+        "--lambda",
+        "1",
+        "--lr",
+        "0.01",
+        "--answers",
+        "4",
+        "--max-new-tokens",
+        "3",
+    ];
+    let (lines, _) = json_lines(&args);
+    let steps: Vec<&Value> = lines.iter().filter(|l| l.get("step").is_some()).collect();
+    assert_eq!(steps.len(), 3);
+    // LoRA's B starts at zero: the first step's policy is the reference exactly.
+    assert_eq!(steps[0]["rewards/margins"].as_f64(), Some(0.0));
+    assert!(steps[2]["rewards/margins"].as_f64().unwrap() != 0.0);
+    for step in &steps {
+        assert!(step["fairness_F"].as_f64().unwrap().is_finite());
+        let counts = step["group_counts"].as_object().unwrap();
+        let rows: u64 = counts.values().map(|c| c.as_u64().unwrap()).sum();
+        assert_eq!(rows, 4, "{step}");
+    }
+    let eval = &lines.iter().find(|l| l.get("eval").is_some()).unwrap()["eval"];
+    assert_eq!(
+        eval["group_counts"]["men"], 4,
+        "the 4 held-out cases: {eval}"
+    );
+    let answers = lines.iter().find_map(|l| l.get("answers")).unwrap();
+    let answers = answers.as_array().unwrap();
+    assert_eq!(answers.len(), 4);
+    assert_eq!(answers[0]["group"], "women");
+    assert_eq!(answers[1]["group"], "men");
+    for answer in answers {
+        for key in ["before_ids", "after_ids"] {
+            let ids = answer[key].as_array().unwrap();
+            assert!(!ids.is_empty() && ids.len() <= 3, "{answer}");
+        }
+    }
+
+    // The visitor's own pairs instead: any JSONL in the DPO format with a group per row.
+    let dir = crate::common::tempdir();
+    let data = dir.path().join("pairs.jsonl");
+    let rows: String = (0..8)
+        .map(|i| {
+            let group = ["a", "b"][i % 2];
+            format!(
+                "{}\n",
+                serde_json::json!({"prompt": format!("Question {i}?"), "chosen": " yes",
+                                   "rejected": " no", "group": group})
+            )
+        })
+        .collect();
+    std::fs::write(&data, rows).unwrap();
+    args.extend(["--data", data.to_str().unwrap()]);
+    let (lines, stderr) = json_lines(&args);
+    assert!(stderr.contains(r#""groups":["a","b"]"#), "{stderr}");
+    let answers = lines.iter().find_map(|l| l.get("answers")).unwrap();
+    assert_eq!(
+        answers[0]["prompt"], "Question 0?",
+        "the pairs' own prompts: {answers}"
+    );
 }

@@ -1,14 +1,18 @@
-// The real-browser test: headless Debian Chromium (WebGPU through SwiftShader, enabled by
-// --enable-unsafe-webgpu) loads the page from a local server, then trains the classifier preset
-// through the page's own controls at λ = 0 and at λ > 0. It asserts that the adapter is WebGPU,
-// every logged loss is finite, the task loss falls, the held-out group gap at λ > 0 is much
-// smaller than at λ = 0, and nothing on the page failed (no uncaught error, no console error, no
-// WebGPU validation message). Saves a screenshot of the charts to web/test-results/page.png.
+// The real-browser test: headless Debian Chromium loads the page from a local server and trains
+// through the page's own controls. Without WebGPU the page says so in a plain sentence and trains
+// on burn's CPU backend in WebAssembly. With WebGPU enabled (--enable-unsafe-webgpu: a SwiftShader
+// adapter, a CPU emulation) the page must still pick the CPU backend by default — it is far
+// faster — and say why; there the classifier preset trains at λ = 0 and at λ > 0, the task loss
+// falls and the held-out group gap at λ > 0 is much smaller. Then WebGPU is forced and a short
+// classifier run (the WGSL group-statistics kernels) and a DPO run train on it. Every run's losses
+// equal the desktop CPU's step by step, and nothing on the page fails (no uncaught error, no
+// console error, no WebGPU validation message). Saves a screenshot of the charts to
+// web/test-results/page.png.
 //
 // Environment: CHROMIUM (default /usr/bin/chromium), FAIRTUNE_WEB_STEPS (default 40).
 import { chromium } from "playwright-core";
 import { spawn, execFileSync } from "node:child_process";
-import { mkdirSync, writeFileSync } from "node:fs";
+import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 import assert from "node:assert/strict";
@@ -18,6 +22,8 @@ const results = join(web, "test-results");
 const steps = Number(process.env.FAIRTUNE_WEB_STEPS || 40);
 // Slider positions of the page's λ scale [0, 0.3, 1, 3, 10, 30, 100, 300, 1000].
 const LAMBDA_ZERO = 0, LAMBDA_FAIR = 6, LAMBDA_DPO = 2;
+// Steps of the classifier run on (software) WebGPU, and of the real model's LoRA DPO run.
+const GPU_STEPS = 10, LORA_STEPS = 2;
 
 const port = 8000 + Math.floor(Math.random() * 1000);
 const server = spawn("python3", ["-m", "http.server", "--bind", "127.0.0.1", String(port)], {
@@ -68,7 +74,12 @@ async function trainRun(lambdaIndex, preset = "classify", runSteps = steps) {
   await page.locator("#lambda").fill(String(lambdaIndex));
   const before = await page.evaluate(() => window.fairtuneRuns.length);
   await page.click("#train");
-  await page.waitForFunction((n) => window.fairtuneRuns.length > n, before);
+  // (Starting a run on a real model loads it first: tens of seconds.)
+  await page.waitForFunction((n) => window.fairtuneRuns.length > n ||
+    document.getElementById("status").dataset.state === "error", before, { timeout: 10 * 60_000 });
+  const started = await page.evaluate(() => document.getElementById("status").textContent);
+  assert.equal(await page.evaluate(() => window.fairtuneRuns.length), before + 1,
+    `the run did not start: ${started}`);
   const progress = setInterval(async () => {
     const status = await page.evaluate(() => document.getElementById("status").textContent)
       .catch(() => null);
@@ -88,28 +99,40 @@ async function trainRun(lambdaIndex, preset = "classify", runSteps = steps) {
   return run;
 }
 
-// The desktop CPU run of the same preset (`fairtune playground`): its per-step records.
+const binary = process.env.FAIRTUNE_BIN || join(web, "..", "target", "release", "fairtune");
+
+// The desktop CPU run of the same preset (`fairtune playground`): its per-step records (and for
+// LoRA DPO, its before/after answers as the page asks for them).
 function desktopRun(options) {
-  const binary = process.env.FAIRTUNE_BIN || join(web, "..", "target", "release", "fairtune");
-  const out = execFileSync(binary, ["playground", "--preset", options.preset, "--backend", "cpu",
+  const args = ["playground", "--preset", options.preset, "--backend", "cpu",
     "--lambda", String(options.lambda), "--beta", String(options.beta),
-    "--steps", String(options.steps), "--seed", String(options.seed)],
-  { encoding: "utf8", stdio: ["ignore", "pipe", "ignore"] });
-  return out.trim().split("\n").map((line) => JSON.parse(line)).filter((r) => r.step !== undefined);
+    "--steps", String(options.steps), "--seed", String(options.seed)];
+  if (options.preset === "lora-dpo") {
+    args.push("--model", desktopModels[options.model], "--lr", String(options.lr), "--batch-size",
+      String(options.batch_size), "--lora-rank", String(options.lora_rank), "--max-length",
+      String(options.max_length), "--answers", String(ANSWERS), "--max-new-tokens",
+      String(ANSWER_TOKENS));
+  }
+  const out = execFileSync(binary, args, { encoding: "utf8", stdio: ["ignore", "pipe", "ignore"] });
+  const lines = out.trim().split("\n").map((line) => JSON.parse(line));
+  const records = lines.filter((r) => r.step !== undefined);
+  records.answers = lines.find((r) => r.answers)?.answers;
+  return records;
 }
 
 // The browser's first steps against the desktop CPU's: same data, seed and initial weights, so
 // the losses may differ only by float rounding (different kernels, summation orders).
 const PARITY_STEPS = 10, PARITY_TOLERANCE = 1e-3;
-function checkParity(run) {
+function checkParity(run, tolerance = PARITY_TOLERANCE) {
   const desktop = desktopRun(run.options);
+  run.desktop = desktop;
   const worst = [];
   for (let i = 0; i < Math.min(PARITY_STEPS, run.records.length); i++) {
     for (const key of ["loss", "task_loss", "fairness_F"]) {
       const a = run.records[i][key], b = desktop[i][key];
       const diff = Math.abs(a - b);
       worst.push({ step: i + 1, key, browser: a, desktop: b, diff });
-      assert.ok(diff <= PARITY_TOLERANCE * Math.max(1, Math.abs(b)),
+      assert.ok(diff <= tolerance * Math.max(1, Math.abs(b)),
         `${run.options.preset} λ=${run.options.lambda} step ${i + 1}: ${key} ${a} in the browser, ` +
         `${b} on the desktop CPU`);
     }
@@ -140,23 +163,108 @@ function checkRun(run) {
     means: final.group_means, tokensPerSecond: run.tokensPerSecond, seconds: run.seconds };
 }
 
+// The real model: SmolLM2-135M-Instruct's GGUF, fetched by the desktop binary (a no-op when it
+// is in the cache already). Its page answers: as many as the page shows, as long.
+const ANSWERS = 4, ANSWER_TOKENS = 16;
+const fetchLine = execFileSync(binary, ["fetch", "smollm2-135m-instruct"], { encoding: "utf8" });
+const ggufPath = join(fetchLine.trim().split(/\s+/)[1], "model.gguf");
+// A Hugging Face directory: the tiny chat Llama of the Rust tests.
+const hfDir = join(web, "..", "tests", "fixtures", "tiny-llama-chat");
+// Where the page registers each (see app.js) → the same model on disk for the desktop run.
+const desktopModels = { "models/model.gguf": ggufPath, "models/tiny-llama-chat": hfDir };
+
+// The visitor's path: pick a model (`input`: the GGUF or the directory control), train LoRA DPO
+// with the built-in pairs, read the answers, download the adapters.
+async function loraRun(input, path, layers) {
+  await page.selectOption("#preset", "lora-dpo");
+  await page.setInputFiles(input, path);
+  const name = path.split("/").pop();
+  await page.waitForFunction((n) => document.getElementById("status").textContent
+    .startsWith(`${n} (`), name, { timeout: 120_000 });
+  await page.fill("#batch-size", "2");
+  await page.fill("#lr", "0.0005");
+  await page.selectOption("#lora-rank", "8");
+  await page.fill("#max-length", "96");
+  const run = await trainRun(LAMBDA_DPO, "lora-dpo", LORA_STEPS);
+  assert.equal(run.records.length, LORA_STEPS);
+  const parityMaxDiff = checkParity(run, 1e-4);
+  // The same greedy tokens as the desktop, before and after training.
+  assert.equal(run.answers.length, ANSWERS);
+  run.answers.forEach((a, i) => {
+    const d = run.desktop.answers[i];
+    assert.deepEqual(a.before_ids, d.before_ids, `answer ${i} before: ${a.before} / ${d.before}`);
+    assert.deepEqual(a.after_ids, d.after_ids, `answer ${i} after: ${a.after} / ${d.after}`);
+  });
+  const shown = await page.evaluate(() => document.getElementById("answers").tBodies[0].rows.length);
+  assert.equal(shown, ANSWERS, "the page shows no before/after table");
+  // The adapters, in PEFT's layout: every q/k/v/o projection of every layer, A and B.
+  const files = {};
+  const saved = new Promise((resolve) => {
+    const save = async (download) => {
+      files[download.suggestedFilename()] = readFileSync(await download.path());
+      if (Object.keys(files).length === 2) {
+        page.off("download", save);
+        resolve();
+      }
+    };
+    page.on("download", save);
+  });
+  await page.click("#download");
+  await saved;
+  const weights = files["adapter_model.safetensors"];
+  const headerLength = Number(weights.readBigUInt64LE(0));
+  const header = JSON.parse(weights.subarray(8, 8 + headerLength).toString("utf8"));
+  const names = Object.keys(header).filter((k) => k !== "__metadata__");
+  assert.equal(names.length, layers * 4 * 2, `adapter tensors: ${names.length}`);
+  assert.ok(names.includes("base_model.model.model.layers.0.self_attn.q_proj.lora_A.weight"), names[0]);
+  const config = JSON.parse(files["adapter_config.json"].toString("utf8"));
+  assert.equal(config.r, 8);
+  assert.equal(config.peft_type, "LORA");
+  return { steps: LORA_STEPS, parityMaxDiff, seconds: run.seconds, tokensPerSecond: run.tokensPerSecond,
+    answerSeconds: run.answerSeconds, backend: run.backend,
+    answers: run.answers.map((a) => ({ group: a.group, before: a.before, after: a.after })) };
+}
+
+// Choose a backend with the page's control and wait until the page has started it.
+async function chooseBackend(choice) {
+  await page.selectOption("#backend", choice);
+  await page.waitForFunction((c) => window.fairtuneDevice?.choice === c &&
+    document.getElementById("device").dataset.state === "ready", choice);
+  const device = await page.evaluate(() => window.fairtuneDevice);
+  console.log(`device (chose ${choice}):`, JSON.stringify(device));
+  return device;
+}
+
+// The banner must read as a sentence, not a Rust debug dump.
+async function banner() {
+  const shown = await page.evaluate(() => document.getElementById("device").textContent);
+  assert.doesNotMatch(shown, /WgpuDevice|\{|\}|noop|requested/, `a raw error on the page: ${shown}`);
+  return shown;
+}
+
 try {
   await new Promise((r) => setTimeout(r, 500));
   // Without WebGPU the page says so and trains on burn's CPU backend in WebAssembly — the
   // desktop CPU's numbers exactly.
   const fallbackDevice = await openPage(false);
-  assert.equal(fallbackDevice.backend, "cpu", `expected the CPU fallback: ${JSON.stringify(fallbackDevice)}`);
-  assert.ok(fallbackDevice.fallback_reason, "the fallback gave no reason");
-  const shown = await page.evaluate(() => document.getElementById("device").textContent);
-  assert.match(shown, /no usable WebGPU/, `the page did not say it has no WebGPU: ${shown}`);
+  assert.equal(fallbackDevice.backend, "cpu", `expected the CPU backend: ${JSON.stringify(fallbackDevice)}`);
+  assert.match(await banner(), /CPU backend.*no WebGPU/, "the page did not say it has no WebGPU");
   const fallbackRun = await trainRun(LAMBDA_FAIR, "classify", 5);
   const fallback = { steps: 5, parityMaxDiff: checkParity(fallbackRun),
     tokensPerSecond: fallbackRun.tokensPerSecond };
+  // Asking for WebGPU anyway: one plain sentence, and still the CPU backend.
+  const forced = await chooseBackend("webgpu");
+  assert.equal(forced.backend, "cpu");
+  assert.match(forced.fallback_reason, /no WebGPU adapter/, JSON.stringify(forced));
+  assert.match(await banner(), /WebGPU did not start: this browser offers no WebGPU adapter/);
   assert.deepEqual(problems.filter((p) => !/WebGPU/.test(p)), [], "the fallback page reported problems");
   await browser.close();
 
+  // A software WebGPU adapter (SwiftShader): the CPU backend by default, and the page says why.
   const device = await openPage(true);
-  assert.equal(device.backend, "wgpu/WebGPU", `not on WebGPU: ${JSON.stringify(device)}`);
+  assert.equal(device.backend, "cpu", `SwiftShader should lose to the CPU: ${JSON.stringify(device)}`);
+  assert.equal(device.software_adapter, true, JSON.stringify(device));
+  assert.match(await banner(), /software emulation/, "the page did not say why it took the CPU");
 
   const plainRun = await trainRun(LAMBDA_ZERO);
   const plain = checkRun(plainRun);
@@ -167,8 +275,22 @@ try {
   mkdirSync(results, { recursive: true });
   await page.screenshot({ path: join(results, "page.png"), fullPage: true });
 
-  // The DPO preset (a causal LM, its in-memory reference model, the log-prob score): a few
-  // steps and its evaluation, finite and equal to the desktop's.
+  // A Hugging Face directory, then a real model's GGUF: LoRA DPO on the CPU backend the page
+  // chose.
+  const loraDir = await loraRun("#model-dir", hfDir, 2);
+  const lora = await loraRun("#model-file", ggufPath, 30);
+  await page.screenshot({ path: join(results, "lora-dpo.png"), fullPage: true });
+
+  // WebGPU when the visitor forces it: the classifier with the penalty (the WGSL kernels) and
+  // the DPO preset (a causal LM, its in-memory reference model, the log-prob score) — a few
+  // steps each, finite and equal to the desktop's.
+  const gpuDevice = await chooseBackend("webgpu");
+  assert.equal(gpuDevice.backend, "wgpu/WebGPU", `not on WebGPU: ${JSON.stringify(gpuDevice)}`);
+  await banner();
+  const gpuRun = await trainRun(LAMBDA_FAIR, "classify", GPU_STEPS);
+  assert.equal(gpuRun.backend, "wgpu/WebGPU");
+  const gpu = { steps: GPU_STEPS, parityMaxDiff: checkParity(gpuRun),
+    tokensPerSecond: gpuRun.tokensPerSecond };
   const dpoRun = await trainRun(LAMBDA_DPO, "dpo", 3);
   assert.equal(dpoRun.records.length, 3);
   for (const r of dpoRun.records) {
@@ -181,7 +303,8 @@ try {
     `dpo: no held-out numbers: ${JSON.stringify(dpoEval)}`);
   const dpo = { lambda: dpoRun.options.lambda, steps: 3, parityMaxDiff: checkParity(dpoRun),
     seconds: dpoRun.seconds, tokensPerSecond: dpoRun.tokensPerSecond };
-  const summary = { device, steps, runs: [plain, fair], dpo, fallback };
+  const summary = { device, gpuDevice, steps, runs: [plain, fair], loraDir, lora, gpu, dpo,
+    fallback };
   writeFileSync(join(results, "summary.json"), JSON.stringify(summary, null, 2));
   console.log(JSON.stringify(summary, null, 2));
 
