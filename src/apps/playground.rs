@@ -31,6 +31,7 @@ use crate::model::ArchConfig;
 use crate::model::lora::{LoraSettings, LoraTarget};
 use crate::train::classify::ClassifyTask;
 use crate::train::dpo::DpoTask;
+use crate::train::memory;
 use crate::train::{InitOn, RunDir, Session, StepReport, Task, TaskRunner, TrainConfig, held_out};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
@@ -500,9 +501,9 @@ impl Playground {
         let config = config(options)?;
         if options.preset == Preset::LoraDpo {
             let task = DpoTask::load(&config, selected)?;
-            // Before the model is loaded: a tab has at most 4 GiB (wasm32), less what it holds.
-            if let (Some(plan), Some(limit)) = (task.memory_plan(), headroom()) {
-                crate::train::memory::check(&plan, limit, &config)?;
+            // Before the model is loaded: in a browser the module may hold at most 4 GiB.
+            if let (Some(plan), Some(limit)) = (task.memory_plan(), memory::available()) {
+                memory::check(&plan, limit, &config)?;
             }
             return Ok(Self::Dpo(Box::new(session(&config, selected, task)?)));
         }
@@ -658,18 +659,6 @@ impl Playground {
             Self::Dpo(s) => evaluate(s, selected).await,
         }
     }
-}
-
-/// What a browser tab may still take: wasm32 addresses 4 GiB, and the module holds what its
-/// linear memory has grown to. `None` natively (the desktop's run checks the OS instead).
-fn headroom() -> Option<u64> {
-    #[cfg(target_arch = "wasm32")]
-    {
-        let held = core::arch::wasm32::memory_size(0) as u64 * 65_536;
-        Some((4u64 << 30).saturating_sub(held))
-    }
-    #[cfg(not(target_arch = "wasm32"))]
-    None
 }
 
 /// A playground session: no run directory, not resuming, initial weights drawn on the host.

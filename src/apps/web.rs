@@ -99,6 +99,15 @@ fn console_error_panic_hook() {
 pub fn start(options: &str) -> Result<String, JsError> {
     let selected = device()?;
     let options = Options::from_json(options).map_err(js_error)?;
+    // The previous session goes first: a real model and its successor need not fit together.
+    if SESSION.with(|slot| slot.borrow_mut().take()).is_none()
+        && STARTED.with(|started| *started.borrow())
+    {
+        return Err(JsError::new(
+            "the session is busy: wait for the running step to finish",
+        ));
+    }
+    STARTED.with(|started| *started.borrow_mut() = false);
     let playground = Playground::start(&options, &selected).map_err(js_error)?;
     let description = playground.describe().to_string();
     SESSION.with(|slot| *slot.borrow_mut() = Some(playground));

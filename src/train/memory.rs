@@ -308,12 +308,67 @@ impl std::str::FromStr for MemoryLimit {
     }
 }
 
-/// The memory the OS says is available now (Linux: MemAvailable), if it says.
+/// The memory the OS says is available now (Linux: MemAvailable), if it says; in a browser, what
+/// the WebAssembly module may still allocate of its 4 GiB.
 pub fn available() -> Option<u64> {
+    #[cfg(target_arch = "wasm32")]
+    {
+        let allocated = wasm::ALLOCATED.load(std::sync::atomic::Ordering::Relaxed) as u64;
+        return Some((4u64 << 30).saturating_sub(allocated));
+    }
+    #[allow(unreachable_code)]
     let info = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = info.lines().find(|l| l.starts_with("MemAvailable:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib * 1024)
+}
+
+/// The browser build's allocator: the system's, counting the bytes it holds. A wasm module's
+/// memory only grows, so its size tells what was once used, not what is free for the next run.
+#[cfg(target_arch = "wasm32")]
+mod wasm {
+    use std::alloc::{GlobalAlloc, Layout, System};
+    use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+
+    pub static ALLOCATED: AtomicUsize = AtomicUsize::new(0);
+
+    struct Counting;
+
+    // SAFETY: every call is System's own; the counter only follows what succeeded.
+    unsafe impl GlobalAlloc for Counting {
+        unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+            let ptr = unsafe { System.alloc(layout) };
+            if !ptr.is_null() {
+                ALLOCATED.fetch_add(layout.size(), Relaxed);
+            }
+            ptr
+        }
+
+        unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+            let ptr = unsafe { System.alloc_zeroed(layout) };
+            if !ptr.is_null() {
+                ALLOCATED.fetch_add(layout.size(), Relaxed);
+            }
+            ptr
+        }
+
+        unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+            unsafe { System.dealloc(ptr, layout) };
+            ALLOCATED.fetch_sub(layout.size(), Relaxed);
+        }
+
+        unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+            let moved = unsafe { System.realloc(ptr, layout, new_size) };
+            if !moved.is_null() {
+                ALLOCATED.fetch_add(new_size, Relaxed);
+                ALLOCATED.fetch_sub(layout.size(), Relaxed);
+            }
+            moved
+        }
+    }
+
+    #[global_allocator]
+    static GLOBAL: Counting = Counting;
 }
 
 /// This process's peak resident memory so far (Linux: VmHWM), if the OS says.
