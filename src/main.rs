@@ -475,6 +475,15 @@ struct PlaygroundArgs {
     /// Tokens of each answer at most.
     #[arg(long, default_value_t = 16)]
     max_new_tokens: usize,
+    /// lora-dpo: how the frozen base is stored (as `fairtune train --base-dtype`).
+    #[arg(long, value_enum, default_value_t = BaseDtype::F32)]
+    base_dtype: BaseDtype,
+    /// lora-dpo: the base's projections in 8- or 4-bit blocks (as `fairtune train`).
+    #[arg(long, value_enum)]
+    quantize_base: Option<Quantize>,
+    /// lora-dpo: recompute each layer in backward (as `fairtune train`).
+    #[arg(long)]
+    gradient_checkpointing: bool,
     #[arg(long, value_enum, default_value = "auto")]
     backend: BackendChoice,
 }
@@ -704,6 +713,9 @@ fn playground(args: PlaygroundArgs) -> Result<()> {
         data: args.data,
         lora_rank: args.lora_rank,
         max_length: args.max_length,
+        base_dtype: args.base_dtype,
+        quantize_base: args.quantize_base,
+        gradient_checkpointing: args.gradient_checkpointing,
     };
     let selected = device::select(args.backend)?;
     eprintln!("device: {}", selected.describe());

@@ -64,7 +64,11 @@ function options() {
       model: loadedModel?.path, lora_rank: Number($("lora-rank").value),
       lr: Number($("lr").value), batch_size: Number($("batch-size").value),
       max_length: Number($("max-length").value),
+      // As `fairtune train`: 8-/4-bit blocks for the projections, f16 for the rest.
+      base_dtype: $("frozen").value === "f32" ? "f32" : "f16",
+      gradient_checkpointing: $("recompute").checked,
     });
+    if (["q8", "q4"].includes($("frozen").value)) opts.quantize_base = $("frozen").value;
     if (loadedData) opts.data = loadedData.path;
   }
   return opts;

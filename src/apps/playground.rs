@@ -29,6 +29,7 @@ use crate::device::Selected;
 use crate::error::{Error, Result};
 use crate::model::ArchConfig;
 use crate::model::lora::{LoraSettings, LoraTarget};
+use crate::model::precision::{BaseDtype, Quantize};
 use crate::train::classify::ClassifyTask;
 use crate::train::dpo::DpoTask;
 use crate::train::memory;
@@ -82,6 +83,12 @@ pub struct Options {
     pub lora_rank: usize,
     /// `lora-dpo`: tokens of a prompt and its answer together.
     pub max_length: usize,
+    /// `lora-dpo`: how the frozen base is stored (`fairtune train --base-dtype`).
+    pub base_dtype: BaseDtype,
+    /// `lora-dpo`: its projections in 8- or 4-bit blocks (`--quantize-base`).
+    pub quantize_base: Option<Quantize>,
+    /// `lora-dpo`: recompute each layer in backward (`--gradient-checkpointing`).
+    pub gradient_checkpointing: bool,
 }
 
 impl Default for Options {
@@ -99,6 +106,9 @@ impl Default for Options {
             data: None,
             lora_rank: 8,
             max_length: 96,
+            base_dtype: BaseDtype::F32,
+            quantize_base: None,
+            gradient_checkpointing: false,
         }
     }
 }
@@ -157,6 +167,16 @@ impl Options {
                 ));
             }
             _ => {}
+        }
+        let stored = self.base_dtype != BaseDtype::F32
+            || self.quantize_base.is_some()
+            || self.gradient_checkpointing;
+        if stored && self.preset != Preset::LoraDpo {
+            return bad(format!(
+                "base_dtype, quantize_base and gradient_checkpointing are for the lora-dpo \
+                 preset; the {} preset trains a tiny model in f32",
+                self.preset.name()
+            ));
         }
         Ok(())
     }
@@ -485,6 +505,9 @@ fn lora_dpo_config(options: &Options) -> Result<TrainConfig> {
     config.max_length = options.max_length;
     config.max_prompt_length = options.max_length - options.max_length / 8;
     config.checkpoint_every = 0;
+    config.base_dtype = options.base_dtype;
+    config.quantize_base = options.quantize_base;
+    config.gradient_checkpointing = options.gradient_checkpointing;
     config.validate()?;
     Ok(config)
 }

@@ -149,6 +149,10 @@ fn bad_lora_dpo_options_are_refused() {
             ],
             "lora_rank must be in 1..=256",
         ),
+        (
+            vec!["--preset", "dpo", "--quantize-base", "q8"],
+            "quantize_base and gradient_checkpointing are for the lora-dpo preset",
+        ),
     ] {
         let mut all = vec!["playground", "--backend", "cpu"];
         all.extend(args);

@@ -111,7 +111,9 @@ function desktopRun(options) {
     args.push("--model", desktopModels[options.model], "--lr", String(options.lr), "--batch-size",
       String(options.batch_size), "--lora-rank", String(options.lora_rank), "--max-length",
       String(options.max_length), "--answers", String(ANSWERS), "--max-new-tokens",
-      String(ANSWER_TOKENS));
+      String(ANSWER_TOKENS), "--base-dtype", options.base_dtype);
+    if (options.quantize_base) args.push("--quantize-base", options.quantize_base);
+    if (options.gradient_checkpointing) args.push("--gradient-checkpointing");
   }
   const out = execFileSync(binary, args, { encoding: "utf8", stdio: ["ignore", "pipe", "ignore"] });
   const lines = out.trim().split("\n").map((line) => JSON.parse(line));
@@ -184,7 +186,7 @@ const desktopModels = { "models/model.gguf": ggufPath, "models/tiny-llama-chat":
 
 // The visitor's path: pick a model (`input`: the GGUF or the directory control), train LoRA DPO
 // with the built-in pairs, read the answers, download the adapters.
-async function loraRun(input, path, layers) {
+async function loraRun(input, path, layers, frozen = "f32", recompute = false) {
   await page.selectOption("#preset", "lora-dpo");
   await page.setInputFiles(input, path);
   const name = path.split("/").pop();
@@ -194,6 +196,8 @@ async function loraRun(input, path, layers) {
   await page.fill("#lr", "0.0005");
   await page.selectOption("#lora-rank", "8");
   await page.fill("#max-length", "96");
+  await page.selectOption("#frozen", frozen);
+  await page.setChecked("#recompute", recompute);
   const run = await trainRun(LAMBDA_DPO, "lora-dpo", LORA_STEPS);
   assert.equal(run.records.length, LORA_STEPS);
   const parityMaxDiff = checkParity(run, 1e-4);
@@ -286,7 +290,9 @@ try {
 
   // A Hugging Face directory, then a real model's GGUF: LoRA DPO on the CPU backend the page
   // chose.
-  const loraDir = await loraRun("#model-dir", hfDir, 2);
+  // (The directory's run keeps its base in 8-bit blocks and recomputes its layers: the memory
+  // options in WebAssembly, against the desktop's same options.)
+  const loraDir = await loraRun("#model-dir", hfDir, 2, "q8", true);
   const lora = ggufPath ? await loraRun("#model-file", ggufPath, 30) : null;
   await page.screenshot({ path: join(results, "lora-dpo.png"), fullPage: true });
 
