@@ -176,7 +176,7 @@ fn dpo_workloads() -> Vec<DpoWork> {
 }
 
 /// DPO training steps per second and tokens per second of the real training session on
-/// `selected` (after warmup), and on a GPU the most device memory burn's pools held after a step.
+/// `selected` (after warmup), and on a GPU the device memory burn's pools hold after the steps.
 fn dpo_throughput(
     selected: &Selected,
     work: &DpoWork,
@@ -217,7 +217,6 @@ fn dpo_throughput(
     selected.device.memory_cleanup();
     let task = DpoTask::load(&config, selected)?;
     let mut session = Session::start(&config, selected, task, RunDir::None, InitOn::Device)?;
-    let mut device_bytes = None;
     let mut tokens = 0usize;
     let mut started = Instant::now();
     for step in 0..warmup + measured {
@@ -227,16 +226,15 @@ fn dpo_throughput(
             tokens = 0;
         }
         tokens += pollster::block_on(session.step())?.num_tokens;
-        if selected.adapter.is_some() {
-            let reserved = selected
-                .device
-                .memory_pool_usage()
-                .map(|u| u.bytes_reserved);
-            device_bytes = device_bytes.max(reserved);
-        }
     }
     sync(&selected.device)?;
     let seconds = started.elapsed().as_secs_f64();
+    // Read after the timing: the pools keep the pages of the largest step for reuse.
+    let device_bytes = selected
+        .adapter
+        .as_ref()
+        .and_then(|_| selected.device.memory_pool_usage())
+        .map(|usage| usage.bytes_reserved);
     Ok((
         measured as f64 / seconds,
         tokens as f64 / seconds,
@@ -413,8 +411,8 @@ pub fn run(options: &BenchOptions) -> Result<String> {
     writeln!(
         out,
         "(peak RSS: the whole process's resident memory, which on a software GPU includes the \
-         device's; a hardware GPU's own memory is not in it. device MiB: on wgpu, the most \
-         memory burn's pools held on the device after a step — the pools keep the pages of the \
+         device's; a hardware GPU's own memory is not in it. device MiB: on wgpu, the \
+         memory burn's pools hold on the device after the steps — they keep the pages of the \
          largest step for reuse, so this is the run's device peak)"
     )
     .ok();

@@ -16,8 +16,9 @@
 //! or 4-bit integers in blocks of 32 (32 outputs of one input row of the `[in, out]` matrix) with
 //! one f32 scale per block — symmetric absmax quantization, as bitsandbytes' blockwise int8 and
 //! llama.cpp's Q8_0/Q4_0 — through burn's quantized tensors, and dequantized where they are used
-//! by [`frozen_matmul`]'s quantized node, which likewise keeps only the packed weight for backward. Embeddings and the
-//! output head keep `--base-dtype` (QLoRA leaves them unquantized too). On wgpu the values are
+//! by [`frozen_matmul`]'s quantized node, which likewise keeps only the packed weight for
+//! backward. Embeddings and the output head keep `--base-dtype` (QLoRA leaves them unquantized
+//! too). On wgpu the values are
 //! packed into u32 words (4 or 8 a word); burn's CPU backend keeps one byte a value, so there 4-bit
 //! rounds to 4 bits but takes what 8-bit takes.
 

@@ -202,9 +202,14 @@ impl Fetched {
             b: None,
         };
         module.visit(&mut fetch);
-        let Some(base) = fetch.base else {
+        let Some(mut base) = fetch.base else {
             return Err(Error::runtime(format!("{path}: no such parameter")));
         };
+        // A quantized matrix is dequantized whole, once: a slice of its packed blocks would be
+        // requantized along other block boundaries. (Half ones are widened part by part.)
+        if matches!(base.dtype(), burn::tensor::DType::QFloat(_)) {
+            base = base.dequantize();
+        }
         let lora = match (fetch.a, fetch.b, lora_scale) {
             (None, None, _) => None,
             (Some(a), Some(b), Some(scale)) => Some((a, b, scale)),
@@ -223,13 +228,7 @@ impl Fetched {
     /// `[out, in]` it is written as), transposed into rows.
     fn rows(&self, columns: bool, start: usize, len: usize) -> Tensor<2> {
         let axis = usize::from(columns);
-        // A quantized matrix is dequantized whole first: a slice of its packed blocks would be
-        // requantized along other block boundaries.
-        let base = if matches!(self.base.dtype(), burn::tensor::DType::QFloat(_)) {
-            self.base.clone().dequantize().narrow(axis, start, len)
-        } else {
-            crate::model::precision::full(self.base.clone().narrow(axis, start, len))
-        };
+        let base = crate::model::precision::full(self.base.clone().narrow(axis, start, len));
         let value = match &self.lora {
             None => base,
             Some((a, b, scale)) => {
