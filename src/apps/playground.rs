@@ -522,25 +522,20 @@ impl Playground {
     /// Make the data, load it, and initialize the model under the seed. Nothing is written.
     pub fn start(options: &Options, selected: &Selected) -> Result<Self> {
         let config = config(options)?;
-        if options.preset == Preset::LoraDpo {
-            let task = DpoTask::load(&config, selected)?;
-            // Before the model is loaded: in a browser the module may hold at most 4 GiB.
-            if let (Some(plan), Some(limit)) = (task.memory_plan(), memory::available()) {
-                memory::check(&plan, limit, &config)?;
-            }
-            return Ok(Self::Dpo(Box::new(session(&config, selected, task)?)));
-        }
         Ok(match options.preset {
             Preset::Classify => Self::Classify(Box::new(session(
                 &config,
                 selected,
                 ClassifyTask::load(&config, selected)?,
             )?)),
-            Preset::Dpo | Preset::LoraDpo => Self::Dpo(Box::new(session(
-                &config,
-                selected,
-                DpoTask::load(&config, selected)?,
-            )?)),
+            Preset::Dpo | Preset::LoraDpo => {
+                let task = DpoTask::load(&config, selected)?;
+                // Before the model is loaded (in a browser the module holds at most 4 GiB).
+                if let (Some(plan), Some(limit)) = (task.memory_plan(), memory::available()) {
+                    memory::check(&plan, limit, &config)?;
+                }
+                Self::Dpo(Box::new(session(&config, selected, task)?))
+            }
         })
     }
 
@@ -595,6 +590,12 @@ impl Playground {
                 "answers come from a language model: the DPO presets",
             ));
         };
+        if limit == 0 || max_new_tokens == 0 {
+            return Err(Error::input(
+                "answers need at least one prompt and one new token (--answers, \
+                 --max-new-tokens)",
+            ));
+        }
         let config = session.config().clone();
         let (task, model) = session.task_and_model();
         let base = task.base_model().ok_or_else(|| {
@@ -714,6 +715,16 @@ pub fn run(
     eval_every: usize,
     answers: Option<(usize, usize)>,
 ) -> Result<()> {
+    if let Some((_, 0)) = answers {
+        return Err(Error::input("--max-new-tokens must be at least 1"));
+    }
+    if answers.is_some() && options.preset != Preset::LoraDpo {
+        return Err(Error::input(format!(
+            "--answers compares the base model with its LoRA adapters: the lora-dpo preset's; \
+             the {} preset has none",
+            options.preset.name()
+        )));
+    }
     let mut playground = Playground::start(options, selected)?;
     eprintln!("{}", playground.describe());
     while playground.steps_done() < options.steps {

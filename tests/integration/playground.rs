@@ -150,6 +150,23 @@ fn bad_lora_dpo_options_are_refused() {
             "lora_rank must be in 1..=256",
         ),
         (
+            vec![
+                "--preset",
+                "lora-dpo",
+                "--model",
+                "tiny-llama",
+                "--answers",
+                "2",
+                "--max-new-tokens",
+                "0",
+            ],
+            "--max-new-tokens must be at least 1",
+        ),
+        (
+            vec!["--preset", "dpo", "--answers", "2"],
+            "--answers compares the base model with its LoRA adapters",
+        ),
+        (
             vec!["--preset", "dpo", "--quantize-base", "q8"],
             "quantize_base and gradient_checkpointing are for the lora-dpo preset",
         ),
