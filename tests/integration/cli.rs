@@ -407,6 +407,32 @@ fn keep_start_truncation_that_leaves_no_pairs_is_one_clear_error() {
     );
 }
 
+/// `fairtune train --task classify` of tiny-bert on two rows in `dir`, with `extra` flags.
+fn classify_with(dir: &Path, extra: &[&str]) -> std::process::Output {
+    let rows = write(
+        dir,
+        "rows.jsonl",
+        &jsonl(&[
+            json!({"text": "fine", "label": 1}),
+            json!({"text": "bad", "label": 0}),
+        ]),
+    );
+    let out = dir.join("classify");
+    let mut args = vec![
+        "train",
+        "--task",
+        "classify",
+        "--model",
+        "tiny-bert",
+        "--train",
+        rows.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    crate::common::fairtune(&args)
+}
+
 /// `--quantize-base` where it cannot apply: without LoRA (the base would train), with a
 /// reference that TR-DPO moves, on another task.
 #[test]
@@ -435,30 +461,7 @@ fn quantized_bases_that_cannot_apply() {
         2,
         "a quantized base cannot follow",
     );
-    let rows = write(
-        dir.path(),
-        "rows.jsonl",
-        &jsonl(&[
-            json!({"text": "fine", "label": 1}),
-            json!({"text": "bad", "label": 0}),
-        ]),
-    );
-    let out = dir.path().join("classify");
-    let output = crate::common::fairtune(&[
-        "train",
-        "--task",
-        "classify",
-        "--model",
-        "tiny-bert",
-        "--train",
-        rows.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--quantize-base",
-        "q8",
-        "--lora-rank",
-        "4",
-    ]);
+    let output = classify_with(dir.path(), &["--quantize-base", "q8", "--lora-rank", "4"]);
     crate::common::expect_error(&output, 2, "--quantize-base q8 is for --task dpo");
 }
 
@@ -475,28 +478,7 @@ fn base_dtypes_that_cannot_apply() {
         2,
         "this --loss has none",
     );
-    let out = dir.path().join("classify");
-    let rows = write(
-        dir.path(),
-        "rows.jsonl",
-        &jsonl(&[
-            json!({"text": "fine", "label": 1}),
-            json!({"text": "bad", "label": 0}),
-        ]),
-    );
-    let output = crate::common::fairtune(&[
-        "train",
-        "--task",
-        "classify",
-        "--model",
-        "tiny-bert",
-        "--train",
-        rows.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--base-dtype",
-        "bf16",
-    ]);
+    let output = classify_with(dir.path(), &["--base-dtype", "bf16"]);
     crate::common::expect_error(&output, 2, "--base-dtype bf16 is for --task dpo");
     if crate::common::wgpu().is_some() {
         expect_error(
