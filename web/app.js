@@ -152,6 +152,14 @@ async function loadModelDir(list) {
   modelReady({ path: `models/${dir}`, name: dir, size: total });
 }
 
+// A file the browser could not read (moved, unreadable, the tab out of memory) says so.
+function reading(loading) {
+  loading.catch((error) => {
+    $("train").disabled = false;
+    setStatus("error", `Could not read the file: ${error?.message ?? error}`);
+  });
+}
+
 async function loadData(file) {
   if (!file) {
     loadedData = null;
@@ -504,9 +512,9 @@ async function main() {
     $("train").disabled = false;
   });
   $("controls").addEventListener("submit", train);
-  $("model-file").addEventListener("change", (e) => loadModel(e.target.files[0]));
-  $("model-dir").addEventListener("change", (e) => loadModelDir(e.target.files));
-  $("data-file").addEventListener("change", (e) => loadData(e.target.files[0]));
+  $("model-file").addEventListener("change", (e) => reading(loadModel(e.target.files[0])));
+  $("model-dir").addEventListener("change", (e) => reading(loadModelDir(e.target.files)));
+  $("data-file").addEventListener("change", (e) => reading(loadData(e.target.files[0])));
   $("download").addEventListener("click", async () => {
     try {
       await downloadAdapters();
@@ -526,7 +534,7 @@ async function main() {
     if (!file) return;
     $("preset").value = "lora-dpo";
     showControls();
-    loadModel(file);
+    reading(loadModel(file));
   });
   $("stop").addEventListener("click", () => { stopRequested = true; });
   $("train").disabled = false;
