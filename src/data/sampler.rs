@@ -72,6 +72,33 @@ impl EpochSampler {
     }
 }
 
+/// The most tokens a batch of `batch` consecutive items of an [`EpochSampler`]'s stream can hold,
+/// where item i holds `lengths[i]`: whatever the permutations, a batch is the end of one epoch,
+/// whole epochs (a batch larger than the set repeats items), and the start of the next, so at
+/// worst the longest items of the two ends plus the whole epochs between.
+pub fn most_tokens_in_a_batch(mut lengths: Vec<usize>, batch: usize) -> usize {
+    let n = lengths.len();
+    if n == 0 {
+        return 0;
+    }
+    lengths.sort_unstable_by(|a, b| b.cmp(a));
+    let total: usize = lengths.iter().sum();
+    // longest[k]: the k longest together.
+    let longest: Vec<usize> = std::iter::once(0)
+        .chain(lengths.iter().scan(0, |sum, &l| {
+            *sum += l;
+            Some(*sum)
+        }))
+        .collect();
+    (0..n.min(batch + 1))
+        .map(|end| {
+            let rest = batch - end;
+            rest / n * total + longest[end] + longest[rest % n]
+        })
+        .max()
+        .unwrap_or(0)
+}
+
 /// Group-balanced batches for a separate fairness set (as MinDiff draws them): every step takes
 /// `per_group` examples from each group's own endless shuffled stream, so every group is present
 /// in every batch and small groups are not drowned out.
@@ -124,6 +151,33 @@ impl BalancedSampler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_batch_holds_more_tokens_than_the_bound() {
+        let lengths = vec![90, 12, 40, 7, 55, 31, 64];
+        // Across an epoch boundary the longest of each end (90 twice); a batch larger than the
+        // set, the 4 longest ending one epoch and the 5 longest starting the next; whole epochs
+        // between the ends of a larger one still.
+        assert_eq!(most_tokens_in_a_batch(lengths.clone(), 1), 90);
+        assert_eq!(most_tokens_in_a_batch(lengths.clone(), 2), 180);
+        assert_eq!(most_tokens_in_a_batch(lengths.clone(), 3), 90 + 90 + 64);
+        assert_eq!(most_tokens_in_a_batch(lengths.clone(), 9), 249 + 280);
+        assert_eq!(most_tokens_in_a_batch(lengths.clone(), 16), 299 + 249 + 280);
+        for batch in 1..20 {
+            let bound = most_tokens_in_a_batch(lengths.clone(), batch);
+            for seed in 0..20 {
+                let mut sampler = EpochSampler::new(lengths.len(), seed);
+                for step in 0..12 {
+                    let tokens: usize =
+                        sampler.batch(step, batch).iter().map(|&i| lengths[i]).sum();
+                    assert!(
+                        tokens <= bound,
+                        "batch {batch} step {step}: {tokens} > {bound}"
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn every_epoch_is_a_permutation_and_order_depends_only_on_seed_and_step() {

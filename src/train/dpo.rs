@@ -465,12 +465,10 @@ impl DpoTask {
             ));
         }
         check_cells(&groups, num_labels)?;
-        // The largest step: the longest pairs of a batch (a pair's shared prompt runs once in
-        // the packed forward), and of a fairness batch beside it.
-        let longest = |mut lengths: Vec<usize>, batch: usize| -> usize {
-            lengths.sort_unstable_by(|a, b| b.cmp(a));
-            lengths.iter().take(batch).sum()
-        };
+        // The largest step: the longest pairs a batch can hold (a pair's shared prompt runs once
+        // in the packed forward; a batch may straddle two epochs, or repeat pairs when larger
+        // than the set), and a fairness batch beside it.
+        let longest = crate::data::sampler::most_tokens_in_a_batch;
         let mut step_tokens = longest(
             train
                 .iter()
