@@ -37,3 +37,11 @@ pub mod tokenizer;
 pub mod train;
 
 pub use error::{Error, Result};
+
+/// Tests that seed a device's random generator and read what it draws take turns: the CPU
+/// backend's generator is one per process, and the test harness runs tests on many threads.
+#[cfg(test)]
+pub(crate) fn seeded_rng_turn() -> std::sync::MutexGuard<'static, ()> {
+    static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    RNG.lock().unwrap_or_else(|e| e.into_inner())
+}

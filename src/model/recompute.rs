@@ -212,8 +212,6 @@ mod tests {
 
     /// The CPU backend's random generator is one per process: these tests seed it and rely on
     /// the draws that follow, so they take turns.
-    static RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
     fn tiny(device: &Device) -> (LlamaForCausalLM, ArchConfig) {
         let (arch, _) = model::resolve("tiny-llama", 264).expect("tiny-llama");
         let ArchConfig::Llama(config) = &arch else {
@@ -320,7 +318,7 @@ mod tests {
     /// gives the plain backward's gradients for every parameter, and the forward the same loss.
     #[test]
     fn recomputed_layers_give_the_plain_gradients() {
-        let _turn = RNG.lock().unwrap_or_else(|e| e.into_inner());
+        let _turn = crate::seeded_rng_turn();
         let device = Device::flex().autodiff();
         let (model, _) = tiny(&device);
         let (first, second) = packings();
@@ -356,7 +354,7 @@ mod tests {
     /// from one seeded otherwise, so the masks matter here).
     #[test]
     fn recomputed_layers_redraw_the_same_dropout_masks() {
-        let _turn = RNG.lock().unwrap_or_else(|e| e.into_inner());
+        let _turn = crate::seeded_rng_turn();
         let device = Device::flex().autodiff();
         let (base, arch) = tiny(&device);
         let lora = LoraSettings {

@@ -62,6 +62,9 @@ impl ModuleVisitor for InitLazyParams {
     }
 }
 
+/// Mixed into the run's seed for the LoRA adapters' initial values ("LoRA" in ASCII).
+const LORA_STREAM: u64 = 0x4C6F_5241;
+
 /// The seed for step `step`'s randomness (dropout): a function of (seed, step) only.
 pub(crate) fn step_seed(seed: u64, step: usize) -> u64 {
     seed.wrapping_mul(0x2545_F491_4F6C_DD1D)
@@ -153,7 +156,13 @@ impl<T: TaskRunner> Session<T> {
         };
         task.prepare(&model, dir)?;
         let model = match &config.lora {
-            Some(lora) => task.apply_lora(model, lora)?,
+            Some(lora) => {
+                // The adapters draw from a stream of their own, whatever making the model drew
+                // (a lazily drawn parameter the checkpoint then replaced, or nothing when the
+                // model was kept from an earlier run): the same adapters either way.
+                device.seed(config.seed ^ LORA_STREAM);
+                task.apply_lora(model, lora)?
+            }
             None => model,
         };
         let optimizer = AdamWConfig::new()

@@ -639,6 +639,7 @@ mod tests {
     /// file burn's own merge (`materialize`) gives.
     #[test]
     fn parts_write_the_merged_model_whole() {
+        let _turn = crate::seeded_rng_turn();
         let device = Device::flex();
         let (arch, _) = model::resolve("tiny-llama", 264).expect("tiny-llama");
         let ArchConfig::Llama(config) = &arch else {
