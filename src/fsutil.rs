@@ -68,16 +68,45 @@ impl Drop for ScratchDir {
     }
 }
 
+/// A registered file's bytes (shared, so a reader of a model's tensors does not copy the file)
+/// and the number of its registration (see [`stamp`]).
+type Registered = (u64, Rc<[u8]>);
+
 thread_local! {
-    /// Shared, so a reader of a registered model's tensors does not copy the file.
-    static REGISTERED: RefCell<HashMap<PathBuf, Rc<[u8]>>> = RefCell::new(HashMap::new());
+    static REGISTERED: RefCell<HashMap<PathBuf, Registered>> = RefCell::new(HashMap::new());
+    static REGISTRATIONS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
 }
 
 /// Make `bytes` readable as `path` by [`read`] and [`open`] (on this thread), in place of any
 /// file there. A directory's files registered under it make it a directory to [`exists`].
 pub fn register(path: impl Into<PathBuf>, bytes: impl Into<Vec<u8>>) {
     let bytes: Rc<[u8]> = Rc::from(bytes.into());
-    REGISTERED.with(|files| files.borrow_mut().insert(path.into(), bytes));
+    let number = REGISTRATIONS.with(|n| {
+        n.set(n.get() + 1);
+        n.get()
+    });
+    REGISTERED.with(|files| files.borrow_mut().insert(path.into(), (number, bytes)));
+}
+
+/// Forget the file registered at `path` and every file registered under it.
+pub fn unregister(path: &Path) {
+    REGISTERED.with(|files| files.borrow_mut().retain(|p, _| !p.starts_with(path)));
+}
+
+/// Which registrations `path` reads now: the registration number of the file registered there
+/// or of every file under it (sorted by path; empty for what is only on disk). Equal stamps mean
+/// the same bytes, even when a file was registered again under the same name.
+pub fn stamp(path: &Path) -> Vec<(PathBuf, u64)> {
+    let mut stamp: Vec<(PathBuf, u64)> = REGISTERED.with(|files| {
+        files
+            .borrow()
+            .iter()
+            .filter(|(p, _)| p.starts_with(path))
+            .map(|(p, (number, _))| (p.clone(), *number))
+            .collect()
+    });
+    stamp.sort();
+    stamp
 }
 
 /// Whether `path` names a registered text.
@@ -86,7 +115,7 @@ pub fn is_registered(path: &Path) -> bool {
 }
 
 fn registered(path: &Path) -> Option<Rc<[u8]>> {
-    REGISTERED.with(|files| files.borrow().get(path).cloned())
+    REGISTERED.with(|files| files.borrow().get(path).map(|(_, bytes)| bytes.clone()))
 }
 
 /// A registered text, else the file's bytes.
@@ -145,5 +174,25 @@ mod tests {
         reader.seek(std::io::SeekFrom::Start(len - 4)).unwrap();
         reader.read_to_string(&mut tail).unwrap();
         assert_eq!(tail, "a\"}\n");
+    }
+
+    #[test]
+    fn stamps_change_when_a_file_is_registered_again() {
+        let dir = Path::new("/nonexistent/fairtune/stamped");
+        assert!(stamp(dir).is_empty(), "nothing registered: no stamp");
+        register(dir.join("config.json"), "{}");
+        register(dir.join("model.safetensors"), vec![0u8; 8]);
+        let first = stamp(dir);
+        assert_eq!(first.len(), 2);
+        assert_eq!(stamp(dir), first, "the same registrations, the same stamp");
+        assert_eq!(stamp(&dir.join("config.json")), first[..1]);
+        register(dir.join("model.safetensors"), vec![0u8; 8]);
+        assert_ne!(
+            stamp(dir),
+            first,
+            "the same name and bytes registered again"
+        );
+        unregister(dir);
+        assert!(stamp(dir).is_empty() && !exists(dir));
     }
 }

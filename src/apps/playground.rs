@@ -519,8 +519,16 @@ pub enum Playground {
 }
 
 impl Playground {
-    /// Make the data, load it, and initialize the model under the seed. Nothing is written.
+    /// Make the data, load it, and initialize the model under the seed. Nothing is written. The
+    /// page keeps the model it read for the visitor's next run ([`Self::start_keeping`]).
     pub fn start(options: &Options, selected: &Selected) -> Result<Self> {
+        Self::start_keeping(options, selected, cfg!(target_arch = "wasm32"))
+    }
+
+    /// [`Self::start`], keeping the pretrained model it reads (`keep`) for the next start of the
+    /// same model — on the CPU backend only, where the session shares the kept weights; a GPU
+    /// session holds its own copy.
+    pub fn start_keeping(options: &Options, selected: &Selected, keep: bool) -> Result<Self> {
         let config = config(options)?;
         Ok(match options.preset {
             Preset::Classify => Self::Classify(Box::new(session(
@@ -529,10 +537,26 @@ impl Playground {
                 ClassifyTask::load(&config, selected)?,
             )?)),
             Preset::Dpo | Preset::LoraDpo => {
+                crate::model::keep_loaded(keep && selected.adapter.is_none());
                 let task = DpoTask::load(&config, selected)?;
-                // Before the model is loaded (in a browser the module holds at most 4 GiB).
-                if let (Some(plan), Some(limit)) = (task.memory_plan(), memory::available()) {
-                    memory::check(&plan, limit, &config)?;
+                // Before the model is loaded (in a browser the module holds at most 4 GiB). A
+                // kept model is among what is allocated already: its weights are not needed twice.
+                if let (Some(plan), Some(available)) = (task.memory_plan(), memory::available()) {
+                    let limit = match task.model_is_kept(&InitOn::host_device()) {
+                        true => available + plan.part("weights"),
+                        false => available,
+                    };
+                    let controls = if cfg!(target_arch = "wasm32") {
+                        memory::Controls::PAGE
+                    } else {
+                        eprintln!(
+                            "memory: {} (available {})",
+                            plan.describe(),
+                            memory::size(limit)
+                        );
+                        memory::Controls::PLAYGROUND
+                    };
+                    memory::check(&plan, limit, &config, controls)?;
                 }
                 Self::Dpo(Box::new(session(&config, selected, task)?))
             }
@@ -567,6 +591,12 @@ impl Playground {
             },
             "label_bias": config.lora.is_none().then_some(BIAS),
             "lora_rank": config.lora.as_ref().map(|l| l.rank),
+            // Whether the model stays loaded for the next run of the same model (the page's,
+            // on the CPU backend).
+            "model_kept": match self {
+                Self::Classify(_) => false,
+                Self::Dpo(s) => s.task.model_is_kept(&InitOn::host_device()),
+            },
             "params": match self {
                 Self::Classify(s) => crate::train::count_params(s.model()),
                 Self::Dpo(s) => crate::train::count_params(s.model()),
@@ -778,6 +808,36 @@ mod tests {
         assert_eq!(cf[1].0, "He found the film wonderful.");
         let train_texts: std::collections::HashSet<_> = rows.iter().map(|r| &r.0).collect();
         assert!(held_out.iter().all(|r| !train_texts.contains(&r.0)));
+    }
+
+    /// A second run of the same model starts from the kept one (no second read) and is the
+    /// same run: the kept weights are not changed by the first run, and the adapters are drawn
+    /// alike.
+    #[test]
+    fn a_kept_model_starts_the_same_run_again() {
+        let dir = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/tiny-llama-chat"
+        );
+        let options = Options::from_json(&format!(
+            r#"{{"preset": "lora-dpo", "model": "{dir}", "steps": 3, "batch_size": 2,
+                "lr": 0.0005, "lambda": 1.0, "quantize_base": "q8",
+                "gradient_checkpointing": true}}"#
+        ))
+        .unwrap();
+        let selected = Selected::cpu();
+        let _turn = crate::seeded_rng_turn();
+        let losses = || {
+            let mut playground = Playground::start_keeping(&options, &selected, true).unwrap();
+            assert_eq!(playground.describe()["model_kept"], true);
+            (0..3)
+                .map(|_| pollster::block_on(playground.step()).unwrap().values["loss"])
+                .collect::<Vec<f64>>()
+        };
+        let first = losses();
+        let second = losses();
+        crate::model::keep_loaded(false);
+        assert_eq!(first, second);
     }
 
     #[test]

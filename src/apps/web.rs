@@ -167,6 +167,14 @@ pub fn register_bytes(path: &str, bytes: Vec<u8>) {
     crate::fsutil::register(path, bytes);
 }
 
+/// Forget every file registered under `dir` and the model kept from an earlier run: the
+/// visitor picked another model, and the old one's bytes must not stay beside the new one's.
+#[wasm_bindgen]
+pub fn forget_files(dir: &str) {
+    crate::fsutil::unregister(std::path::Path::new(dir));
+    crate::model::keep_loaded(false);
+}
+
 /// The base model's and the tuned model's greedy answers to the first `limit` held-out prompts,
 /// at most `max_new_tokens` tokens each, as JSON `[{"prompt", "group", "before", "after", …}]`.
 #[wasm_bindgen]

@@ -134,12 +134,18 @@ pub fn load_llama_from(
 }
 
 /// [`load_llama_from`] with every matrix stored as `store` says (f16, bf16, the projections
-/// quantized) as it is placed, so the f32 model never exists whole ([`precision`]).
+/// quantized) as it is placed, so the f32 model never exists whole ([`precision`]). Where
+/// [`keep_loaded`] asked for it, the model read last is kept and handed out again (a copy
+/// sharing its weights) while the same source, bytes, storage and device are asked for.
 pub fn load_llama_stored(
     source: &ModelSource,
     device: &burn::tensor::Device,
     store: precision::Storage,
 ) -> Result<Option<(LlamaForCausalLM, load::LoadReport)>> {
+    let key = kept::Key::new(source, store, device);
+    if let Some(hit) = kept::get(&key) {
+        return Ok(Some(hit));
+    }
     let (config, checkpoint) = match source {
         ModelSource::Pretrained(dir) => {
             let ArchConfig::Llama(config) = read_config(dir)? else {
@@ -158,7 +164,102 @@ pub fn load_llama_stored(
         }
         ModelSource::Preset(_) | ModelSource::ConfigFile(_) => return Ok(None),
     };
-    load::load_stored(config.init(device), checkpoint, &load::LlamaKeys, store).map(Some)
+    let loaded = load::load_stored(config.init(device), checkpoint, &load::LlamaKeys, store)?;
+    kept::put(key, &loaded);
+    Ok(Some(loaded))
+}
+
+pub use kept::{is_kept, keep_loaded};
+
+/// The pretrained model read last, for a caller that trains the same model again in one
+/// process (the browser page: a visitor's second run would otherwise parse and convert the file
+/// again, seconds to minutes in a tab). Off unless [`keep_loaded`] turned it on.
+mod kept {
+    use std::cell::{Cell, RefCell};
+    use std::path::PathBuf;
+
+    use super::{LlamaForCausalLM, ModelSource, load, precision};
+
+    #[derive(PartialEq)]
+    pub(super) struct Key {
+        source: ModelSource,
+        /// The registered files it reads (the page's), by registration: a file picked again
+        /// under the same name is another model.
+        stamp: Vec<(PathBuf, u64)>,
+        store: precision::Storage,
+        /// The device, and whether its tensors record autodiff graphs (not part of a device's
+        /// equality).
+        device: burn::tensor::Device,
+        autodiff: bool,
+    }
+
+    impl Key {
+        pub(super) fn new(
+            source: &ModelSource,
+            store: precision::Storage,
+            device: &burn::tensor::Device,
+        ) -> Self {
+            let path = match source {
+                ModelSource::Pretrained(path) | ModelSource::Gguf(path) => path.clone(),
+                ModelSource::Preset(_) | ModelSource::ConfigFile(_) => PathBuf::new(),
+            };
+            Self {
+                source: source.clone(),
+                stamp: crate::fsutil::stamp(&path),
+                store,
+                device: device.clone(),
+                autodiff: device.is_autodiff(),
+            }
+        }
+    }
+
+    thread_local! {
+        static KEEP: Cell<bool> = const { Cell::new(false) };
+        static KEPT: RefCell<Option<(Key, LlamaForCausalLM, load::LoadReport)>> =
+            const { RefCell::new(None) };
+    }
+
+    /// Keep the model read last (or stop keeping it, dropping it now).
+    pub fn keep_loaded(keep: bool) {
+        KEEP.with(|k| k.set(keep));
+        if !keep {
+            KEPT.with(|kept| kept.borrow_mut().take());
+        }
+    }
+
+    /// Whether the kept model is the one `source` would load stored as `store` on `device`.
+    /// A kept model that is not is dropped now, so the next one need not fit beside it.
+    pub fn is_kept(
+        source: &ModelSource,
+        store: precision::Storage,
+        device: &burn::tensor::Device,
+    ) -> bool {
+        let key = Key::new(source, store, device);
+        KEPT.with(|kept| {
+            let mut kept = kept.borrow_mut();
+            let hit = kept.as_ref().is_some_and(|(k, _, _)| *k == key);
+            if !hit {
+                kept.take();
+            }
+            hit
+        })
+    }
+
+    pub(super) fn get(key: &Key) -> Option<(LlamaForCausalLM, load::LoadReport)> {
+        KEPT.with(|kept| {
+            kept.borrow()
+                .as_ref()
+                .filter(|(k, _, _)| k == key)
+                .map(|(_, model, report)| (model.clone(), report.clone()))
+        })
+    }
+
+    pub(super) fn put(key: Key, loaded: &(LlamaForCausalLM, load::LoadReport)) {
+        if KEEP.with(Cell::get) {
+            let (model, report) = loaded;
+            KEPT.with(|kept| *kept.borrow_mut() = Some((key, model.clone(), report.clone())));
+        }
+    }
 }
 
 /// Parse a Hugging Face config.json, naming the problem when it does not fit.

@@ -373,6 +373,22 @@ fn check_labels(
 }
 
 impl DpoTask {
+    /// How [`TaskRunner::init_model`] stores the model it loads. Under LoRA the whole model is
+    /// the frozen base: its matrices go half (or quantized) as they are placed, so the f32 model
+    /// never exists whole.
+    fn init_storage(&self) -> precision::Storage {
+        match self.config.lora {
+            Some(_) => self.base_storage,
+            None => precision::Storage::default(),
+        }
+    }
+
+    /// Whether the model this task starts from is the one [`model::keep_loaded`] kept from an
+    /// earlier run on `device` (so it is in memory already).
+    pub fn model_is_kept(&self, device: &Device) -> bool {
+        model::is_kept(&self.source, self.init_storage(), device)
+    }
+
     pub fn load(config: &TrainConfig, selected: &Selected) -> Result<Self> {
         let source = model::locate(&config.model)?;
         let tokenizer = source.open_tokenizer(config.tokenizer.as_deref())?;
@@ -1185,12 +1201,7 @@ impl TaskRunner for DpoTask {
     type Model = LlamaForCausalLM;
 
     fn init_model(&self, device: &Device) -> Result<LlamaForCausalLM> {
-        // Under LoRA the whole model is the frozen base: its matrices go half as they are
-        // placed (or drawn), so the f32 model never exists whole.
-        let store = match self.config.lora {
-            Some(_) => self.base_storage,
-            None => precision::Storage::default(),
-        };
+        let store = self.init_storage();
         match model::load_llama_stored(&self.source, device, store)? {
             Some((model, report)) => {
                 report_load(&report);

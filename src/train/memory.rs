@@ -95,6 +95,15 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// The bytes of one of the fixed `parts` (0 for a name it does not have).
+    pub fn part(&self, name: &str) -> u64 {
+        self.parts
+            .iter()
+            .filter(|(part, _)| *part == name)
+            .map(|(_, bytes)| bytes)
+            .sum()
+    }
+
     pub fn total(&self) -> u64 {
         let fixed: u64 = self.parts.iter().map(|(_, b)| b).sum();
         let step: u64 = self.step.iter().map(|(_, b)| b).sum();
@@ -379,35 +388,95 @@ pub fn peak_resident() -> Option<u64> {
     Some(kib * 1024)
 }
 
-/// Refuse `plan` when it exceeds `limit` bytes, naming what would help.
-pub fn check(plan: &Plan, limit: u64, run: &TrainConfig) -> Result<()> {
+/// The words a refusal's advice uses for each way out: the controls of whoever asked for the run.
+#[derive(Clone, Copy, Debug)]
+pub struct Controls {
+    lora: &'static str,
+    base_dtype: &'static str,
+    quantize_base: &'static str,
+    /// Both of the above in one phrase, where the user picks one of them in one control.
+    frozen_either: Option<&'static str>,
+    recompute: &'static str,
+    batch_size: &'static str,
+    max_length: &'static str,
+    /// How to raise the limit, when the user can.
+    limit: Option<&'static str>,
+    /// What the limit is, when the user did not set it.
+    whose: &'static str,
+}
+
+impl Controls {
+    /// `fairtune train`'s flags.
+    pub const TRAIN: Controls = Controls {
+        lora: "LoRA (--lora-rank 16)",
+        base_dtype: "half-precision frozen weights (--base-dtype auto)",
+        quantize_base: "8- or 4-bit frozen projections (--quantize-base q8)",
+        frozen_either: None,
+        recompute: "--gradient-checkpointing",
+        batch_size: "a smaller --batch-size",
+        max_length: "a shorter --max-length",
+        limit: Some("set --memory-limit"),
+        whose: "",
+    };
+    /// `fairtune playground`'s flags (the same names; it takes the memory the OS has).
+    pub const PLAYGROUND: Controls = Controls {
+        limit: None,
+        whose: " available",
+        ..Self::TRAIN
+    };
+    /// The browser page's controls (web/index.html): a tab's module holds at most 4 GiB.
+    pub const PAGE: Controls = Controls {
+        lora: "the lora-dpo preset",
+        base_dtype: "Frozen weights: f16",
+        quantize_base: "Frozen weights: 8-bit blocks",
+        frozen_either: Some("Frozen weights: f16 or 8-bit blocks"),
+        recompute: "Recompute layers in backward",
+        batch_size: "fewer Pairs per step",
+        max_length: "fewer Max tokens",
+        limit: None,
+        whose: " free in this tab, whose WebAssembly module holds at most 4 GiB",
+    };
+}
+
+/// Refuse `plan` when it exceeds `limit` bytes, naming what would help in `controls`' words.
+pub fn check(plan: &Plan, limit: u64, run: &TrainConfig, controls: Controls) -> Result<()> {
     if plan.total() <= limit {
         return Ok(());
     }
     let mut advice = Vec::new();
     if run.lora.is_none() {
-        advice.push("LoRA (--lora-rank 16)".to_string());
+        advice.push(controls.lora.to_string());
     }
-    if run.base_dtype == crate::model::precision::BaseDtype::F32 {
-        advice.push("half-precision frozen weights (--base-dtype auto)".to_string());
-    }
-    if run.lora.is_some() && run.quantize_base.is_none() {
-        advice.push("8- or 4-bit frozen projections (--quantize-base q8)".to_string());
+    let half = run.base_dtype == crate::model::precision::BaseDtype::F32;
+    let quantize = run.lora.is_some() && run.quantize_base.is_none();
+    match (half, quantize, controls.frozen_either) {
+        (true, true, Some(either)) => advice.push(either.to_string()),
+        _ => {
+            if half {
+                advice.push(controls.base_dtype.to_string());
+            }
+            if quantize {
+                advice.push(controls.quantize_base.to_string());
+            }
+        }
     }
     if !run.gradient_checkpointing {
-        advice.push("--gradient-checkpointing".to_string());
+        advice.push(controls.recompute.to_string());
     }
     if run.batch_size > 1 {
-        advice.push(format!("a smaller --batch-size (now {})", run.batch_size));
+        advice.push(format!("{} (now {})", controls.batch_size, run.batch_size));
     }
-    advice.push(format!("a shorter --max-length (now {})", run.max_length));
+    advice.push(format!("{} (now {})", controls.max_length, run.max_length));
+    let mut ways = advice.join(", ");
+    if let Some(limit) = controls.limit {
+        ways = format!("{ways}, or {limit}");
+    }
     Err(Error::input(format!(
-        "this run needs more memory than it may use ({} of {}): {}; try {}, or set \
-         --memory-limit",
+        "this run needs more memory than it may use ({} of {}{}): {}; try {ways}",
         size(plan.total()),
         size(limit),
+        controls.whose,
         plan.describe(),
-        advice.join(", ")
     )))
 }
 
@@ -475,5 +544,31 @@ mod tests {
         }
         let checkpoint = plan_of(Storage::default()).checkpoint;
         assert!(checkpoint < 64 << 20, "{checkpoint}");
+
+        // A refusal names the ways out in the words of whoever asked: flags, or the page's
+        // controls (one for both kinds of frozen storage) and no flag at all.
+        let plan = plan_of(Storage::default());
+        let refusal = |controls| {
+            check(&plan, 1 << 20, &run, controls)
+                .unwrap_err()
+                .to_string()
+        };
+        let train = refusal(Controls::TRAIN);
+        assert!(
+            train.ends_with(
+                "try half-precision frozen weights (--base-dtype auto), 8- or 4-bit frozen \
+             projections (--quantize-base q8), --gradient-checkpointing, a smaller --batch-size \
+             (now 8), a shorter --max-length (now 256), or set --memory-limit"
+            ),
+            "{train}"
+        );
+        assert!(!refusal(Controls::PLAYGROUND).contains("--memory-limit"));
+        let page = refusal(Controls::PAGE);
+        assert!(page.contains("free in this tab"), "{page}");
+        assert!(page.ends_with(
+            "try Frozen weights: f16 or 8-bit blocks, Recompute layers in backward, fewer Pairs \
+             per step (now 8), fewer Max tokens (now 256)"
+        ), "{page}");
+        assert!(check(&plan, plan.total(), &run, Controls::PAGE).is_ok());
     }
 }

@@ -164,6 +164,13 @@ pub enum InitOn {
     Host,
 }
 
+impl InitOn {
+    /// The device [`InitOn::Host`] draws on: the CPU backend's, recording autodiff graphs.
+    pub fn host_device() -> Device {
+        Device::flex().autodiff()
+    }
+}
+
 /// The fairness quantities of a whole evaluation set, scored in batches.
 pub struct FairnessSet {
     pub name: String,

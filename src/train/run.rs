@@ -134,7 +134,7 @@ fn check_memory(plan: &memory::Plan, config: &TrainConfig, selected: &Selected) 
         None => eprintln!("memory{place}: {}", plan.describe()),
     }
     match limit {
-        Some((bytes, _)) => memory::check(plan, bytes, config),
+        Some((bytes, _)) => memory::check(plan, bytes, config, memory::Controls::TRAIN),
         None => Ok(()),
     }
 }

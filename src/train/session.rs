@@ -141,7 +141,7 @@ impl<T: TaskRunner> Session<T> {
         let device = selected.device.clone().autodiff();
         device.seed(config.seed);
         let init_device = if host_init {
-            Device::flex().autodiff()
+            InitOn::host_device()
         } else {
             device.clone()
         };
