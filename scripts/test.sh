@@ -5,9 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Without the `autotune` feature (Cargo.toml says why): one burn build for the suite and the
-# binary it drives.
-cargo test --release --locked --no-default-features
+# Without the `autotune` feature (Cargo.toml says why), with `gpu` (wgpu): one burn build for
+# the suite and the binary it drives.
+cargo test --release --locked --no-default-features --features gpu
 
 bash web/build.sh
 (cd web && npm ci --no-audit --no-fund --loglevel=error && node test/browser.mjs)

@@ -8,12 +8,13 @@
 //! case-insensitive).
 
 use std::fmt;
-#[cfg(not(target_arch = "wasm32"))]
+#[cfg(all(feature = "gpu", not(target_arch = "wasm32")))]
 use std::{collections::HashMap, sync::Mutex};
 
+#[cfg(feature = "gpu")]
 use burn::backend::wgpu::wgpu;
 use burn::tensor::Device;
-#[cfg(not(target_arch = "wasm32"))]
+#[cfg(all(feature = "gpu", not(target_arch = "wasm32")))]
 use burn::tensor::{DeviceKind, wgpu::WgpuBackend};
 use serde::{Deserialize, Serialize};
 
@@ -39,10 +40,22 @@ pub struct Adapter {
     /// DiscreteGpu, IntegratedGpu, VirtualGpu, Cpu (a software rasterizer) or Other.
     pub device_type: String,
     pub driver: String,
+    #[cfg(feature = "gpu")]
     #[serde(skip)]
     backend: wgpu::Backend,
+    #[cfg(feature = "gpu")]
     #[serde(skip)]
     wgpu_type: wgpu::DeviceType,
+}
+
+impl Adapter {
+    /// A software rasterizer (llvmpipe, SwiftShader, WARP): compute shaders on the CPU.
+    fn is_software(&self) -> bool {
+        #[cfg(feature = "gpu")]
+        return self.wgpu_type == wgpu::DeviceType::Cpu;
+        #[cfg(not(feature = "gpu"))]
+        false
+    }
 }
 
 impl fmt::Display for Adapter {
@@ -92,6 +105,7 @@ impl Selected {
     }
 }
 
+#[cfg(feature = "gpu")]
 fn api_name(backend: wgpu::Backend) -> &'static str {
     match backend {
         wgpu::Backend::Vulkan => "Vulkan",
@@ -105,12 +119,16 @@ fn api_name(backend: wgpu::Backend) -> &'static str {
 
 /// Every adapter wgpu sees (limited by `WGPU_BACKEND` when set), in wgpu's order.
 pub fn list_adapters() -> Vec<Adapter> {
-    list_adapters_on(wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all()))
+    #[cfg(feature = "gpu")]
+    return list_adapters_on(wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all()));
+    #[cfg(not(feature = "gpu"))]
+    Vec::new()
 }
 
 /// The adapters a run may use: the primary APIs (Vulkan, Metal, DX12, WebGPU), and GL only when
 /// there is none of those or `WGPU_BACKEND` asks for it. (Probing GL through EGL is slow and, on
 /// headless Linux, prints warnings of its own.)
+#[cfg(feature = "gpu")]
 pub fn usable_adapters() -> Vec<Adapter> {
     if let Some(backends) = wgpu::Backends::from_env() {
         return list_adapters_on(backends);
@@ -123,6 +141,13 @@ pub fn usable_adapters() -> Vec<Adapter> {
     }
 }
 
+/// A build without wgpu (the browser's threaded one) sees no adapter.
+#[cfg(not(feature = "gpu"))]
+pub fn usable_adapters() -> Vec<Adapter> {
+    Vec::new()
+}
+
+#[cfg(feature = "gpu")]
 fn adapter_of(info: wgpu::AdapterInfo) -> Adapter {
     Adapter {
         api: api_name(info.backend).to_string(),
@@ -139,7 +164,7 @@ fn adapter_of(info: wgpu::AdapterInfo) -> Adapter {
     }
 }
 
-#[cfg(not(target_arch = "wasm32"))]
+#[cfg(all(feature = "gpu", not(target_arch = "wasm32")))]
 fn list_adapters_on(backends: wgpu::Backends) -> Vec<Adapter> {
     let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
         backends,
@@ -154,7 +179,7 @@ fn list_adapters_on(backends: wgpu::Backends) -> Vec<Adapter> {
 }
 
 /// In the browser adapters cannot be listed synchronously; [`init_webgpu`] asks for one.
-#[cfg(target_arch = "wasm32")]
+#[cfg(all(feature = "gpu", target_arch = "wasm32"))]
 fn list_adapters_on(_backends: wgpu::Backends) -> Vec<Adapter> {
     Vec::new()
 }
@@ -162,7 +187,7 @@ fn list_adapters_on(_backends: wgpu::Backends) -> Vec<Adapter> {
 /// The browser's WebGPU device, or why there is none — in one sentence a visitor can read (the
 /// wgpu error, with its debug dump of the device request, goes to the console instead). Must be
 /// awaited before any tensor is made there: in the browser wgpu starts only asynchronously.
-#[cfg(target_arch = "wasm32")]
+#[cfg(all(feature = "gpu", target_arch = "wasm32"))]
 pub async fn init_webgpu() -> std::result::Result<Selected, String> {
     match Device::wgpu_options().init_with_setup_async().await {
         Ok((device, setup)) => Ok(Selected {
@@ -179,6 +204,13 @@ pub async fn init_webgpu() -> std::result::Result<Selected, String> {
     }
 }
 
+/// The browser's threaded build has no wgpu (see Cargo.toml's `gpu`): the CPU backend only.
+#[cfg(all(not(feature = "gpu"), target_arch = "wasm32"))]
+pub async fn init_webgpu() -> std::result::Result<Selected, String> {
+    Err("this is the page's threaded CPU build, which has no WebGPU".into())
+}
+
+#[cfg(feature = "gpu")]
 fn rank(adapter: &Adapter) -> (u8, u8) {
     let type_rank = match adapter.wgpu_type {
         wgpu::DeviceType::DiscreteGpu => 0,
@@ -209,11 +241,14 @@ pub fn preferred_adapter(adapters: &[Adapter]) -> Result<Option<Adapter>> {
             "WGPU_ADAPTER_NAME={wanted:?} matches no adapter (see `fairtune devices`)"
         )));
     }
-    Ok(candidates.into_iter().min_by_key(|a| rank(a)).cloned())
+    #[cfg(feature = "gpu")]
+    return Ok(candidates.into_iter().min_by_key(|a| rank(a)).cloned());
+    #[cfg(not(feature = "gpu"))]
+    Ok(candidates.first().copied().cloned())
 }
 
 /// How burn/cubecl names an adapter: graphics API + device type + index among that type.
-#[cfg(not(target_arch = "wasm32"))]
+#[cfg(all(feature = "gpu", not(target_arch = "wasm32")))]
 fn burn_selector(adapter: &Adapter, adapters: &[Adapter]) -> (WgpuBackend, DeviceKind) {
     let api = match adapter.backend {
         wgpu::Backend::Vulkan => WgpuBackend::Vulkan,
@@ -239,18 +274,18 @@ fn burn_selector(adapter: &Adapter, adapters: &[Adapter]) -> (WgpuBackend, Devic
 }
 
 /// A wgpu runtime can be initialized once per process; later selections reuse it.
-#[cfg(not(target_arch = "wasm32"))]
+#[cfg(all(feature = "gpu", not(target_arch = "wasm32")))]
 static INITIALIZED: Mutex<Option<HashMap<String, Device>>> = Mutex::new(None);
 
 /// In the browser wgpu starts only asynchronously: [`init_webgpu`].
-#[cfg(target_arch = "wasm32")]
+#[cfg(any(not(feature = "gpu"), target_arch = "wasm32"))]
 fn init_wgpu(adapter: &Adapter, _adapters: &[Adapter]) -> Result<Device> {
     Err(Error::runtime(format!(
         "cannot start wgpu on {adapter} synchronously in the browser; use init_webgpu"
     )))
 }
 
-#[cfg(not(target_arch = "wasm32"))]
+#[cfg(all(feature = "gpu", not(target_arch = "wasm32")))]
 fn init_wgpu(adapter: &Adapter, adapters: &[Adapter]) -> Result<Device> {
     let (api, kind) = burn_selector(adapter, adapters);
     let key = format!("{api:?}/{kind:?}");
@@ -283,8 +318,7 @@ pub fn auto_adapter(adapters: &[Adapter]) -> Result<std::result::Result<Adapter,
         // slower than burn's own CPU backend (~37x on 2 cores here), so `auto` takes it only when
         // it is asked for by name; `--backend wgpu` uses it regardless.
         Some(adapter)
-            if adapter.wgpu_type == wgpu::DeviceType::Cpu
-                && std::env::var_os("WGPU_ADAPTER_NAME").is_none() =>
+            if adapter.is_software() && std::env::var_os("WGPU_ADAPTER_NAME").is_none() =>
         {
             Err(format!(
                 "the only wgpu adapter is a software rasterizer ({}), slower than the CPU backend \

@@ -3,8 +3,60 @@
 // is slower than the CPU backend), train a preset step by step (every device read is awaited, so
 // the page stays live), draw the charts, and keep a table of finished runs. Everything a run
 // produced is also on `window.fairtuneRuns`, the device on `window.fairtuneDevice` (the browser
-// test reads them).
-import init, * as fairtune from "./pkg/fairtune.js";
+// test reads them). The module runs in a worker (web/engine.js): every call below is a message
+// and a promise.
+
+// Threads for burn's CPU backend where the page may have them (one per core).
+const THREADS = navigator.hardwareConcurrency || 1;
+// The engine: a worker and which build it runs — "threads" (the CPU backend on every core, in a
+// cross-origin isolated page) or "gpu" (WebGPU and a one-thread CPU backend) — and what it said
+// when it loaded ({threads, why}).
+let engine = null;
+const pending = new Map();
+let nextCall = 0;
+function callEngine(name, args, transfer = []) {
+  return new Promise((resolve, reject) => {
+    const id = nextCall++;
+    pending.set(id, { resolve, reject });
+    engine.worker.postMessage({ id, name, args }, transfer);
+  });
+}
+function failPending(message) {
+  for (const { reject } of pending.values()) reject(new Error(message));
+  pending.clear();
+}
+function onEngineMessage({ data }) {
+  if (data.panic !== undefined) {
+    window.fairtunePanic(data.panic);
+    failPending(data.panic);
+    return;
+  }
+  const call = pending.get(data.id);
+  pending.delete(data.id);
+  if (data.error !== undefined) call.reject(new Error(data.error));
+  else call.resolve(data.value);
+}
+
+// Run the engine of `kind`, replacing another: the visitor's files go to the new one again.
+async function useEngine(kind) {
+  if (engine?.kind === kind) return;
+  if (engine) {
+    engine.worker.terminate();
+    failPending("the engine was replaced");
+  }
+  const worker = new Worker(new URL("./engine.js", import.meta.url), { type: "module" });
+  worker.onmessage = onEngineMessage;
+  worker.onerror = (event) => failPending(`the engine failed: ${event.message ?? "it did not load"}`);
+  engine = { worker, kind, info: null };
+  engine.info = await callEngine("load", [kind === "threads" ? THREADS : 0]);
+  if (loadedModel) await registerModel(loadedModel);
+  if (loadedData) await fairtune.register_file(loadedData.path, await loadedData.file.text());
+}
+
+const fairtune = Object.fromEntries(["init", "start", "step", "evaluate", "register_file",
+  "forget_files", "answers", "adapter_files"].map((name) => [name, (...args) => callEngine(name, args)]));
+// The model's bytes move to the worker instead of being copied.
+fairtune.register_bytes = (path, bytes) => callEngine("register_bytes", [path, bytes], [bytes.buffer]);
 
 const $ = (id) => document.getElementById(id);
 const LAMBDAS = [0, 0.3, 1, 3, 10, 30, 100, 300, 1000];
@@ -94,7 +146,7 @@ async function registerWithProgress(file, path, before, total, label) {
     setStatus("loading", `Reading ${label}: ${((before + read) / MB).toFixed(0)} of ` +
       `${(total / MB).toFixed(0)} MB…`);
   }
-  fairtune.register_bytes(path, bytes);
+  await fairtune.register_bytes(path, bytes);
 }
 
 function modelReady(model) {
@@ -116,10 +168,21 @@ async function loadModel(file) {
       "does not fit in a browser tab's 4 GiB of WebAssembly memory once its weights are unpacked.");
     return;
   }
-  $("train").disabled = true;
   const path = `models/${file.name}`;
-  await registerWithProgress(file, path, 0, file.size, file.name);
-  modelReady({ path, name: file.name, size: file.size });
+  await registerModel({ path, name: file.name, size: file.size, files: [{ file, path }] });
+}
+
+// Hand the model's files to the engine (the first time, or again to a new engine), reporting
+// progress; the engine forgets the model it had first.
+async function registerModel(model) {
+  $("train").disabled = true;
+  await fairtune.forget_files("models");
+  let before = 0;
+  for (const { file, path } of model.files) {
+    await registerWithProgress(file, path, before, model.size, model.name);
+    before += file.size;
+  }
+  modelReady(model);
 }
 
 // The files of a Hugging Face model directory fairtune reads.
@@ -143,13 +206,8 @@ async function loadModelDir(list) {
       "for a browser tab's 4 GiB of WebAssembly memory.");
     return;
   }
-  $("train").disabled = true;
-  let before = 0;
-  for (const file of files) {
-    await registerWithProgress(file, `models/${dir}/${file.name}`, before, total, dir);
-    before += file.size;
-  }
-  modelReady({ path: `models/${dir}`, name: dir, size: total });
+  await registerModel({ path: `models/${dir}`, name: dir, size: total,
+    files: files.map((file) => ({ file, path: `models/${dir}/${file.name}` })) });
 }
 
 // A file the browser could not read (moved, unreadable, the tab out of memory) says so.
@@ -166,8 +224,8 @@ async function loadData(file) {
     return;
   }
   const path = `data/${file.name}`;
-  fairtune.register_file(path, await file.text());
-  loadedData = { path, name: file.name };
+  await fairtune.register_file(path, await file.text());
+  loadedData = { path, name: file.name, file };
   setStatus("idle", `Preference pairs: ${file.name}.`);
 }
 
@@ -204,6 +262,8 @@ async function startBackend() {
   const wanted = choice === "auto"
     ? (probe.available && !probe.software ? "webgpu" : "cpu")
     : choice;
+  // WebGPU lives in the one-thread build; the CPU backend runs on every core where it may.
+  await useEngine(wanted === "webgpu" ? "gpu" : "threads");
   const report = JSON.parse(await fairtune.init(wanted));
   let reason;
   if (report.fallback_reason) {
@@ -221,12 +281,15 @@ async function startBackend() {
     reason = "";
   }
   Object.assign(report, { choice, reason, software_adapter: probe.available && probe.software,
-    adapter_info: probe.info ?? null });
+    adapter_info: probe.info ?? null, threads: engine.info.threads, threads_why: engine.info.why });
   window.fairtuneDevice = report;
   const device = $("device");
   device.className = report.backend === "cpu" && choice !== "cpu" ? "fallback" : "";
+  const threads = engine.info.threads === 1
+    ? `one thread: ${engine.info.why}`
+    : `${engine.info.threads} threads`;
   device.textContent = report.backend === "cpu"
-    ? `Training on the CPU backend (WebAssembly). ${reason}`
+    ? `Training on the CPU backend (WebAssembly, ${threads}). ${reason}`
     : `Training on WebGPU: ${probe.name}. ${reason}`;
   device.dataset.state = "ready";
   return report;
@@ -395,7 +458,9 @@ async function train(event) {
       // Let the page draw the status before the module is busy.
       await new Promise((resolve) => setTimeout(resolve, 30));
     }
-    info = JSON.parse(fairtune.start(JSON.stringify(opts)));
+    const startedAt = performance.now();
+    info = JSON.parse(await fairtune.start(JSON.stringify(opts)));
+    info.start_seconds = (performance.now() - startedAt) / 1000;
   } catch (error) {
     setStatus("error", `Could not start: ${error?.message ?? error}`);
     return;
@@ -499,7 +564,6 @@ function setBusy(busy) {
 async function main() {
   for (const id of ["lambda", "beta", "preset"]) $(id).addEventListener("input", showControls);
   showControls();
-  await init();
   await startBackend();
   $("backend").addEventListener("change", async () => {
     $("train").disabled = true;

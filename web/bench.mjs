@@ -1,20 +1,23 @@
-// The page's real-model throughput on each backend: headless Chromium opens the page, picks a
-// GGUF, and trains LoRA DPO (the built-in pairs, 2 pairs a step) on the CPU backend, then on
-// WebGPU; it prints one JSON line per backend with the training steps' own tokens/s (the
-// evaluations and the answers are left out, as the desktop's tokens_per_s leaves them out).
+// The page's real-model throughput on each engine: headless Chromium opens the page, picks a
+// GGUF, and trains LoRA DPO (the built-in pairs, 2 pairs a step) on the CPU backend served
+// cross-origin isolated (the threaded build, a thread per core) and not (one thread), and with
+// --webgpu also on WebGPU; it prints one JSON line per run with the training steps' own tokens/s
+// (the evaluations and the answers are left out, as the desktop's tokens_per_s leaves them out).
 // Build the page first (bash web/build.sh). Not part of the tests.
 //
-// Usage: node web/bench.mjs MODEL.gguf [STEPS]   (CHROMIUM: the browser, default /usr/bin/chromium)
+// Usage: node web/bench.mjs MODEL.gguf [STEPS] [--webgpu]   (CHROMIUM: default /usr/bin/chromium)
 import { chromium } from "playwright-core";
 import { spawn } from "node:child_process";
 import { join, dirname } from "node:path";
 import { fileURLToPath } from "node:url";
 
 const web = dirname(fileURLToPath(import.meta.url));
-const [gguf, steps = "1"] = process.argv.slice(2);
+const args = process.argv.slice(2);
+const [gguf, steps = "3"] = args.filter((a) => !a.startsWith("--"));
 const port = 9000 + Math.floor(Math.random() * 500);
-const server = spawn("python3", ["-m", "http.server", "--bind", "127.0.0.1", String(port)],
-  { cwd: web, stdio: "ignore" });
+const servers = [[port], [port + 1, "--no-isolation"]].map((a) =>
+  spawn("python3", ["serve.py", ...a.map(String)], { cwd: web, stdio: "ignore" }));
+const runs = [["cpu", port], ["cpu", port + 1], ...(args.includes("--webgpu") ? [["webgpu", port]] : [])];
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
   args: ["--enable-unsafe-webgpu", "--no-sandbox", "--disable-quic", "--no-first-run",
@@ -23,9 +26,9 @@ const browser = await chromium.launch({
 try {
   const page = await browser.newPage();
   await new Promise((r) => setTimeout(r, 500));
-  await page.goto(`http://127.0.0.1:${port}/`);
-  await page.waitForFunction(() => document.getElementById("device").dataset.state === "ready");
-  for (const backend of ["cpu", "webgpu"]) {
+  for (const [backend, at] of runs) {
+    await page.goto(`http://127.0.0.1:${at}/`);
+    await page.waitForFunction(() => document.getElementById("device").dataset.state === "ready");
     await page.selectOption("#backend", backend);
     await page.waitForFunction((c) => window.fairtuneDevice?.choice === c &&
       document.getElementById("device").dataset.state === "ready", backend);
@@ -52,13 +55,12 @@ try {
     const run = await page.evaluate((n) => window.fairtuneRuns[n], before);
     const tokens = run.records.reduce((sum, r) => sum + r.tokens, 0);
     const ms = run.records.reduce((sum, r) => sum + r.browser_ms, 0);
-    console.log(JSON.stringify({ backend: run.backend, steps: run.records.length, tokens,
+    const threads = await page.evaluate(() => window.fairtuneDevice.threads);
+    console.log(JSON.stringify({ backend: run.backend, threads, steps: run.records.length, tokens,
       stepSeconds: ms / 1000, tokensPerSecond: tokens / (ms / 1000), error: run.error,
       loss: run.records.map((r) => r.loss) }));
-    await page.reload();
-    await page.waitForFunction(() => document.getElementById("device").dataset.state === "ready");
   }
 } finally {
   await browser.close();
-  server.kill();
+  for (const server of servers) server.kill();
 }

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
-# Serve web/ on 127.0.0.1 (build it first: web/build.sh). Usage: bash web/serve.sh [PORT]
+# Serve web/ on 127.0.0.1 (build it first: web/build.sh), cross-origin isolated so the page's CPU
+# backend runs on every core (web/serve.py). Usage: bash web/serve.sh [PORT] [--no-isolation]
 set -euo pipefail
 cd "$(dirname "$0")"
-port=${1:-8000}
+port=8000
+for arg in "$@"; do [[ "$arg" =~ ^[0-9]+$ ]] && port=$arg; done
 [ -f pkg/fairtune_bg.wasm ] || { echo "error: web/pkg is missing; run web/build.sh first" >&2; exit 2; }
 echo "fairtune web demo: http://127.0.0.1:$port/"
-exec python3 -m http.server --bind 127.0.0.1 "$port"
+exec python3 serve.py "$@"

@@ -27,6 +27,11 @@ thread_local! {
     static STARTED: RefCell<bool> = const { RefCell::new(false) };
 }
 
+/// The threaded build's pool (`initThreadPool(n)` in JavaScript, before any training): burn's
+/// CPU backend then works on n threads, each a Web Worker sharing this module's memory.
+#[cfg(feature = "web-threads")]
+pub use wasm_bindgen_rayon::init_thread_pool;
+
 fn js_error(error: Error) -> JsError {
     JsError::new(&error.to_string())
 }

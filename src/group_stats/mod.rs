@@ -14,6 +14,7 @@
 //! The op knows nothing of models or fairness: `objective::fairness` builds F on top of it.
 
 pub mod reference;
+#[cfg(feature = "gpu")]
 pub mod wgsl;
 
 use burn::tensor::{Device, Int, Tensor};
@@ -37,7 +38,7 @@ impl GroupStatsImpl {
     /// The implementation that actually runs for `device`.
     pub fn resolve(self, device: &Device) -> GroupStatsImpl {
         match self {
-            GroupStatsImpl::Auto if wgsl::is_wgpu_device(device) => GroupStatsImpl::Wgsl,
+            GroupStatsImpl::Auto if is_wgpu_device(device) => GroupStatsImpl::Wgsl,
             GroupStatsImpl::Auto => GroupStatsImpl::Reference,
             other => other,
         }
@@ -70,7 +71,21 @@ pub fn group_stats_with(
         "group_stats: scores and groups must have the same length"
     );
     match implementation.resolve(&scores.device()) {
+        #[cfg(feature = "gpu")]
         GroupStatsImpl::Wgsl => wgsl::group_stats(scores, groups, num_groups),
+        #[cfg(not(feature = "gpu"))]
+        GroupStatsImpl::Wgsl => panic!("group_stats: this build has no wgpu for the WGSL kernels"),
         _ => reference::group_stats(scores, groups, num_groups),
+    }
+}
+
+/// Whether `device` is a wgpu device (never in a build without wgpu).
+pub fn is_wgpu_device(device: &Device) -> bool {
+    #[cfg(feature = "gpu")]
+    return wgsl::is_wgpu_device(device);
+    #[cfg(not(feature = "gpu"))]
+    {
+        let _ = device;
+        false
     }
 }

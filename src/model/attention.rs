@@ -19,6 +19,7 @@ use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::ops::AttentionModuleOptions;
 use burn::backend::tensor::{BoolTensor, FloatTensor};
+#[cfg(feature = "gpu")]
 use burn::backend::wgpu::CubeBackend;
 use burn::backend::{AutodiffBackend, Backend, Dispatch, Flex, TensorMetadata, backend_extension};
 use burn::tensor::{Bool, Tensor};
@@ -55,7 +56,7 @@ pub struct Settings {
 
 /// The op as a backend extension: the default bodies (the backend's own ops) serve every
 /// execution backend; autodiff adds the recomputing backward below.
-#[backend_extension(Autodiff, Cube, Flex, Fusion)]
+#[backend_extension(Autodiff, Cube: cfg(feature = "gpu"), Flex, Fusion)]
 pub trait FusedAttentionBackend: Backend {
     // Forward: out = softmax(s)·v, s = scale·q·kᵀ, masked.
     #[fusion(default)]
@@ -125,6 +126,7 @@ fn scores_shape<T: TensorMetadata>(q: &T, k: &T) -> burn::tensor::Shape {
 
 impl FusedAttentionBackend for Flex {}
 
+#[cfg(feature = "gpu")]
 impl FusedAttentionBackend for CubeBackend {}
 
 /// What the backward needs: the inputs, the mask, the forward's output and the settings.

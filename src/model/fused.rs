@@ -13,6 +13,7 @@ use burn::backend::autodiff::checkpoint::strategy::CheckpointStrategy;
 use burn::backend::autodiff::grads::Gradients;
 use burn::backend::autodiff::ops::{Backward, Ops, OpsKind};
 use burn::backend::tensor::{FloatTensor, IntTensor, QuantizedTensor};
+#[cfg(feature = "gpu")]
 use burn::backend::wgpu::CubeBackend;
 use burn::backend::{AutodiffBackend, Backend, Dispatch, Flex, TensorMetadata, backend_extension};
 use burn::tensor::{IndexingUpdateOp, Int, Shape, Slice, Tensor};
@@ -164,7 +165,7 @@ pub fn log_sum_squared_probs_in_blocks(
     logsumexp(2.0) - logsumexp(1.0) * 2.0
 }
 
-#[backend_extension(Autodiff, Cube, Flex, Fusion)]
+#[backend_extension(Autodiff, Cube: cfg(feature = "gpu"), Flex, Fusion)]
 pub trait FusedBackend: Backend {
     // SwiGLU forward: out = g · σ(g) · u.
     #[fusion(default)]
@@ -497,6 +498,7 @@ fn rms_rstd<B: Backend>(x: FloatTensor<B>, eps: f64) -> FloatTensor<B> {
 
 impl FusedBackend for Flex {}
 
+#[cfg(feature = "gpu")]
 impl FusedBackend for CubeBackend {}
 
 /// Hand each tracked input (a parent node: `Some`) its gradient, in a backward step of backend `B`.

@@ -14,6 +14,7 @@ import { chromium } from "playwright-core";
 import { spawn, execFileSync } from "node:child_process";
 import { mkdirSync, readFileSync, writeFileSync } from "node:fs";
 import { join, dirname } from "node:path";
+import { cpus } from "node:os";
 import { fileURLToPath } from "node:url";
 import assert from "node:assert/strict";
 
@@ -25,18 +26,18 @@ const LAMBDA_ZERO = 0, LAMBDA_FAIR = 6, LAMBDA_DPO = 2;
 // Steps of the classifier run on (software) WebGPU, and of the real model's LoRA DPO run.
 const GPU_STEPS = 10, LORA_STEPS = 2;
 
+// The page as web/serve.sh serves it (cross-origin isolated: the threaded CPU build), and as a
+// host that sets no headers would (one thread).
 const port = 8000 + Math.floor(Math.random() * 1000);
-const server = spawn("python3", ["-m", "http.server", "--bind", "127.0.0.1", String(port)], {
-  cwd: web,
-  stdio: "ignore",
-});
+const servers = [[port], [port + 1, "--no-isolation"]].map((args) =>
+  spawn("python3", ["serve.py", ...args.map(String)], { cwd: web, stdio: "ignore" }));
 let problems = [];
 let browser;
 let page;
 
 // A fresh headless Chromium on the page; `webgpu: false` leaves out the flag that gives it a
 // (SwiftShader) WebGPU adapter, so navigator.gpu offers none.
-async function openPage(webgpu) {
+async function openPage(webgpu, isolated = true) {
   problems = [];
   browser = await chromium.launch({
     executablePath: process.env.CHROMIUM || "/usr/bin/chromium",
@@ -57,7 +58,7 @@ async function openPage(webgpu) {
       problems.push(`console ${m.type()}: ${text}`);
     }
   });
-  await page.goto(`http://127.0.0.1:${port}/`);
+  await page.goto(`http://127.0.0.1:${isolated ? port : port + 1}/`);
   await page.waitForFunction(() => document.getElementById("device").dataset.state !== "starting",
     null, { timeout: 120_000 });
   const device = await page.evaluate(() => window.fairtuneDevice);
@@ -234,6 +235,7 @@ async function loraRun(input, path, layers, frozen = "f32", recompute = false) {
   assert.equal(config.r, 8);
   assert.equal(config.peft_type, "LORA");
   return { steps: LORA_STEPS, parityMaxDiff, seconds: run.seconds, tokensPerSecond: run.tokensPerSecond,
+    startSeconds: run.info.start_seconds, losses: run.records.map((r) => r.loss),
     answerSeconds: run.answerSeconds, backend: run.backend,
     answers: run.answers.map((a) => ({ group: a.group, before: a.before, after: a.after })) };
 }
@@ -259,9 +261,12 @@ try {
   await new Promise((r) => setTimeout(r, 500));
   // Without WebGPU the page says so and trains on burn's CPU backend in WebAssembly — the
   // desktop CPU's numbers exactly.
-  const fallbackDevice = await openPage(false);
+  // Served without the isolation headers: one thread, and the page says why.
+  const fallbackDevice = await openPage(false, false);
   assert.equal(fallbackDevice.backend, "cpu", `expected the CPU backend: ${JSON.stringify(fallbackDevice)}`);
   assert.match(await banner(), /CPU backend.*no WebGPU/, "the page did not say it has no WebGPU");
+  assert.equal(fallbackDevice.threads, 1, JSON.stringify(fallbackDevice));
+  assert.match(await banner(), /one thread: this page is not cross-origin isolated/);
   const fallbackRun = await trainRun(LAMBDA_FAIR, "classify", 5);
   const fallback = { steps: 5, parityMaxDiff: checkParity(fallbackRun),
     tokensPerSecond: fallbackRun.tokensPerSecond };
@@ -274,8 +279,12 @@ try {
   await browser.close();
 
   // A software WebGPU adapter (SwiftShader): the CPU backend by default, and the page says why.
+  // Isolated (web/serve.sh): the threaded build, a thread per core.
   const device = await openPage(true);
   assert.equal(device.backend, "cpu", `SwiftShader should lose to the CPU: ${JSON.stringify(device)}`);
+  const cores = await page.evaluate(() => navigator.hardwareConcurrency);
+  assert.equal(device.threads, cores, `the CPU backend should run a thread per core: ${JSON.stringify(device)}`);
+  if (cpus().length > 1) assert.ok(device.threads > 1, "one core seen on a machine with more");
   assert.equal(device.software_adapter, true, JSON.stringify(device));
   assert.match(await banner(), /software emulation/, "the page did not say why it took the CPU");
 
@@ -293,7 +302,33 @@ try {
   // (The directory's run keeps its base in 8-bit blocks and recomputes its layers: the memory
   // options in WebAssembly, against the desktop's same options.)
   const loraDir = await loraRun("#model-dir", hfDir, 2, "q8", true);
+  // Train again: the page kept the model it read (on the CPU backend), and the run that starts
+  // from it is the same run.
+  const againRun = await trainRun(LAMBDA_DPO, "lora-dpo", LORA_STEPS);
+  assert.equal(againRun.info.model_kept, true, "the page did not keep the model between runs");
+  assert.deepEqual(againRun.records.map((r) => r.loss), loraDir.losses,
+    "a run from the kept model differs from the first");
+  loraDir.againStartSeconds = againRun.info.start_seconds;
   const lora = ggufPath ? await loraRun("#model-file", ggufPath, 30) : null;
+  if (lora) {
+    // A run that cannot fit in the tab is refused before it starts, in the page's own words.
+    await page.fill("#batch-size", "64");
+    await page.fill("#max-length", "1024");
+    await page.selectOption("#frozen", "f32");
+    await page.setChecked("#recompute", false);
+    const runs = await page.evaluate(() => window.fairtuneRuns.length);
+    await page.click("#train");
+    await page.waitForFunction(() => document.getElementById("status").dataset.state === "error",
+      null, { timeout: 120_000 });
+    const refusal = await page.evaluate(() => document.getElementById("status").textContent);
+    console.log(`refused: ${refusal}`);
+    assert.match(refusal, /needs more memory than it may use .* free in this tab/, refusal);
+    assert.match(refusal, /Frozen weights: f16 or 8-bit blocks, Recompute layers in backward, fewer Pairs per step \(now 64\), fewer Max tokens \(now 1024\)$/, refusal);
+    assert.doesNotMatch(refusal, /--/, `the refusal names command-line flags: ${refusal}`);
+    assert.equal(await page.evaluate(() => window.fairtuneRuns.length), runs, "a refused run started");
+    assert.equal(await page.evaluate(() => document.getElementById("train").disabled), false);
+    lora.refusal = refusal;
+  }
   await page.screenshot({ path: join(results, "lora-dpo.png"), fullPage: true });
 
   // WebGPU when the visitor forces it: the classifier with the penalty (the WGSL kernels) and
@@ -301,6 +336,7 @@ try {
   // steps each, finite and equal to the desktop's.
   const gpuDevice = await chooseBackend("webgpu");
   assert.equal(gpuDevice.backend, "wgpu/WebGPU", `not on WebGPU: ${JSON.stringify(gpuDevice)}`);
+  assert.equal(gpuDevice.threads, 1, "the WebGPU build is the one-thread build");
   await banner();
   const gpuRun = await trainRun(LAMBDA_FAIR, "classify", GPU_STEPS);
   assert.equal(gpuRun.backend, "wgpu/WebGPU");
@@ -330,5 +366,5 @@ try {
   console.log("browser test passed");
 } finally {
   await browser?.close();
-  server.kill();
+  for (const server of servers) server.kill();
 }
