@@ -310,6 +310,7 @@ try {
     "a run from the kept model differs from the first");
   loraDir.againStartSeconds = againRun.info.start_seconds;
   const lora = ggufPath ? await loraRun("#model-file", ggufPath, 30) : null;
+  await page.screenshot({ path: join(results, "lora-dpo.png"), fullPage: true });
   if (lora) {
     // A run that cannot fit in the tab is refused before it starts, in the page's own words.
     await page.fill("#batch-size", "64");
@@ -329,7 +330,6 @@ try {
     assert.equal(await page.evaluate(() => document.getElementById("train").disabled), false);
     lora.refusal = refusal;
   }
-  await page.screenshot({ path: join(results, "lora-dpo.png"), fullPage: true });
 
   // WebGPU when the visitor forces it: the classifier with the penalty (the WGSL kernels) and
   // the DPO preset (a causal LM, its in-memory reference model, the log-prob score) — a few
