@@ -28,7 +28,6 @@ function failPending(message) {
 function onEngineMessage({ data }) {
   if (data.panic !== undefined) {
     window.fairtunePanic(data.panic);
-    failPending(data.panic);
     return;
   }
   const call = pending.get(data.id);
@@ -46,7 +45,8 @@ async function useEngine(kind) {
   }
   const worker = new Worker(new URL("./engine.js", import.meta.url), { type: "module" });
   worker.onmessage = onEngineMessage;
-  worker.onerror = (event) => failPending(`the engine failed: ${event.message ?? "it did not load"}`);
+  // A trap (out of memory) ends the module like a panic does.
+  worker.onerror = (event) => window.fairtunePanic(`the engine failed: ${event.message ?? "it did not load"}`);
   engine = { worker, kind, info: null };
   engine.info = await callEngine("load", [kind === "threads" ? THREADS : 0]);
   if (loadedModel) await registerModel(loadedModel);
@@ -93,14 +93,15 @@ let loadedModel = null, loadedData = null;
 
 window.fairtuneRuns = [];
 let stopRequested = false;
-// Called by the wasm module when it panics (a bug): it is unusable afterwards.
+// Called when the module panics (a bug) or traps (out of memory): it is unusable afterwards, so
+// the calls waiting on it fail and the next Train starts a new engine.
 window.fairtunePanic = (message) => {
   stopRequested = true;
+  if (engine) engine.broken = true;
+  failPending(message);
   const run = window.fairtuneRuns[window.fairtuneRuns.length - 1];
-  if (run) run.error = message;
-  setStatus("error", `${message} — reload the page to train again.`);
-  $("train").disabled = true;
-  $("stop").disabled = true;
+  if (run && !run.error) run.error = message;
+  setStatus("error", `${message} — press Train to start again with a new engine.`);
 };
 
 function options() {
@@ -453,6 +454,12 @@ async function train(event) {
   }
   let info;
   try {
+    if (engine.broken) {
+      setStatus("loading", "Starting a new engine…");
+      engine.worker.terminate();
+      engine = null;
+      await startBackend();
+    }
     if (opts.preset === "lora-dpo") {
       setStatus("loading", `Loading ${loadedModel.name} and the preference pairs…`);
       // Let the page draw the status before the module is busy.
@@ -521,7 +528,8 @@ async function train(event) {
       `${last[run.accuracyKey].toFixed(3)}, group gap ${last.group_gap.toFixed(3)}.`);
   } catch (error) {
     run.error = String(error?.message ?? error);
-    setStatus("error", `Training stopped: ${run.error}`);
+    setStatus("error", `Training stopped: ${run.error}` +
+      (engine?.broken ? " — press Train to start again with a new engine." : ""));
   } finally {
     setBusy(false);
   }

@@ -80,9 +80,11 @@ pub async fn init(backend: Option<String>) -> Result<String, JsError> {
     Ok(report.to_string())
 }
 
-/// A panic (a bug) reaches the page's console with its message and the JS stack, and the page's
-/// `window.fairtunePanic(message)` when it defines one: after a panic the module is dead (the
-/// build aborts on panic), so the page must stop waiting for the call that panicked.
+/// A panic (a bug) reaches the console with its message and the JS stack, and the global
+/// `fairtunePanic(message)` when there is one (web/engine.js defines it in the engine's worker):
+/// after a panic the module is dead (the build aborts on panic), so the page must stop waiting
+/// for the call that panicked. (A panic on one of the threaded build's pool threads reaches only
+/// that worker's console: the step never returns, and the page must be reloaded.)
 fn console_error_panic_hook() {
     std::panic::set_hook(Box::new(|info| {
         let stack =

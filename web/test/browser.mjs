@@ -270,6 +270,14 @@ try {
   const fallbackRun = await trainRun(LAMBDA_FAIR, "classify", 5);
   const fallback = { steps: 5, parityMaxDiff: checkParity(fallbackRun),
     tokensPerSecond: fallbackRun.tokensPerSecond };
+  // A dead module (a panic, or a trap such as running out of memory) is replaced by the next
+  // Train, which trains as before.
+  await page.evaluate(() => window.fairtunePanic("a simulated failure"));
+  assert.match(await page.evaluate(() => document.getElementById("status").textContent),
+    /press Train to start again/);
+  const restarted = await trainRun(LAMBDA_FAIR, "classify", 5);
+  assert.deepEqual(restarted.records.map((r) => r.loss), fallbackRun.records.map((r) => r.loss),
+    "the new engine trains the same run");
   // Asking for WebGPU anyway: one plain sentence, and still the CPU backend.
   const forced = await chooseBackend("webgpu");
   assert.equal(forced.backend, "cpu");
