@@ -26,17 +26,28 @@ wasm-bindgen --target web --remove-name-section --out-dir web/pkg "$wasm"
 # the memory shared (imported, so every worker gets the same one) with a maximum of 4 GiB, as the
 # single-threaded module has, and to export the thread-local storage symbols wasm-bindgen's
 # thread start-up uses. Its own target directory: other flags for every crate.
-rustup component add rust-src >/dev/null
-link="--shared-memory --import-memory --max-memory=4294967296 --export=__wasm_init_tls"
-link="$link --export=__tls_size --export=__tls_align --export=__tls_base"
-RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR=target/web-threads \
-    RUSTFLAGS="-C target-feature=+atomics,+bulk-memory,+mutable-globals $(printf -- ' -C link-arg=%s' $link)" \
-    cargo rustc --lib --locked --no-default-features --features web-threads --profile wasm-release \
-    --target wasm32-unknown-unknown --crate-type cdylib -Z build-std=std,panic_abort
-wasm-bindgen --target web --remove-name-section --out-dir web/pkg-threads \
-    target/web-threads/wasm32-unknown-unknown/wasm-release/fairtune.wasm
+src="$(rustc --print sysroot)/lib/rustlib/src/rust/library"
+rustup component add rust-src >/dev/null 2>&1 || true
+if [ -d "$src" ]; then
+    link="--shared-memory --import-memory --max-memory=4294967296 --export=__wasm_init_tls"
+    link="$link --export=__tls_size --export=__tls_align --export=__tls_base"
+    RUSTC_BOOTSTRAP=1 CARGO_TARGET_DIR=target/web-threads \
+        RUSTFLAGS="-C target-feature=+atomics,+bulk-memory,+mutable-globals $(printf -- ' -C link-arg=%s' $link)" \
+        cargo rustc --lib --locked --no-default-features --features web-threads --profile wasm-release \
+        --target wasm32-unknown-unknown --crate-type cdylib -Z build-std=std,panic_abort
+    wasm-bindgen --target web --remove-name-section --out-dir web/pkg-threads \
+        target/web-threads/wasm32-unknown-unknown/wasm-release/fairtune.wasm
+    threads=true
+else
+    echo "warning: rustup could not add rust-src, so there is no threaded build (web/pkg-threads)" >&2
+    rm -rf web/pkg-threads
+    threads=false
+fi
+# Which builds the page may load (web/engine.js reads it).
+echo "{\"threads\": $threads}" > web/pkg/builds.json
 
 for pkg in pkg pkg-threads; do
+    [ -f "web/$pkg/fairtune_bg.wasm" ] || continue
     size=$(stat -c %s "web/$pkg/fairtune_bg.wasm")
     gzipped=$(gzip -9 -c "web/$pkg/fairtune_bg.wasm" | wc -c)
     echo "web/$pkg/fairtune_bg.wasm: $((size / 1024)) KiB ($((gzipped / 1024)) KiB gzipped)"

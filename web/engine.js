@@ -14,8 +14,14 @@ let module = null;
 // why only one when it is so.
 async function load(threads) {
   const isolated = self.crossOriginIsolated && typeof SharedArrayBuffer === "function";
+  // Which builds web/build.sh made (the threaded one needs the toolchain's rust-src).
+  const builds = await fetch(new URL("./pkg/builds.json", import.meta.url))
+    .then((response) => response.json())
+    .catch(() => ({ threads: false }));
   let why = null;
-  if (threads > 0 && isolated) {
+  if (threads > 0 && !builds.threads) {
+    why = "this copy of the page was built without its threaded build (web/build.sh says why)";
+  } else if (threads > 0 && isolated) {
     try {
       module = await import("./pkg-threads/fairtune.js");
     } catch (error) {
