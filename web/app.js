@@ -32,6 +32,7 @@ function onEngineMessage({ data }) {
   }
   const call = pending.get(data.id);
   pending.delete(data.id);
+  if (!call) return; // (failed already, when the engine died)
   if (data.error !== undefined) call.reject(new Error(data.error));
   else call.resolve(data.value);
 }
