@@ -335,6 +335,11 @@ pub fn select(choice: BackendChoice) -> Result<Selected> {
     match choice {
         BackendChoice::Cpu => Ok(Selected::cpu()),
         BackendChoice::Wgpu => {
+            if !cfg!(feature = "gpu") {
+                return Err(Error::input(
+                    "--backend wgpu: this fairtune was built without wgpu (the `gpu` feature)",
+                ));
+            }
             let adapters = usable_adapters();
             let adapter = preferred_adapter(&adapters)?.ok_or_else(|| {
                 Error::runtime(

@@ -8,6 +8,7 @@ build runs; `--no-isolation` serves without them (the page then trains on one th
 that cannot set headers would.
 """
 
+import argparse
 import functools
 import http.server
 import sys
@@ -29,13 +30,20 @@ class Handler(http.server.SimpleHTTPRequestHandler):
 
 
 def main() -> None:
-    args = sys.argv[1:]
-    Handler.isolated = "--no-isolation" not in args
-    ports = [a for a in args if a != "--no-isolation"]
-    port = int(ports[0]) if ports else 8000
+    parser = argparse.ArgumentParser(description="Serve web/ on 127.0.0.1.")
+    parser.add_argument("port", nargs="?", type=int, default=8000)
+    parser.add_argument("--no-isolation", action="store_true",
+                        help="leave out the cross-origin isolation headers (one thread)")
+    args = parser.parse_args()
+    Handler.isolated = not args.no_isolation
     web = Path(__file__).resolve().parent
     handler = functools.partial(Handler, directory=str(web))
-    with http.server.ThreadingHTTPServer(("127.0.0.1", port), handler) as server:
+    try:
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", args.port), handler)
+    except OSError as error:
+        sys.exit(f"error: cannot serve on 127.0.0.1:{args.port}: {error.strerror}")
+    with server:
+        print(f"fairtune web demo: http://127.0.0.1:{args.port}/", flush=True)
         server.serve_forever()
 
 

@@ -3,8 +3,5 @@
 # backend runs on every core (web/serve.py). Usage: bash web/serve.sh [PORT] [--no-isolation]
 set -euo pipefail
 cd "$(dirname "$0")"
-port=8000
-for arg in "$@"; do [[ "$arg" =~ ^[0-9]+$ ]] && port=$arg; done
 [ -f pkg/fairtune_bg.wasm ] || { echo "error: web/pkg is missing; run web/build.sh first" >&2; exit 2; }
-echo "fairtune web demo: http://127.0.0.1:$port/"
 exec python3 serve.py "$@"

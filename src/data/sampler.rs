@@ -134,6 +134,17 @@ impl BalancedSampler {
         }
     }
 
+    /// The most tokens one of this sampler's batches can hold, where example i holds
+    /// `lengths[i]`: each group's own stream at its worst ([`most_tokens_in_a_batch`]).
+    pub fn most_tokens(&self, lengths: &[usize]) -> usize {
+        self.members
+            .iter()
+            .map(|m| {
+                most_tokens_in_a_batch(m.iter().map(|&i| lengths[i]).collect(), self.per_group)
+            })
+            .sum()
+    }
+
     pub fn batch(&mut self, step: usize) -> Vec<usize> {
         let mut out = Vec::with_capacity(self.per_group * self.members.len());
         for (members, sampler) in self.members.iter().zip(&mut self.samplers) {
@@ -175,6 +186,26 @@ mod tests {
                         "batch {batch} step {step}: {tokens} > {bound}"
                     );
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn no_balanced_batch_holds_more_tokens_than_its_bound() {
+        // A group of one repeats its only (and longest) example in every batch.
+        let lengths = [500, 10, 20, 30, 40, 50, 60];
+        let groups = [0, 1, 1, 1, 1, 1, 1];
+        for batch in [2, 4, 8] {
+            let mut sampler = BalancedSampler::new(&groups, 2, batch, 3);
+            let bound = sampler.most_tokens(&lengths);
+            let per_group = batch / 2;
+            assert!(bound >= 500 * per_group, "batch {batch}: {bound}");
+            for step in 0..12 {
+                let tokens: usize = sampler.batch(step).iter().map(|&i| lengths[i]).sum();
+                assert!(
+                    tokens <= bound,
+                    "batch {batch} step {step}: {tokens} > {bound}"
+                );
             }
         }
     }

@@ -483,9 +483,8 @@ impl DpoTask {
         check_cells(&groups, num_labels)?;
         // The largest step: the longest pairs a batch can hold (a pair's shared prompt runs once
         // in the packed forward; a batch may straddle two epochs, or repeat pairs when larger
-        // than the set), and a fairness batch beside it.
-        let longest = crate::data::sampler::most_tokens_in_a_batch;
-        let mut step_tokens = longest(
+        // than the set), and the group-balanced fairness batch beside it at its worst.
+        let mut step_tokens = crate::data::sampler::most_tokens_in_a_batch(
             train
                 .iter()
                 .map(|p| {
@@ -496,13 +495,11 @@ impl DpoTask {
                 .collect(),
             config.batch_size,
         );
-        if let Some((examples, _)) = &separate {
-            step_tokens += longest(
-                examples.iter().map(|e| e.sequence.tokens.len()).collect(),
-                config.fairness_batch_size.unwrap_or(config.batch_size),
-            );
-        }
         let fairness = FairnessSource::new(config, separate, train_has_groups, &groups)?;
+        if let FairnessSource::Separate { examples, sampler } = &fairness {
+            let lengths: Vec<usize> = examples.iter().map(|e| e.sequence.tokens.len()).collect();
+            step_tokens += sampler.most_tokens(&lengths);
+        }
 
         let eval = match &config.eval {
             Some(path) => {
